@@ -1,0 +1,93 @@
+"""The op registry: op name -> implementation name -> (forward, backward).
+
+Implementations register themselves when their package is imported
+(``fastcnn.reference``, ``fastcnn.ops``, ``fastcnn.kernels``). Tests and
+benchmarks iterate :func:`ops` and :func:`implementations`, so a variant is
+tested and timed the moment it is registered.
+
+Resolution of ``impl="auto"``: the environment variable ``FASTCNN_IMPL`` if set
+(falling back to ``"numpy"`` for an op that has no entry under that name),
+otherwise ``"numba"`` where the op has a numba entry, otherwise ``"numpy"``.
+"""
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+__all__ = ["OpImpl", "register", "get", "resolve", "ops", "implementations", "IMPLS"]
+
+#: Known implementation names, slowest first.
+IMPLS = ("reference", "numpy", "numba")
+
+_REGISTRY: dict[str, dict[str, "OpImpl"]] = {}
+_LOADED = False
+
+
+@dataclass(frozen=True)
+class OpImpl:
+    """One implementation of one op."""
+
+    op: str
+    impl: str
+    forward: Callable
+    backward: Optional[Callable]
+
+    def __repr__(self):
+        return f"OpImpl({self.op!r}, {self.impl!r})"
+
+
+def register(op, impl, forward, backward=None):
+    """Register ``forward``/``backward`` as implementation ``impl`` of ``op``."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
+    _REGISTRY.setdefault(op, {})[impl] = OpImpl(op, impl, forward, backward)
+
+
+def _load():
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    importlib.import_module("fastcnn.reference")
+    importlib.import_module("fastcnn.ops")
+    try:
+        importlib.import_module("fastcnn.kernels")
+    except ImportError:  # numba missing: numpy and reference still work
+        pass
+
+
+def ops():
+    """Names of every registered op, sorted."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def implementations(op):
+    """Implementation names registered for ``op``, slowest first."""
+    _load()
+    if op not in _REGISTRY:
+        raise KeyError(f"unknown op {op!r}; registered ops: {sorted(_REGISTRY)}")
+    return [name for name in IMPLS if name in _REGISTRY[op]]
+
+
+def resolve(op, impl="auto"):
+    """The implementation name ``impl`` means for ``op``."""
+    available = implementations(op)
+    if impl == "auto":
+        env = os.environ.get("FASTCNN_IMPL", "").strip()
+        if env:
+            if env not in IMPLS:
+                raise ValueError(f"FASTCNN_IMPL={env!r} is not one of {IMPLS}")
+            return env if env in available else "numpy"
+        return "numba" if "numba" in available else "numpy"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {IMPLS}")
+    if impl not in available:
+        raise ValueError(f"op {op!r} has no {impl!r} implementation; available: {available}")
+    return impl
+
+
+def get(op, impl="auto"):
+    """The :class:`OpImpl` for ``op`` under ``impl`` (see module docstring)."""
+    return _REGISTRY[op][resolve(op, impl)]
