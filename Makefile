@@ -1,0 +1,32 @@
+# The two set-up commands (see README):
+#   make demo   venv + fastcnn + Fashion-MNIST, then train mnist_cnn for one epoch
+#   make test   venv + test dependencies, then the test suite (what .ci/run runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test data bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,image,plot]'
+	touch $@
+
+data:
+	@sh scripts/get-fashion-mnist.sh
+
+demo: $(VENV)/.installed data
+	$(BIN)/fastcnn train --dataset fashion-mnist --model mnist_cnn --epochs 1
+
+test: $(VENV)/.installed data
+	$(BIN)/python -m pytest -q
+	FASTCNN_BENCH_SMALL=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=bench.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

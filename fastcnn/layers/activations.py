@@ -1,0 +1,66 @@
+"""Activation layers. Each works on any input rank."""
+
+import numbers
+
+from fastcnn.layers.base import Layer
+
+__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
+
+
+class _Activation(Layer):
+    def forward(self, x):
+        y, self._cache = self._fn.forward(x)
+        return y
+
+    def backward(self, dy):
+        return self._fn.backward(dy, self._cache)
+
+
+class ReLU(_Activation):
+    """``max(x, 0)``; the gradient at exactly 0 is 0. Shape: any -> same."""
+
+    op = "relu"
+
+
+class Sigmoid(_Activation):
+    """Logistic function ``1 / (1 + exp(-x))``, overflow-free. Shape: any -> same."""
+
+    op = "sigmoid"
+
+
+class Tanh(_Activation):
+    """Hyperbolic tangent. Shape: any -> same."""
+
+    op = "tanh"
+
+
+class Softmax(_Activation):
+    """Softmax over the last axis, for model outputs. Shape: (N, K) -> (N, K).
+
+    For training, prefer raw logits with ``loss="softmax_cross_entropy"``, which is
+    fused and stable; ``Sequential.predict`` applies the softmax itself.
+    """
+
+    op = "softmax"
+
+
+class LeakyReLU(_Activation):
+    """``x`` where positive, else ``alpha * x``. Shape: any -> same."""
+
+    op = "leaky_relu"
+
+    def __init__(self, alpha=0.01, *, impl="auto", name=None):
+        super().__init__(impl=impl, name=name)
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or alpha < 0:
+            raise ValueError(f"{self._label()}: `alpha` must be a non-negative float, received {alpha!r}")
+        self.alpha = float(alpha)
+
+    def forward(self, x):
+        y, self._cache = self._fn.forward(x, alpha=self.alpha)
+        return y
+
+    def extra_repr(self):
+        return "" if self.alpha == 0.01 else f"alpha={self.alpha}"
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}

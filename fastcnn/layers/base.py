@@ -1,0 +1,158 @@
+"""The layer protocol every fastcnn layer follows.
+
+- ``layer(x)`` builds the layer on first use from the input's shape and dtype
+  (lazy weights), validates ``x`` and runs :meth:`forward`.
+- ``forward(x) -> y`` caches what ``backward`` needs; ``backward(dy) -> dx``
+  writes ``layer.grads``.
+- ``params`` and ``grads`` are dicts with the same keys, shapes and dtypes.
+- ``reset_parameters(rng)`` is the one initializer; ``train()`` / ``eval()``.
+"""
+
+import numpy as np
+
+from fastcnn import registry
+
+__all__ = ["Layer", "format_shape"]
+
+
+def format_shape(shape):
+    return "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
+
+
+class Layer:
+    """Base class: lazy build, input validation, train/eval mode, ``__repr__``.
+
+    Subclasses set ``op`` (a registry op name, or None), ``ndim`` (the input rank
+    including the batch axis) and override :meth:`compute_output_shape`,
+    :meth:`forward`, :meth:`backward`, and for layers with weights
+    :meth:`param_shapes` and :meth:`reset_parameters`.
+    """
+
+    op = None
+    ndim = None
+    input_description = "(N, H, W, C)"
+
+    def __init__(self, *, impl="auto", name=None):
+        if impl != "auto" and impl not in registry.IMPLS:
+            raise ValueError(
+                f"{type(self).__name__}: unknown impl {impl!r}; expected 'auto' or one of {registry.IMPLS}"
+            )
+        self.impl = impl
+        self.name = name
+        self.built = False
+        self.training = True
+        self.input_shape = None  # without the batch axis
+        self.output_shape = None
+        self.dtype = None
+        self.params = {}
+        self.grads = {}
+        self._fn = None
+        self._cache = None
+
+    # -- construction -------------------------------------------------------------
+    def build(self, input_shape, dtype=np.float32, rng=None):
+        """Create weights for inputs of ``input_shape`` (no batch axis) and ``dtype``."""
+        input_shape = tuple(int(s) for s in input_shape)
+        if self.ndim is not None and len(input_shape) != self.ndim - 1:
+            raise ValueError(
+                f"{self._label()} expects inputs of shape {self.input_description}; "
+                f"received a per-sample shape {format_shape(input_shape)}"
+            )
+        self.dtype = np.dtype(dtype)
+        self.output_shape = tuple(self.compute_output_shape(input_shape))
+        self.input_shape = input_shape  # set before reset_parameters, which reads it
+        if self.op is not None:
+            self._fn = registry.get(self.op, self.impl)
+        shapes = self.param_shapes(input_shape)
+        if shapes:
+            self.reset_parameters(rng if rng is not None else np.random.default_rng())
+        self.built = True
+        return self
+
+    def param_shapes(self, input_shape):
+        """Mapping of parameter name to shape; empty for layers without weights."""
+        return {}
+
+    def reset_parameters(self, rng):
+        """(Re)initialize every parameter from the numpy Generator ``rng``."""
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def count_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    @property
+    def resolved_impl(self):
+        """The implementation actually used (after 'auto' and FASTCNN_IMPL), once built."""
+        return None if self._fn is None else self._fn.impl
+
+    # -- running ------------------------------------------------------------------
+    def __call__(self, x):
+        x = self.check_input(x)
+        if not self.built:
+            self.build(x.shape[1:], x.dtype)
+        self.check_built_input(x)
+        return self.forward(x)
+
+    def check_input(self, x):
+        """Validate type, dtype and rank of a batch; returns it as an ndarray."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self._label()} expects a numpy array, received {type(x).__name__}")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(
+                f"{self._label()} expects a float32 or float64 array, received dtype {x.dtype} "
+                f"with shape {x.shape}; convert with x.astype(np.float32) (scale images to [0, 1])"
+            )
+        if self.ndim is not None and x.ndim != self.ndim:
+            raise ValueError(
+                f"{self._label()} expects a {self.ndim}-D input {self.input_description}, "
+                f"received a {x.ndim}-D array of shape {x.shape}{self.rank_hint(x)}"
+            )
+        return x
+
+    def rank_hint(self, x):
+        """Extra advice appended to a wrong-rank error."""
+        if self.ndim == 4 and x.ndim == 3:
+            return "; a batch of one image needs a leading axis (x[None]), grayscale images a channel axis (x[..., None])"
+        return ""
+
+    def check_built_input(self, x):
+        """Validate a batch against what the layer was built for."""
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{self._label()} was built for {self.dtype} inputs, received {x.dtype} with shape {x.shape}"
+            )
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- description ----------------------------------------------------------------
+    def _label(self):
+        return f"{type(self).__name__}" + (f" {self.name!r}" if self.name else "")
+
+    def extra_repr(self):
+        """Non-default settings, as ``key=value`` text (subclasses extend)."""
+        return ""
+
+    def __repr__(self):
+        parts = [self.extra_repr()]
+        if self.impl != "auto":
+            parts.append(f"impl={self.impl!r}")
+        if self.name:
+            parts.append(f"name={self.name!r}")
+        return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
+
+    def get_config(self):
+        """JSON-serializable constructor arguments (used by save/load)."""
+        return {"name": self.name} if self.name else {}

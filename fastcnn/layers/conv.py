@@ -1,0 +1,124 @@
+"""2-D convolution layer (NHWC activations, HWIO weights)."""
+
+import numpy as np
+
+from fastcnn.geometry import check_padding_spec, output_hw, pair, resolve_padding
+from fastcnn.init import check_initializer, initialize
+from fastcnn.layers.base import Layer
+
+__all__ = ["Conv2D"]
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation) over NHWC inputs.
+
+    Parameters
+    ----------
+    filters : int
+        Number of output channels ``F``.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : "valid", "same", int or (int, int), default "valid"
+        "same" gives ``ceil(H / stride)`` outputs, the odd padding row/column at
+        the bottom/right (TensorFlow and PyTorch semantics).
+    use_bias : bool, default True
+    kernel_initializer : str, default "glorot_uniform" (see ``fastcnn.init``)
+    impl : "auto", "reference", "numpy" or "numba"
+
+    Shape:
+        input (N, H, W, C) -> output (N, OH, OW, filters);
+        weight (KH, KW, C, filters), bias (filters,).
+        fastcnn is NHWC: an NCHW batch must be transposed with
+        ``x.transpose(0, 2, 3, 1)``.
+    """
+
+    op = "conv2d"
+    ndim = 4
+
+    def __init__(self, filters, kernel_size, stride=1, padding="valid", use_bias=True,
+                 kernel_initializer="glorot_uniform", *, impl="auto", name=None):
+        super().__init__(impl=impl, name=name)
+        label = self._label()
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)):
+            raise TypeError(f"{label}: `filters` must be a positive int, received {filters!r}")
+        if filters < 1:
+            raise ValueError(f"{label}: `filters` must be a positive int, received {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = pair(kernel_size, "kernel_size", owner=label)
+        self.stride = pair(stride, "stride", owner=label)
+        self.padding = check_padding_spec(padding, owner=label)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = check_initializer(kernel_initializer, label)
+
+    def _geometry(self, hw):
+        pads = resolve_padding(self.padding, hw, self.kernel_size, self.stride, owner=self._label())
+        padded = (hw[0] + sum(pads[0]), hw[1] + sum(pads[1]))
+        if padded[0] < self.kernel_size[0] or padded[1] < self.kernel_size[1]:
+            raise ValueError(
+                f"{self._label()}: kernel {self.kernel_size} is larger than the padded input "
+                f"{padded} (input H, W = {tuple(hw)}, padding {self.padding!r})"
+            )
+        return pads
+
+    def compute_output_shape(self, input_shape):
+        H, W, _ = input_shape
+        pads = self._geometry((H, W))
+        OH, OW = output_hw((H, W), self.kernel_size, self.stride, pads)
+        return (OH, OW, self.filters)
+
+    def param_shapes(self, input_shape):
+        shapes = {"weight": self.kernel_size + (input_shape[2], self.filters)}
+        if self.use_bias:
+            shapes["bias"] = (self.filters,)
+        return shapes
+
+    def reset_parameters(self, rng):
+        shapes = self.param_shapes(self.input_shape)
+        self.params = {"weight": initialize(self.kernel_initializer, rng, shapes["weight"], self.dtype)}
+        if self.use_bias:
+            self.params["bias"] = np.zeros(shapes["bias"], dtype=self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def check_built_input(self, x):
+        super().check_built_input(x)
+        C = self.input_shape[2]
+        if x.shape[3] != C:
+            hint = ""
+            if x.shape[1] == C:
+                hint = " It looks like NCHW; fastcnn is NHWC: use x.transpose(0, 2, 3, 1)."
+            raise ValueError(
+                f"{self._label()} was built for inputs with {C} channels (N, H, W, {C}); "
+                f"received shape {x.shape} with {x.shape[3]} channels.{hint}"
+            )
+
+    def forward(self, x):
+        pads = self._geometry(x.shape[1:3])
+        y, self._cache = self._fn.forward(
+            x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads
+        )
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = self._fn.backward(dy, self._cache)
+        self.grads["weight"] = dw
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
+
+    def extra_repr(self):
+        s = f"{self.filters}, kernel_size={self.kernel_size}"
+        if self.stride != (1, 1):
+            s += f", stride={self.stride}"
+        if self.padding != "valid":
+            s += f", padding={self.padding!r}"
+        if not self.use_bias:
+            s += ", use_bias=False"
+        if self.kernel_initializer != "glorot_uniform":
+            s += f", kernel_initializer={self.kernel_initializer!r}"
+        return s
+
+    def get_config(self):
+        padding = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": padding, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer}

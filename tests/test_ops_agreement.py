@@ -1,0 +1,261 @@
+"""Every registered implementation of every op agrees with the reference.
+
+Forward output and every gradient, float64 to 1e-10 and float32 (against a
+float64 reference on the same values) to 1e-4, over a parametrized grid plus
+hypothesis-drawn configurations. The implementations come from the registry, so
+a newly registered variant is tested here without editing this file.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastcnn import registry
+from fastcnn.geometry import output_hw, resolve_padding
+from fastcnn.testing import assert_close
+
+
+def fast_impls(op):
+    return [name for name in registry.implementations(op) if name != "reference"]
+
+
+def impl_params(*op_names):
+    """(op, impl) pairs for every non-reference implementation of the ops."""
+    return [pytest.param(op, impl, id=f"{op}-{impl}") for op in op_names for impl in fast_impls(op)]
+
+
+def make_input(rng, shape, kind="normal", contiguous=True):
+    """float64 test data; ``contiguous=False`` returns a strided view with the same values."""
+    if kind == "normal":
+        x = rng.standard_normal(shape)
+    elif kind == "ties":
+        x = rng.integers(0, 3, size=shape).astype(np.float64)
+    elif kind == "zeros":
+        x = np.zeros(shape)
+    else:
+        raise ValueError(kind)
+    if contiguous:
+        return x
+    big = np.zeros(shape[:-1] + (2 * shape[-1],))
+    big[..., ::2] = x
+    return big[..., ::2]  # same values, channel stride doubled
+
+
+def compare(op, impl, args, kwargs, dtype, seed=0):
+    """Run forward+backward in ``impl`` (at ``dtype``) and in the reference (float64); compare all."""
+    ref = registry.get(op, "reference")
+    fast = registry.get(op, impl)
+    args64 = [a if not isinstance(a, np.ndarray) else a.astype(np.float64, copy=False) for a in args]
+    args_t = [a if not isinstance(a, np.ndarray) else a.astype(dtype, copy=False) for a in args]
+    if dtype == np.float64:  # keep the non-contiguous views as views
+        args_t = args
+    kw_ref = dict(kwargs)
+    kw_fast = dict(kwargs)
+    if "rng" in kwargs:
+        kw_ref["rng"] = np.random.default_rng(seed)
+        kw_fast["rng"] = np.random.default_rng(seed)
+    y_ref, cache_ref = ref.forward(*args64, **kw_ref)
+    y, cache = fast.forward(*args_t, **kw_fast)
+    assert y.dtype == dtype, f"{op}/{impl}: forward returned {y.dtype} for {np.dtype(dtype)} input"
+    assert_close(y, y_ref, dtype=dtype, name=f"{op}/{impl} forward")
+    dy64 = np.random.default_rng(seed + 1).standard_normal(y_ref.shape)
+    g_ref = ref.backward(dy64.copy(), cache_ref)
+    g = fast.backward(dy64.astype(dtype), cache)
+    g_ref = g_ref if isinstance(g_ref, tuple) else (g_ref,)
+    g = g if isinstance(g, tuple) else (g,)
+    assert len(g) == len(g_ref)
+    for k, (a, b) in enumerate(zip(g, g_ref)):
+        if a is not None:
+            assert a.dtype == dtype, f"{op}/{impl}: gradient {k} is {a.dtype}"
+        assert_close(a, b, dtype=dtype, name=f"{op}/{impl} gradient {k}")
+
+
+DTYPES = [np.float64, np.float32]
+
+# (N, H, W, C, F, kernel, stride, padding, bias)
+CONV_GRID = [
+    (1, 5, 5, 1, 1, 3, 1, "valid", True),
+    (2, 7, 9, 3, 4, 3, 1, "same", True),
+    (2, 7, 7, 2, 3, 1, 1, "valid", False),
+    (3, 8, 6, 2, 2, 2, 2, "same", True),
+    (2, 9, 9, 3, 2, 5, 1, "same", False),
+    (2, 9, 7, 2, 3, (2, 3), (1, 2), "valid", True),
+    (1, 11, 10, 1, 2, 3, 3, "same", True),
+    (2, 8, 8, 3, 2, 3, 2, 1, True),
+    (2, 6, 7, 2, 2, (3, 2), (2, 1), (2, 1), True),
+    (2, 5, 5, 4, 5, 5, 1, "valid", True),
+]
+
+
+def conv_case(rng, N, H, W, C, F, kernel, stride, padding, bias, kind="normal", contiguous=True):
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    pads = resolve_padding(padding, (H, W), kernel, stride)
+    x = make_input(rng, (N, H, W, C), kind, contiguous)
+    w = rng.standard_normal(kernel + (C, F))
+    b = rng.standard_normal(F) if bias else None
+    return (x, w, b), {"stride": stride, "padding": pads}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
+@pytest.mark.parametrize("case", CONV_GRID)
+@pytest.mark.parametrize("op,impl", impl_params("conv2d"))
+def test_conv2d_agrees(op, impl, case, contiguous, dtype):
+    rng = np.random.default_rng(0)
+    args, kwargs = conv_case(rng, *case, contiguous=contiguous)
+    compare(op, impl, args, kwargs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op,impl", impl_params("conv2d"))
+def test_conv2d_all_zero_input(op, impl, dtype):
+    args, kwargs = conv_case(np.random.default_rng(1), 2, 6, 6, 2, 3, 3, 1, "same", True, kind="zeros")
+    compare(op, impl, args, kwargs, dtype)
+
+
+# (N, H, W, C, pool, stride, padding)
+POOL_GRID = [
+    (1, 4, 4, 1, 2, None, "valid"),
+    (2, 7, 7, 3, 2, None, "valid"),
+    (2, 7, 9, 2, 3, 2, "same"),
+    (2, 6, 6, 2, (2, 3), (1, 2), "valid"),
+    (3, 9, 8, 2, 3, 1, "same"),
+    (2, 8, 8, 2, 2, 3, 1),
+    (1, 5, 6, 2, 3, 3, "same"),
+]
+
+
+def pool_case(rng, N, H, W, C, pool, stride, padding, kind="normal", contiguous=True):
+    pool = pool if isinstance(pool, tuple) else (pool, pool)
+    stride = pool if stride is None else (stride if isinstance(stride, tuple) else (stride, stride))
+    pads = resolve_padding(padding, (H, W), pool, stride)
+    x = make_input(rng, (N, H, W, C), kind, contiguous)
+    return (x,), {"pool_size": pool, "stride": stride, "padding": pads}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
+@pytest.mark.parametrize("case", POOL_GRID)
+@pytest.mark.parametrize("op,impl", impl_params("max_pool2d", "avg_pool2d"))
+def test_pool_agrees(op, impl, case, contiguous, kind, dtype):
+    args, kwargs = pool_case(np.random.default_rng(2), *case, kind=kind, contiguous=contiguous)
+    compare(op, impl, args, kwargs, dtype)
+
+
+ELEMENTWISE = ["relu", "sigmoid", "tanh", "flatten", "global_avg_pool2d"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
+@pytest.mark.parametrize("shape", [(1, 3, 3, 1), (4, 5, 7, 3)])
+@pytest.mark.parametrize("op,impl", impl_params(*ELEMENTWISE))
+def test_unary_agrees(op, impl, shape, contiguous, kind, dtype):
+    x = make_input(np.random.default_rng(3), shape, kind, contiguous)
+    compare(op, impl, (x,), {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("alpha", [0.01, 0.3])
+@pytest.mark.parametrize("op,impl", impl_params("leaky_relu"))
+def test_leaky_relu_agrees(op, impl, alpha, dtype):
+    x = make_input(np.random.default_rng(4), (3, 4, 5, 2))
+    compare(op, impl, (x,), {"alpha": alpha}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 10), (7, 10), (5, 3)])
+@pytest.mark.parametrize("op,impl", impl_params("softmax"))
+def test_softmax_agrees(op, impl, shape, dtype):
+    x = 3 * make_input(np.random.default_rng(5), shape)
+    compare(op, impl, (x,), {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("op,impl", impl_params("dropout"))
+def test_dropout_agrees(op, impl, rate, dtype):
+    x = make_input(np.random.default_rng(6), (4, 6, 6, 3))
+    compare(op, impl, (x,), {"rate": rate, "rng": None}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 3, 2), (8, 20, 10), (5, 7, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("op,impl", impl_params("dense"))
+def test_dense_agrees(op, impl, shape, bias, dtype):
+    rng = np.random.default_rng(7)
+    N, IN, OUT = shape
+    b = rng.standard_normal(OUT) if bias else None
+    compare(op, impl, (rng.standard_normal((N, IN)), rng.standard_normal((IN, OUT)), b), {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+@pytest.mark.parametrize("impl", fast_impls("softmax_cross_entropy"))
+def test_softmax_cross_entropy_agrees(impl, scale, dtype):
+    rng = np.random.default_rng(8)
+    logits = scale * rng.standard_normal((16, 10))
+    labels = rng.integers(0, 10, size=16)
+    loss_ref, d_ref = registry.get("softmax_cross_entropy", "reference").forward(logits, labels)
+    loss, d = registry.get("softmax_cross_entropy", impl).forward(logits.astype(dtype), labels)
+    assert np.isfinite(loss) and isinstance(loss, float)
+    assert d.dtype == dtype
+    assert abs(loss - loss_ref) <= (1e-10 if dtype == np.float64 else 1e-4) * max(1.0, abs(loss_ref))
+    assert_close(d, d_ref, dtype=dtype, name=f"softmax_cross_entropy/{impl} dlogits")
+
+
+# --- hypothesis-drawn configurations ------------------------------------------------
+
+
+@st.composite
+def conv_configs(draw):
+    N = draw(st.integers(1, 3))
+    C = draw(st.integers(1, 3))
+    F = draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.sampled_from(["valid", "same", 0, 1, 2, (1, 0), (0, 2)]))
+    H = draw(st.integers(1, 9))
+    W = draw(st.integers(1, 9))
+    pads = resolve_padding(padding, (H, W), kernel, stride)
+    if H + sum(pads[0]) < kernel[0] or W + sum(pads[1]) < kernel[1]:
+        H, W = H + kernel[0], W + kernel[1]
+    return N, H, W, C, F, kernel, stride, padding, draw(st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(config=conv_configs(), contiguous=st.booleans(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 99))
+def test_conv2d_agrees_hypothesis(config, contiguous, dtype, seed):
+    args, kwargs = conv_case(np.random.default_rng(seed), *config, contiguous=contiguous)
+    OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
+    assert OH >= 1 and OW >= 1
+    for impl in fast_impls("conv2d"):
+        compare("conv2d", impl, args, kwargs, dtype, seed)
+
+
+@st.composite
+def pool_configs(draw):
+    pool = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    H = draw(st.integers(pool[0], 10))
+    W = draw(st.integers(pool[1], 10))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    return draw(st.integers(1, 3)), H, W, draw(st.integers(1, 3)), pool, stride, padding
+
+
+@settings(max_examples=60, deadline=None)
+@given(config=pool_configs(), kind=st.sampled_from(["normal", "ties"]), contiguous=st.booleans(),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 99))
+def test_pool_agrees_hypothesis(config, kind, contiguous, dtype, seed):
+    args, kwargs = pool_case(np.random.default_rng(seed), *config, kind=kind, contiguous=contiguous)
+    for op in ("max_pool2d", "avg_pool2d"):
+        for impl in fast_impls(op):
+            compare(op, impl, args, kwargs, dtype, seed)
+
+
+def test_every_op_has_a_reference_and_numpy_entry():
+    for op in registry.ops():
+        assert {"reference", "numpy"} <= set(registry.implementations(op)), op
