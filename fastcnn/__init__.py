@@ -1,11 +1,17 @@
-"""fastcnn: fast CPU training of convolutional neural networks with NumPy and Numba."""
+"""fastcnn: fast CPU training of convolutional neural networks with NumPy and Numba.
 
-from fastcnn import registry
+NHWC activations, HWIO conv weights, float32 by default. See README.md.
+"""
+
+from fastcnn import datasets, layers, optim, registry
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "datasets",
+    "layers",
+    "optim",
     "registry",
     "FastCNNError",
     "DatasetError",
