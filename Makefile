@@ -22,7 +22,7 @@ demo: $(VENV)/.installed data
 	$(BIN)/fastcnn train --dataset fashion-mnist --model mnist_cnn --epochs 1
 
 test: $(VENV)/.installed data
-	$(BIN)/python -m pytest -q
+	FASTCNN_REQUIRE_DATA=1 $(BIN)/python -m pytest -q
 	FASTCNN_BENCH_SMALL=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
 
 bench: $(VENV)/.installed

@@ -1,0 +1,293 @@
+"""Training callbacks with Keras semantics.
+
+``fit`` calls, in this order: ``on_train_begin``, then per epoch
+``on_epoch_begin(epoch)``, per batch ``on_train_batch_begin(batch)`` /
+``on_train_batch_end(batch, logs)`` and ``on_epoch_end(epoch, logs)``, and
+finally ``on_train_end``. ``epoch`` and ``batch`` are 0-based. Batch logs hold
+the running means of the epoch so far (``loss``, ``accuracy``); epoch logs add
+``val_loss`` / ``val_accuracy`` when there is validation data. A callback stops
+training by setting ``self.model.stop_training = True``.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN"]
+
+
+class Callback:
+    """Base class: every hook is a no-op. ``self.model`` and ``self.params`` are set by ``fit``.
+
+    ``params`` holds ``epochs``, ``steps`` (batches per epoch), ``samples``,
+    ``batch_size`` and ``verbose``.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class CallbackList:
+    """Dispatches every hook to a list of callbacks, in order."""
+
+    def __init__(self, callbacks, model, params):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.set_model(model)
+            cb.set_params(params)
+
+    def _call(self, hook, *args):
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def on_train_begin(self, logs=None):
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs=None):
+        self._call("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._call("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._call("on_train_batch_end", batch, logs)
+
+
+def check_callbacks(callbacks):
+    """Validate the ``callbacks`` argument of ``fit``; returns a list."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be fastcnn.callbacks.Callback instances, received {cb!r}")
+    return callbacks
+
+
+class History(Callback):
+    """Records the epoch logs: ``history.history["loss"]`` is a list, one value per epoch.
+
+    ``fit`` returns one (also kept as ``model.history``). ``history.epoch`` lists the
+    0-based epoch numbers recorded.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        keys = ", ".join(self.history)
+        return f"History(epochs={len(self.epoch)}, keys=[{keys}])"
+
+
+def _monitor_op(monitor, mode, owner):
+    """``(better(a, b), initial best)`` for ``mode`` ("min", "max", "auto")."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner}: `mode` must be 'auto', 'min' or 'max', received {mode!r}")
+    if mode == "auto":
+        mode = "max" if "acc" in monitor else "min"
+    if mode == "max":
+        return np.greater, -math.inf
+    return np.less, math.inf
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has stopped improving (Keras semantics).
+
+    An epoch improves on the best so far if it beats it by more than
+    ``min_delta``; after ``patience`` epochs without improvement training stops.
+    With ``restore_best_weights=True`` the weights of the best epoch are restored
+    when training ends (whether or not it stopped early).
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+    patience : int, default 0
+    min_delta : float, default 0
+    restore_best_weights : bool, default False
+    mode : "auto", "min" or "max"; "auto" maximizes metrics whose name contains "acc"
+    verbose : int, default 0; 1 prints a line when it stops or restores
+    """
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, restore_best_weights=False,
+                 mode="auto", verbose=0):
+        super().__init__()
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"EarlyStopping: `patience` must be a non-negative int, received {patience!r}")
+        if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
+            raise ValueError(f"EarlyStopping: `min_delta` must be a finite float, received {min_delta!r}")
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.min_delta = abs(float(min_delta))
+        self.restore_best_weights = bool(restore_best_weights)
+        self.mode = mode
+        self.verbose = verbose
+        self._better, self._initial = _monitor_op(monitor, mode, "EarlyStopping")
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.stopped_epoch = -1
+        self.best = self._initial
+        self.best_epoch = -1
+        self.best_weights = None
+
+    def _improved(self, current):
+        delta = -self.min_delta if self._better is np.greater else self.min_delta
+        return bool(self._better(current + delta, self.best))
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"EarlyStopping monitors {self.monitor!r}, which is not in the logs "
+                f"(available: {sorted(logs or {})}); pass validation data for val_* metrics",
+                RuntimeWarning, stacklevel=2,
+            )
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()  # the first epoch is the best so far
+            self.best_epoch = epoch
+        self.wait += 1
+        if self._improved(current):
+            self.best = current
+            self.best_epoch = epoch
+            self.wait = 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch >= 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring the weights from the end of the best epoch: {self.best_epoch + 1}")
+            self.model.set_weights(self.best_weights)
+
+    def __repr__(self):
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+                f"min_delta={self.min_delta}, restore_best_weights={self.restore_best_weights})")
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (weights, optimizer and RNG state: a resumable checkpoint) after each epoch.
+
+    Parameters
+    ----------
+    filepath : str or path
+        May contain ``{epoch}`` (1-based) and any log key, e.g.
+        ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. ``.npz`` is appended if missing.
+    monitor : str, default "val_loss"
+    save_best_only : bool, default False
+        Only save when ``monitor`` improves on the best seen so far.
+    mode : "auto", "min" or "max"
+    verbose : int, default 0
+
+    ``self.saved`` lists the paths written, in order.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
+        super().__init__()
+        self.filepath = str(filepath)
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.verbose = verbose
+        self._better, self.best = _monitor_op(monitor, mode, "ModelCheckpoint")
+        self.saved = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"ModelCheckpoint: cannot format filepath {self.filepath!r} with epoch and the "
+                f"logs {sorted(logs)}: {e}"
+            ) from e
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(
+                    f"ModelCheckpoint monitors {self.monitor!r}, which is not in the logs "
+                    f"(available: {sorted(logs)}); skipping", RuntimeWarning, stacklevel=2,
+                )
+                return
+            if not self._better(current, self.best):
+                return
+            self.best = current
+        path = self.model.save(path)
+        self.saved.append(path)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved model to {path}")
+
+    def __repr__(self):
+        return (f"ModelCheckpoint({self.filepath!r}, monitor={self.monitor!r}, "
+                f"save_best_only={self.save_best_only})")
+
+
+class TerminateOnNaN(Callback):
+    """Stop training quietly when the loss becomes NaN or infinite.
+
+    Without it, ``fit`` raises :class:`fastcnn.NonFiniteLossError`. Either way the
+    step that produced the non-finite loss is not applied to the weights.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: invalid loss {loss}, terminating training")
+            self.model.stop_training = True
