@@ -1,0 +1,308 @@
+"""Kernel-specific tests of the Numba implementation (``fastcnn/kernels``).
+
+Agreement with the reference is tested for every registered implementation in
+tests/test_ops_agreement.py; here are the properties particular to kernels:
+parallel scatters equal the serial result bit for bit, float32 stays float32,
+``-inf`` padding and NaN survive the fast-math flags, dropout draws exactly
+the NumPy mask, and the thread-count and warm-up entry points.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+from fastcnn import parallel, registry
+from fastcnn.kernels import activations, conv, dropout, loss, pooling, warmup
+from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE
+
+DTYPES = [np.float32, np.float64]
+VALID = ((0, 0), (0, 0))
+TWO_THREADS = numba.config.NUMBA_NUM_THREADS >= 2
+needs_two_threads = pytest.mark.skipif(not TWO_THREADS, reason="needs NUMBA_NUM_THREADS >= 2")
+
+
+@pytest.fixture
+def restore_threads():
+    before = parallel.get_num_threads()
+    yield
+    parallel.set_num_threads(before)
+
+
+def with_threads(n, fn, *args, **kwargs):
+    numba.set_num_threads(n)
+    return fn(*args, **kwargs)
+
+
+# Overlapping windows (stride < pool) make several outputs scatter into one
+# input element: the case where a race or reordering would show.
+SCATTER_GEOMETRY = [
+    ((3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((3, 2), (2, 1), ((2, 0), (0, 1))),
+    ((2, 2), (2, 2), VALID),
+]
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool_size, stride, padding", SCATTER_GEOMETRY)
+def test_parallel_pool_backward_equals_serial(restore_threads, dtype, pool_size, stride, padding):
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2, 3, size=(5, 9, 8, 3)).astype(dtype)  # ties
+    geometry = dict(pool_size=pool_size, stride=stride, padding=padding)
+    for forward, backward in (
+        (pooling.max_pool2d_forward, pooling.max_pool2d_backward),
+        (pooling.avg_pool2d_forward, pooling.avg_pool2d_backward),
+    ):
+        y1, cache1 = with_threads(1, forward, x, **geometry)
+        y2, cache2 = with_threads(2, forward, x, **geometry)
+        assert np.array_equal(y1, y2)
+        dy = rng.standard_normal(y1.shape).astype(dtype)
+        dx1 = with_threads(1, backward, dy, cache1)
+        dx2 = with_threads(2, backward, dy, cache2)
+        assert dx1.dtype == dtype
+        assert np.array_equal(dx1, dx2)
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 1), ((0, 1), (2, 0)))])
+def test_parallel_conv_equals_serial(restore_threads, dtype, stride, padding):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 7, 6, 3)).astype(dtype)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    y1, cache1 = with_threads(1, conv.conv2d_forward, x, w, b, stride=stride, padding=padding)
+    y2, cache2 = with_threads(2, conv.conv2d_forward, x, w, b, stride=stride, padding=padding)
+    assert np.array_equal(cache1[0], cache2[0])  # the im2col matrix
+    dy = rng.standard_normal(y1.shape).astype(dtype)
+    g1 = with_threads(1, conv.conv2d_backward, dy, cache1)
+    g2 = with_threads(2, conv.conv2d_backward, dy, cache2)
+    assert g1[0].dtype == dtype
+    assert np.array_equal(g1[0], g2[0])  # dx: the col2im scatter
+
+
+def naive_max_pool(x, pool_size, stride, padding):
+    """Loops over a -inf padded copy: y, and dx for dy = 1 routed to each window's np.argmax."""
+    (PH, PW), (SH, SW), ((PT, PB), (PL, PR)) = pool_size, stride, padding
+    xp = np.pad(x, ((0, 0), (PT, PB), (PL, PR), (0, 0)), constant_values=-np.inf)
+    N, HP, WP, C = xp.shape
+    OH, OW = (HP - PH) // SH + 1, (WP - PW) // SW + 1
+    y = np.empty((N, OH, OW, C), dtype=x.dtype)
+    dxp = np.zeros(xp.shape, dtype=x.dtype)
+    for n, oh, ow, c in np.ndindex(N, OH, OW, C):
+        window = xp[n, oh * SH:oh * SH + PH, ow * SW:ow * SW + PW, c].reshape(-1)
+        k = int(np.argmax(window))
+        y[n, oh, ow, c] = window[k]
+        dxp[n, oh * SH + k // PW, ow * SW + k % PW, c] += 1
+    return y, dxp[:, PT:PT + x.shape[1], PL:PL + x.shape[2]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool_size, stride, padding", SCATTER_GEOMETRY)
+def test_max_pool_ties_and_padding_match_argmax_exactly(dtype, pool_size, stride, padding):
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 0, size=(2, 7, 6, 2)).astype(dtype)  # all negative, many ties
+    y, cache = pooling.max_pool2d_forward(x, pool_size=pool_size, stride=stride, padding=padding)
+    dx = pooling.max_pool2d_backward(np.ones(y.shape, dtype=dtype), cache)
+    y_ref, dx_ref = naive_max_pool(x, pool_size, stride, padding)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert np.array_equal(y, y_ref)  # padding never wins: no 0 leaks in
+    assert np.array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_all_minus_inf_window_stays_minus_inf(dtype):
+    x = np.full((1, 3, 3, 1), -np.inf, dtype=dtype)
+    padding = ((1, 1), (1, 1))
+    y, cache = pooling.max_pool2d_forward(x, pool_size=(3, 3), stride=(1, 1), padding=padding)
+    assert np.all(y == -np.inf)
+    dx = pooling.max_pool2d_backward(np.ones(y.shape, dtype=dtype), cache)
+    _, dx_ref = naive_max_pool(x, (3, 3), (1, 1), padding)
+    assert np.array_equal(dx, dx_ref)  # argmax 0 is a padded cell for most windows: dropped
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_nan_is_the_maximum(dtype):
+    x = np.arange(2 * 4 * 4 * 1, dtype=dtype).reshape(2, 4, 4, 1)
+    x[0, 1, 0, 0] = np.nan  # second row of the first window
+    x[0, 2, 2, 0] = np.nan  # the first element of a window: larger numbers after it never replace it
+    x[1, 3, 3, 0] = np.nan  # the last element: it still beats the larger numbers before it
+    y, cache = pooling.max_pool2d_forward(x, pool_size=(2, 2), stride=(2, 2), padding=VALID)
+    y_ref, dx_ref = naive_max_pool(x, (2, 2), (2, 2), VALID)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y[0, 1, 1, 0]) and np.isnan(y[1, 1, 1, 0])
+    assert np.array_equal(y, y_ref, equal_nan=True)
+    dx = pooling.max_pool2d_backward(np.ones(y.shape, dtype=dtype), cache)
+    assert np.array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("window, expected", [(4, np.int8), (127, np.int8), (129, np.int16), (40000, np.int32)])
+def test_max_pool_argmax_index_dtype_is_small(window, expected):
+    assert pooling._index_dtype(window) == expected
+
+
+def test_max_pool_large_window_uses_int16_argmax():
+    x = np.random.default_rng(3).standard_normal((1, 12, 12, 2)).astype(np.float32)
+    y, cache = pooling.max_pool2d_forward(x, pool_size=(12, 12), stride=(1, 1), padding=VALID)
+    assert cache[0].dtype == np.int16
+    _, dx_ref = naive_max_pool(x, (12, 12), (1, 1), VALID)
+    assert np.array_equal(pooling.max_pool2d_backward(np.ones(y.shape, np.float32), cache), dx_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_nan_propagates_like_numpy(dtype):
+    x = np.array([[np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf]], dtype=dtype)
+    y, cache = activations.relu_forward(x)
+    assert y.dtype == dtype
+    assert np.array_equal(y, np.maximum(x, 0), equal_nan=True)
+    dy = np.array([[1.0, np.nan, 1.0, 3.0, np.inf, 1.0]], dtype=dtype)
+    dx = activations.relu_backward(dy, cache)
+    expected = registry.get("relu", "numpy")
+    with np.errstate(invalid="ignore"):  # inf * 0 in the NumPy path
+        dx_numpy = expected.backward(dy, expected.forward(x)[1])
+    assert np.array_equal(dx, dx_numpy, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_and_softmax_propagate_nan(dtype):
+    logits = np.array([[0.0, np.nan, 1.0], [1.0, 2.0, 3.0]], dtype=dtype)
+    value, dlogits = loss.softmax_cross_entropy(logits, np.array([0, 2]))
+    assert np.isnan(value)
+    assert dlogits.dtype == dtype
+    assert np.all(np.isnan(dlogits[0])) and np.all(np.isfinite(dlogits[1]))
+    y, _ = activations.softmax_forward(logits)
+    assert np.all(np.isnan(y[0])) and np.all(np.isfinite(y[1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_is_stable_for_huge_logits(dtype):
+    logits = np.array([[1e4, -1e4, 0.0]], dtype=dtype)
+    value, dlogits = loss.softmax_cross_entropy(logits, np.array([1]))
+    assert value == pytest.approx(2e4, rel=1e-6)
+    assert np.array_equal(dlogits, np.array([[1.0, -1.0, 0.0]], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (PARALLEL_MIN_SIZE + 3,)])  # serial and parallel twin
+def test_dropout_matches_numpy_bit_for_bit(dtype, shape):
+    x = np.random.default_rng(4).standard_normal(shape).astype(dtype)
+    numpy_impl = registry.get("dropout", "numpy")
+    y_ref, cache_ref = numpy_impl.forward(x, rate=0.3, rng=np.random.default_rng(7))
+    y, cache = dropout.dropout_forward(x, rate=0.3, rng=np.random.default_rng(7))
+    assert y.dtype == dtype
+    assert np.array_equal(y, y_ref)
+    dy = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    assert np.array_equal(dropout.dropout_backward(dy, cache), numpy_impl.backward(dy, cache_ref))
+
+
+def test_dropout_rate_zero_is_identity_without_a_draw():
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    x = np.ones((2, 3), np.float32)
+    y, cache = dropout.dropout_forward(x, rate=0.0, rng=rng)
+    assert y is x and cache is None and rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "leaky_relu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_serial_and_parallel_twins_agree(name, dtype):
+    kwargs = {"alpha": 0.1} if name == "leaky_relu" else {}
+    forward = getattr(activations, name + "_forward")
+    backward = getattr(activations, name + "_backward")
+    x = np.random.default_rng(6).standard_normal(PARALLEL_MIN_SIZE + 5).astype(dtype)
+    dy = np.random.default_rng(7).standard_normal(x.shape).astype(dtype)
+    y_big, cache_big = forward(x, **kwargs)  # parallel twin
+    dx_big = backward(dy, cache_big)
+    head = slice(0, 1000)
+    y_small, cache_small = forward(x[head], **kwargs)  # serial twin
+    dx_small = backward(dy[head], cache_small)
+    assert y_big.dtype == dtype and dx_big.dtype == dtype
+    np.testing.assert_allclose(y_small, y_big[head], rtol=1e-6 if dtype == np.float32 else 1e-14)
+    np.testing.assert_allclose(dx_small, dx_big[head], rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_every_numba_op_keeps_float32(restore_threads):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    args = {
+        "conv2d": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32), np.zeros(2, np.float32)),
+                   dict(stride=(1, 1), padding=VALID)),
+        "max_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
+        "avg_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
+        "leaky_relu": ((x,), dict(alpha=0.2)),
+        "dropout": ((x,), dict(rate=0.5, rng=np.random.default_rng(0))),
+    }
+    for op in registry.ops():
+        if "numba" not in registry.implementations(op):
+            continue
+        entry = registry.get(op, "numba")
+        if op == "softmax_cross_entropy":
+            _, grad = entry.forward(x[:, 0, 0, :], np.array([0, 2]))
+            assert grad.dtype == np.float32
+            continue
+        a, kw = args.get(op, ((x,), {}))
+        y, cache = entry.forward(*a, **kw)
+        assert y.dtype == np.float32, op
+        grads = entry.backward(np.ones(y.shape, np.float32), cache)
+        for g in grads if isinstance(grads, tuple) else (grads,):
+            assert g is None or g.dtype == np.float32, op
+
+
+def _kernel_dispatchers():
+    from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
+
+    found = {}
+    for module in (activations, conv, dropout, pooling):
+        for name, value in vars(module).items():
+            candidates = value if isinstance(value, tuple) else (value,)
+            for item in candidates:
+                if isinstance(item, numba.core.registry.CPUDispatcher):
+                    found[item.py_func.__qualname__] = item
+    return found
+
+
+def test_float32_kernels_never_promote_to_float64():
+    """No ``fpext float -> double`` in a float32 kernel: constants are cast to the array dtype.
+
+    Cached machine code cannot be inspected, so each float32 signature is
+    recompiled serially (``prange`` is ``range``) with the same fast-math flags.
+    The loss kernel is left out on purpose: it sums the loss in float64.
+    """
+    warmup((np.float32,))
+    checked = 0
+    for name, dispatcher in _kernel_dispatchers().items():
+        for sig in dispatcher.signatures:
+            if not any(getattr(t, "dtype", None) == numba.float32 for t in sig):
+                continue
+            fresh = numba.njit(sig, fastmath=set(FASTMATH))(dispatcher.py_func)
+            ir = "\n".join(fresh.inspect_llvm().values())
+            assert "fpext float" not in ir, f"{name}{sig} promotes float32 to float64"
+            checked += 1
+    assert checked >= 10
+
+
+def test_set_num_threads_sets_numba_and_blas(restore_threads):
+    parallel.set_num_threads(1)
+    assert parallel.get_num_threads() == 1
+    assert numba.get_num_threads() == 1
+    assert all(n == 1 for n in parallel.blas_num_threads().values())
+    parallel.set_num_threads(parallel.max_num_threads())
+    assert parallel.get_num_threads() == parallel.max_num_threads()
+
+
+@pytest.mark.parametrize("bad", [0, -1, parallel.max_num_threads() + 1])
+def test_set_num_threads_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match=rf"`n` must be between 1 and {parallel.max_num_threads()} .*received {bad}$"):
+        parallel.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", True, None])
+def test_set_num_threads_rejects_non_int(bad):
+    with pytest.raises(TypeError, match=r"set_num_threads: `n` must be an int, received"):
+        parallel.set_num_threads(bad)
+
+
+def test_warmup_runs_and_validates_dtypes():
+    warmup()  # float32
+    warmup(dtypes=(np.float64,))
+    with pytest.raises(ValueError, match=r"warmup: dtypes must be float32 or float64, received int64"):
+        warmup(dtypes=(np.int64,))
