@@ -133,6 +133,7 @@ class Sequential:
                     raise ValueError(f"layers.{i} ({type(layer).__name__}): {e}") from None
             if hasattr(layer, "reseed"):
                 layer.reseed(rng)  # dropout masks from the model's seed
+            layer.needs_input_grad = i > 0  # nothing consumes the first layer's dx
             shape = layer.output_shape
         self.input_shape = input_shape
         self.output_shape = shape

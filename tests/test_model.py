@@ -306,3 +306,13 @@ def test_summary_is_printed_and_available_as_text(capsys):
     assert "layers.3 (Dense)      (None, 10)          13,530" in out
     with pytest.raises(ValueError, match="not built yet"):
         Sequential([L.Dense(3)]).summary()
+
+
+def test_first_layer_skips_its_input_gradient():
+    from fastcnn import models
+
+    model = models.mnist_cnn(seed=0)
+    assert [layer.needs_input_grad for layer in model.layers[:3]] == [False, True, True]
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    model.train_on_batch(x, np.arange(4))
+    assert model.layers[0].grads["weight"].shape == (3, 3, 1, 32)

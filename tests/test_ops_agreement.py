@@ -107,6 +107,20 @@ def test_conv2d_agrees(op, impl, case, contiguous, dtype):
     compare(op, impl, args, kwargs, dtype)
 
 
+@pytest.mark.parametrize("impl", registry.implementations("conv2d"))
+def test_conv2d_without_dx_gives_the_same_weight_gradients(impl):
+    fn = registry.get("conv2d", impl)
+    args, kwargs = conv_case(np.random.default_rng(9), 2, 7, 7, 2, 3, 3, 2, "same", True)
+    y, cache = fn.forward(*args, **kwargs)
+    dy = np.random.default_rng(10).standard_normal(y.shape)
+    dx, dw, db = fn.backward(dy, cache)
+    y2, cache2 = fn.forward(*args, **kwargs)
+    none, dw2, db2 = fn.backward(dy, cache2, need_dx=False)
+    assert none is None and dx is not None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("op,impl", impl_params("conv2d"))
 def test_conv2d_all_zero_input(op, impl, dtype):

@@ -124,8 +124,9 @@ def conv2d_forward(x, w, b, *, stride, padding):
     return y.reshape(N, OH, OW, F), (cols, w2, b is not None, x.shape, w.shape, stride, padding)
 
 
-def conv2d_backward(dy, cache):
-    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``; ``db`` is None without bias.
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``; ``db`` is None without bias,
+    ``dx`` is None with ``need_dx=False`` (skipping the dcols GEMM and col2im).
 
     Shape: dy ``(N, OH, OW, F)`` -> dx ``(N, H, W, C)``, dw ``(KH, KW, C, F)``, db ``(F,)``.
     """
@@ -138,6 +139,8 @@ def conv2d_backward(dy, cache):
     if has_bias:
         db = np.empty(F, dtype=cols.dtype)  # (F,)
         _bias_grad_kernel(db, dy2)
+    if not need_dx:
+        return None, dw, db
     dcols = (dy2 @ w2.T).reshape(N, OH, OW, KH, KW * C)  # (N, OH, OW, KH, KW*C)
     dx = np.empty(x_shape, dtype=cols.dtype)  # (N, H, W, C)
     _col2im_kernel(dx.reshape(N, x_shape[1], x_shape[2] * C), dcols, C, SH, SW, PT, PL)

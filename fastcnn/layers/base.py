@@ -41,6 +41,9 @@ class Layer:
         self.name = name
         self.built = False
         self.training = True
+        # False when nothing consumes this layer's dx (the first layer of a model):
+        # layers that can skip computing it do.
+        self.needs_input_grad = True
         self.input_shape = None  # without the batch axis
         self.output_shape = None
         self.dtype = None

@@ -99,7 +99,7 @@ class Conv2D(Layer):
         return y
 
     def backward(self, dy):
-        dx, dw, db = self._fn.backward(dy, self._cache)
+        dx, dw, db = self._fn.backward(dy, self._cache, need_dx=self.needs_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db

@@ -59,14 +59,17 @@ def conv2d_forward(x, w, b, *, stride, padding):
     return y.reshape(N, OH, OW, F), cache
 
 
-def conv2d_backward(dy, cache):
-    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``; ``db`` is None without bias."""
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``; ``db`` is None without bias,
+    ``dx`` is None with ``need_dx=False`` (skipping the dcols GEMM and col2im)."""
     cols, w, has_bias, x_shape, padded_shape, stride, padding = cache
     KH, KW, C, F = w.shape
     N, OH, OW, _ = dy.shape
     dy2 = dy.reshape(N * OH * OW, F)
     dw = (cols.T @ dy2).reshape(w.shape)  # (KH, KW, C, F)
     db = dy2.sum(axis=0) if has_bias else None
+    if not need_dx:
+        return None, dw, db
     dcols = dy2 @ w.reshape(KH * KW * C, F).T  # (N*OH*OW, KH*KW*C)
     dx = col2im(dcols.reshape(N, OH, OW, KH, KW, C), x_shape, padded_shape, (KH, KW), stride, padding)
     return dx, dw, db

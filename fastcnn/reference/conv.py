@@ -59,7 +59,7 @@ def conv2d_forward(x, w, b, *, stride, padding):
     return y, cache
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, need_dx=True):
     """Gradients of :func:`conv2d_forward` with respect to ``x``, ``w`` and ``b``.
 
     Each output position sends ``dy[n, i, j, f]`` back along the same window it
@@ -72,6 +72,8 @@ def conv2d_backward(dy, cache):
         Upstream gradient.
     cache : tuple
         From :func:`conv2d_forward`.
+    need_dx : bool
+        ``False`` returns ``dx=None`` (the first layer's input needs no gradient).
 
     Returns
     -------
@@ -106,5 +108,5 @@ def conv2d_backward(dy, cache):
                     if has_bias:
                         db[f] += g
     _, H, W, _ = x_shape
-    dx = dxp[:, pt : pt + H, pl : pl + W, :].copy()
+    dx = dxp[:, pt : pt + H, pl : pl + W, :].copy() if need_dx else None
     return dx, dw, db
