@@ -1,0 +1,104 @@
+"""End to end: one training step and one inference pass of each preset, per implementation.
+
+``impl=`` selects the implementation for every layer (ops without a Numba
+kernel fall back to NumPy inside ``impl="numba"``). The reference runs only for
+tutorial_cnn (a step takes seconds; for mnist_cnn and vgg_mini, minutes) and
+not at batch 1000. Groups are named like the PyTorch peer benchmarks'
+(benchmarks/test_bench_torch.py), so the table reads fastcnn against PyTorch.
+
+Checks: a timed step starts from the state S1 restored in untimed setup, so
+its loss and every gradient must agree with a float64 step from S1 (see
+benchmarks/_presets.py); predictions must agree with a float64 model holding
+the same weights. Both within ``fastcnn.testing.RTOL[float32]``.
+"""
+
+import numpy as np
+import pytest
+
+from fastcnn.testing import assert_close, max_rel_error
+
+from benchmarks import _presets
+from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, model_gflop, run_info
+
+#: Timed rounds of a training step (each from the restored state S1).
+TRAIN_ROUNDS = 5
+IMPLS = ("reference", "numpy", "numba")
+
+
+def train_group(preset, n):
+    return f"{preset} train_on_batch, batch {n}"
+
+
+def predict_group(preset, n):
+    return f"{preset} predict, batch {n}"
+
+
+def params(batches):
+    out = []
+    for preset in PRESETS:
+        for n in batches:
+            for impl in IMPLS:
+                marks = ()
+                if impl == "reference" and (preset not in _presets.REFERENCE_PRESETS or n > 64):
+                    marks = pytest.mark.skip(reason="reference too slow: minutes per call")
+                out.append(pytest.param(preset, n, impl, id=f"{preset}-batch{n}-{impl}", marks=marks))
+    return out
+
+
+def record(benchmark, group, preset, n, impl, training):
+    benchmark.group = group
+    benchmark.extra_info.update(run_info(impl))
+    benchmark.extra_info.update(
+        kind="model", preset=preset, batch=n, task="train_on_batch" if training else "predict",
+        gflop=model_gflop(PRESET_LAYERS[preset], n, training=training), gemm_like=True,
+        dtype="float32",
+    )
+
+
+@pytest.mark.parametrize("preset,n,impl", params([BATCH]))
+def test_train_step(benchmark, preset, n, impl):
+    x, y = _presets.batch(n)
+    model = _presets.build(preset, impl)
+    state = _presets.state_after_one_step(preset, n)
+    if impl != "reference":
+        model.train_on_batch(x, y)  # warm up: JIT, buffers, optimizer slots
+
+    record(benchmark, train_group(preset, n), preset, n, impl, training=True)
+    loss = benchmark.pedantic(
+        model.train_on_batch, args=(x, y), setup=lambda: _presets.restore(model, state),
+        rounds=1 if impl == "reference" else TRAIN_ROUNDS, iterations=1,
+    )
+
+    truth_impl, truth_loss, truth_grads = _presets.train_truth(preset, n)
+    got = _presets.grads(model)
+    assert_close(np.float64(loss), truth_loss, dtype=np.float32, name=f"{preset}/{impl} loss")
+    for name, g in got.items():
+        assert g.dtype == np.float32
+        assert_close(g, truth_grads[name], dtype=np.float32, name=f"{preset}/{impl} gradient {name}")
+    worst = max(max_rel_error(g, truth_grads[k]) for k, g in got.items())
+    benchmark.extra_info["check"] = f"float64 {truth_impl} step from the same state: max rel error {worst:.1e}"
+
+
+PREDICT_BATCHES = [BATCH] + ([BIG_BATCH] if BIG_BATCH else [])
+
+
+@pytest.mark.parametrize("preset,n,impl", params(PREDICT_BATCHES))
+def test_predict(benchmark, preset, n, impl):
+    x, _ = _presets.batch(n)
+    model = _presets.build(preset, impl)
+    model.set_weights(_presets.initial_weights(preset))
+
+    record(benchmark, predict_group(preset, n), preset, n, impl, training=False)
+    if impl == "reference":
+        probs = benchmark.pedantic(model.predict, args=(x,), kwargs={"batch_size": n}, rounds=1, iterations=1)
+    else:
+        model.predict(x, batch_size=n)  # warm up
+        probs = benchmark(model.predict, x, batch_size=n)
+
+    truth_impl, truth = _presets.predict_truth(preset, n)
+    assert probs.dtype == np.float32 and probs.shape == (n, 10)
+    assert_close(probs, truth, dtype=np.float32, name=f"{preset}/{impl} predict")
+    benchmark.extra_info["check"] = (
+        f"float64 {truth_impl}, same weights: max rel error {max_rel_error(probs, truth):.1e}"
+    )
+

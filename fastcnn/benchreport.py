@@ -1,0 +1,327 @@
+"""Turn a pytest-benchmark JSON file into the README's performance table.
+
+    pytest benchmarks --benchmark-only --benchmark-json bench.json
+    python -m fastcnn.benchreport bench.json --markdown
+
+The benchmarks (``benchmarks/``) record in each ``extra_info``: ``kind``
+(``"op"``, ``"model"`` or ``"peak"``), ``impl``, ``gflop`` (1e9 floating-point
+operations per call) and ``gemm_like``; ``machine_info["fastcnn"]`` holds the
+machine facts from :func:`environment`. From those and the timings this module
+derives, per benchmark: GFLOP/s, the speed-up over its group's baseline (the
+reference where it ran at that shape, else NumPy) and the share of the float32
+matmul peak measured in the same run. Times are medians throughout.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional
+
+__all__ = ["environment", "annotate", "derive", "render_markdown", "main"]
+
+#: The statistic every figure is computed from.
+STAT = "median"
+#: Row order inside a group; unknown implementations go last.
+IMPL_ORDER = ("reference", "numpy", "numba", "torch")
+#: Preferred baselines for speed-ups, first present wins.
+BASELINES = ("reference", "numpy")
+IMPL_NAMES = {"reference": "reference", "numpy": "NumPy", "numba": "Numba", "torch": "PyTorch"}
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _dist_version(name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(*, threads=None, small=False):
+    """Facts about this machine and its libraries, for ``machine_info["fastcnn"]``.
+
+    PyTorch's version is read from its metadata, so this does not import it.
+    """
+    info = {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads,
+        "small": bool(small),
+        "python": platform.python_version(),
+        "numpy": _dist_version("numpy"),
+        "numba": _dist_version("numba"),
+        "torch": _dist_version("torch"),
+        "blas": None,
+    }
+    try:
+        import numba
+
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if blas:
+            p = blas[0]
+            arch = f" ({p['architecture']})" if p.get("architecture") else ""
+            info["blas"] = f"{p.get('internal_api', p.get('prefix'))} {p.get('version') or ''}".strip() + arch
+            info["blas_threads"] = p.get("num_threads")
+    except ImportError:
+        pass
+    return info
+
+
+@dataclass
+class Row:
+    """One timed benchmark with the figures derived from it."""
+
+    group: str
+    kind: str
+    impl: str
+    seconds: Optional[float]
+    rounds: int
+    gflops: Optional[float] = None
+    baseline: Optional[str] = None
+    speedup: Optional[float] = None
+    peak_share: Optional[float] = None
+    note: str = ""
+
+
+def _group_of(bench):
+    return bench.get("group") or bench.get("name", "?")
+
+
+def _peak_gflops(benchmarks):
+    rates = []
+    for bench in benchmarks:
+        extra = bench.get("extra_info") or {}
+        seconds = (bench.get("stats") or {}).get(STAT)
+        if extra.get("kind") == "peak" and seconds and extra.get("gflop"):
+            rates.append(extra["gflop"] / seconds)
+    return max(rates) if rates else None
+
+
+def derive(json_dict):
+    """Rows (in the JSON's group order, implementations ordered) and the matmul peak in GFLOP/s."""
+    benchmarks = json_dict.get("benchmarks", [])
+    peak = _peak_gflops(benchmarks)
+    groups = {}
+    for bench in benchmarks:
+        extra = bench.get("extra_info") or {}
+        stats = bench.get("stats") or {}
+        seconds = stats.get(STAT)
+        row = Row(
+            group=_group_of(bench),
+            kind=extra.get("kind", "op"),
+            impl=extra.get("impl", bench.get("name", "?")),
+            seconds=seconds,
+            rounds=int(stats.get("rounds", 0)),
+        )
+        if seconds and extra.get("gflop"):
+            row.gflops = extra["gflop"] / seconds
+            if peak and extra.get("gemm_like") and row.kind != "peak":
+                row.peak_share = row.gflops / peak
+        reference = str(extra.get("reference", ""))
+        if reference.startswith("skipped"):
+            row.note = "reference " + reference
+        groups.setdefault(row.group, []).append(row)
+
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda r: IMPL_ORDER.index(r.impl) if r.impl in IMPL_ORDER else len(IMPL_ORDER))
+        timed = {r.impl: r for r in members if r.seconds}
+        base = next((timed[name] for name in BASELINES if name in timed), None)
+        if base is not None and len(members) > 1:
+            for r in members:
+                if r.seconds:
+                    r.baseline = base.impl
+                    r.speedup = base.seconds / r.seconds
+        rows.extend(members)
+    return rows, peak
+
+
+def annotate(json_dict):
+    """Write the derived figures into each benchmark's ``extra_info`` (in place); returns ``json_dict``."""
+    rows, peak = derive(json_dict)
+    by_key = {}
+    for bench in json_dict.get("benchmarks", []):
+        extra = bench.setdefault("extra_info", {})
+        by_key.setdefault((_group_of(bench), extra.get("impl", bench.get("name", "?"))), []).append(extra)
+    for row in rows:
+        for extra in by_key.get((row.group, row.impl), []):
+            extra["gflops"] = row.gflops
+            extra["speedup"] = row.speedup
+            extra["baseline"] = row.baseline
+            extra["peak_share"] = row.peak_share
+            extra["peak_gflops"] = peak
+    return json_dict
+
+
+def format_time(seconds):
+    """``1.23 s``, ``45.6 ms`` or ``789 µs`` (three significant figures)."""
+    if seconds is None:
+        return "—"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def _number(value):
+    """Three significant figures, never in exponent notation for the values a table holds."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _speedup_cell(row):
+    if row.speedup is None:
+        return "—"
+    if row.impl == row.baseline:
+        return "baseline"
+    return f"{_number(row.speedup)}× vs {IMPL_NAMES.get(row.baseline, row.baseline)}"
+
+
+def _rate_cell(value):
+    if value is None:
+        return "—"
+    return _number(value) if value >= 0.01 else "<0.01"
+
+
+def _share_cell(value):
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _cell(text):
+    return str(text).replace("|", "\\|")
+
+
+def _table(rows):
+    lines = [
+        "| benchmark | implementation | time | speed-up | GFLOP/s | % of matmul peak |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    previous = None
+    for r in rows:
+        label = ""
+        if r.group != previous:
+            label = r.group + (" ¹" if r.note else "")
+            previous = r.group
+        lines.append(
+            f"| {_cell(label)} | {IMPL_NAMES.get(r.impl, r.impl)} | {format_time(r.seconds)} | "
+            f"{_speedup_cell(r)} | {_rate_cell(r.gflops)} | {_share_cell(r.peak_share)} |"
+        )
+    return lines
+
+
+def _date(json_dict):
+    stamp = json_dict.get("datetime")
+    if not stamp:
+        return "an unknown date"
+    try:
+        return datetime.fromisoformat(stamp).date().isoformat()
+    except ValueError:
+        return str(stamp)[:10]
+
+
+def _machine_line(json_dict):
+    machine = json_dict.get("machine_info") or {}
+    env = machine.get("fastcnn") or {}
+    cpu = env.get("cpu_model") or (machine.get("cpu") or {}).get("brand_raw") or "an unknown CPU"
+    parts = [f"{cpu}"]
+    if env.get("cores"):
+        usable = env.get("usable_cores")
+        parts.append(f"{env['cores']} cores" + (f" ({usable} usable)" if usable and usable != env["cores"] else ""))
+    if env.get("threads"):
+        plural = "" if env["threads"] == 1 else "s"
+        parts.append(f"{env['threads']} thread{plural} for Numba, BLAS and PyTorch alike")
+    python = env.get("python") or machine.get("python_version")
+    libs = [f"Python {python}"] if python else []
+    for key, name in (("numpy", "NumPy"), ("numba", "Numba"), ("torch", "PyTorch")):
+        if env.get(key):
+            libs.append(f"{name} {env[key]}")
+    if env.get("blas"):
+        libs.append(f"BLAS: {env['blas']}")
+    return f"Measured on {_date(json_dict)} on {', '.join(parts)}" + (f"; {', '.join(libs)}." if libs else ".")
+
+
+def render_markdown(json_dict):
+    """The performance section of the README, as Markdown text."""
+    rows, peak = derive(json_dict)
+    env = (json_dict.get("machine_info") or {}).get("fastcnn") or {}
+    out = ["## Performance", "", _machine_line(json_dict), ""]
+    if env.get("small"):
+        out += ["**Smoke-test shapes (FASTCNN_BENCH_SMALL=1): these times mean nothing.**", ""]
+    peak_rows = [r for r in rows if r.kind == "peak"]
+    if peak:
+        name = peak_rows[0].group if peak_rows else "float32 matmul"
+        out.append(f"Float32 matmul peak ({name}, NumPy): **{peak:.3g} GFLOP/s**.")
+    else:
+        out.append("No float32 matmul peak was measured in this run, so there is no % of peak.")
+    out += [
+        f"Times are {STAT}s. Speed-ups are against the reference where it ran at that shape, "
+        "else against NumPy. GFLOP/s counts the convolution and matrix-multiply FLOPs "
+        "(a training step counts three times the forward); \"% of matmul peak\" is that rate "
+        "as a share of the float32 matmul measured in the same run.",
+        "",
+    ]
+    sections = (("End to end", "model"), ("Ops", "op"))
+    for title, kind in sections:
+        chosen = [r for r in rows if r.kind == kind]
+        if chosen:
+            out += [f"### {title}", ""] + _table(chosen) + [""]
+    others = [r for r in rows if r.kind not in ("model", "op", "peak")]
+    if others:
+        out += ["### Other", ""] + _table(others) + [""]
+    if any(r.note for r in rows):
+        out += ["¹ The reference was not run at this shape (one call would take seconds to minutes); "
+                "the speed-up is against NumPy and the results were checked against the float64 NumPy path.", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv=None):
+    """``python -m fastcnn.benchreport FILE --markdown [-o OUT]``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fastcnn.benchreport",
+        description="Render a pytest-benchmark JSON file (--benchmark-json) as fastcnn's performance table.",
+    )
+    parser.add_argument("file", help="JSON written by pytest --benchmark-json FILE")
+    parser.add_argument("--markdown", action="store_true", help="Markdown output (the default and only format)")
+    parser.add_argument("-o", "--output", help="write to this file instead of standard output")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"benchreport: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(data, dict) or "benchmarks" not in data:
+        print(f"benchreport: {args.file} is not a pytest-benchmark JSON file (no 'benchmarks' key)", file=sys.stderr)
+        return 2
+    text = render_markdown(data)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
