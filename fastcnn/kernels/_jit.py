@@ -4,12 +4,8 @@
 with ``-inf`` and NaN must propagate (and be detectable) exactly as in NumPy,
 so LLVM may not assume either away.
 
-Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it.
-Numba's default ``omp`` threading layer (libgomp, which reads the variable when
-it loads, at the first parallel kernel call) otherwise busy-waits after every
-parallel region and takes the cores from the BLAS threads of the GEMM that
-follows: on 2 cores a mnist_cnn training step measured 0.9x the NumPy path
-with spinning and 1.45x with passive waiting.
+The threading layer is chosen in :mod:`fastcnn.parallel`, imported here so
+it is in force before the first parallel kernel runs.
 """
 
 import os
@@ -17,7 +13,7 @@ import types
 
 import numba
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import fastcnn.parallel  # noqa: F401  (selects the threading layer)
 
 __all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "parallel_kernel", "twins", "pick"]
 
