@@ -122,6 +122,31 @@ def test_conv2d_without_dx_gives_the_same_weight_gradients(impl):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", [CONV_GRID[1], CONV_GRID[3], CONV_GRID[8]])
+@pytest.mark.parametrize("impl", registry.implementations("conv2d"))
+def test_conv2d_workspace_and_inference_hints(monkeypatch, impl, case, dtype):
+    """Reused scratch buffers and the chunked no-cache forward change no result."""
+    import fastcnn.kernels.conv
+
+    monkeypatch.setattr(fastcnn.kernels.conv, "INFERENCE_CHUNK_ROWS", 7)  # many small chunks
+    fn = registry.get("conv2d", impl)
+    rng = np.random.default_rng(11)
+    workspace = {}
+    for step in range(2):  # the second step reuses the first step's buffers
+        (x, w, b), kwargs = conv_case(rng, *case)
+        x, w = x.astype(dtype), w.astype(dtype)
+        b = None if b is None else b.astype(dtype)
+        y_ref, cache_ref = fn.forward(x, w, b, **kwargs)
+        y, cache = fn.forward(x, w, b, **kwargs, workspace=workspace)
+        y_inf, _ = fn.forward(x, w, b, **kwargs, workspace=workspace, need_cache=False)
+        np.testing.assert_array_equal(y, y_ref)
+        assert_close(y_inf, y_ref, dtype=dtype, name="inference forward")
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        for got, want in zip(fn.backward(dy, cache), fn.backward(dy, cache_ref)):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("op,impl", impl_params("conv2d"))
 def test_conv2d_all_zero_input(op, impl, dtype):
     args, kwargs = conv_case(np.random.default_rng(1), 2, 6, 6, 2, 3, 3, 1, "same", True, kind="zeros")

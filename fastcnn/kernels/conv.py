@@ -103,8 +103,32 @@ def _bias_grad_kernel(db, dy):
             db[f] += row[f]
 
 
-def conv2d_forward(x, w, b, *, stride, padding):
+#: Rows of ``cols`` per chunk in inference (``need_cache=False``): a chunk's
+#: ``cols`` (rows x KH*KW*C floats) stays small enough to be read back by the
+#: GEMM from cache, and memory stays bounded at any batch size.
+INFERENCE_CHUNK_ROWS = 8192
+
+
+def _scratch(workspace, key, shape, dtype):
+    """A reusable buffer ``workspace[key]`` of ``shape``/``dtype`` (fresh when ``workspace`` is None).
+
+    A fresh 40 MB array costs ~10k page faults on first touch every step (glibc
+    returns allocations above 32 MB to the OS on free); reusing it costs none.
+    """
+    if workspace is None:
+        return np.empty(shape, dtype=dtype)
+    buf = workspace.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = workspace[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
     """2-D cross-correlation of NHWC ``x`` with HWIO ``w``, plus ``b``.
+
+    ``workspace`` (a dict kept by the caller) holds ``cols`` across calls;
+    ``need_cache=False`` (inference) runs im2col + GEMM in chunks of
+    :data:`INFERENCE_CHUNK_ROWS` rows and returns ``cache=None``.
 
     Shape:
         x (N, H, W, C), w (KH, KW, C, F), b (F,) or None -> y (N, OH, OW, F)
@@ -114,14 +138,28 @@ def conv2d_forward(x, w, b, *, stride, padding):
     KH, KW, _, F = w.shape
     (SH, SW), ((PT, _), (PL, _)) = stride, padding
     OH, OW = output_hw((H, W), (KH, KW), stride, padding)
-    cols = np.empty((N, OH, OW, KH, KW * C), dtype=x.dtype)  # (N, OH, OW, KH, KW*C)
-    _im2col_kernel(cols, x.reshape(N, H, W * C), C, SH, SW, PT, PL)
-    cols = cols.reshape(N * OH * OW, KH * KW * C)
-    w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(KH * KW * C, F)  # (KH*KW*C, F)
-    y = cols @ w2  # (N*OH*OW, F)
+    K = KH * KW * C
+    w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(K, F)  # (KH*KW*C, F)
+    x3 = x.reshape(N, H, W * C)
+    if need_cache:
+        cols = _scratch(workspace, "cols", (N, OH, OW, KH, KW * C), x.dtype)  # (N, OH, OW, KH, KW*C)
+        _im2col_kernel(cols, x3, C, SH, SW, PT, PL)
+        cols = cols.reshape(N * OH * OW, K)
+        y = cols @ w2  # (N*OH*OW, F)
+        cache = (cols, w2, b is not None, x.shape, w.shape, stride, padding, workspace)
+    else:
+        chunk = max(1, min(N, INFERENCE_CHUNK_ROWS // (OH * OW)))
+        cols = _scratch(workspace, "cols_chunk", (chunk, OH, OW, KH, KW * C), x.dtype)
+        y = np.empty((N * OH * OW, F), dtype=x.dtype)  # (N*OH*OW, F)
+        for n0 in range(0, N, chunk):
+            n1 = min(N, n0 + chunk)
+            part = cols[: n1 - n0]  # (n, OH, OW, KH, KW*C)
+            _im2col_kernel(part, x3[n0:n1], C, SH, SW, PT, PL)
+            np.matmul(part.reshape(-1, K), w2, out=y[n0 * OH * OW:n1 * OH * OW])
+        cache = None
     if b is not None:
         _add_bias_kernel(y, np.ascontiguousarray(b, dtype=x.dtype))
-    return y.reshape(N, OH, OW, F), (cols, w2, b is not None, x.shape, w.shape, stride, padding)
+    return y.reshape(N, OH, OW, F), cache
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -130,7 +168,7 @@ def conv2d_backward(dy, cache, need_dx=True):
 
     Shape: dy ``(N, OH, OW, F)`` -> dx ``(N, H, W, C)``, dw ``(KH, KW, C, F)``, db ``(F,)``.
     """
-    cols, w2, has_bias, x_shape, w_shape, (SH, SW), ((PT, _), (PL, _)) = cache
+    cols, w2, has_bias, x_shape, w_shape, (SH, SW), ((PT, _), (PL, _)), workspace = cache
     KH, KW, C, F = w_shape
     N, OH, OW, _ = dy.shape
     dy2 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(N * OH * OW, F)  # (N*OH*OW, F)
@@ -141,7 +179,9 @@ def conv2d_backward(dy, cache, need_dx=True):
         _bias_grad_kernel(db, dy2)
     if not need_dx:
         return None, dw, db
-    dcols = (dy2 @ w2.T).reshape(N, OH, OW, KH, KW * C)  # (N, OH, OW, KH, KW*C)
+    dcols = _scratch(workspace, "dcols", (N * OH * OW, KH * KW * C), cols.dtype)  # (N*OH*OW, KH*KW*C)
+    np.matmul(dy2, w2.T, out=dcols)
+    dcols = dcols.reshape(N, OH, OW, KH, KW * C)
     dx = np.empty(x_shape, dtype=cols.dtype)  # (N, H, W, C)
     _col2im_kernel(dx.reshape(N, x_shape[1], x_shape[2] * C), dcols, C, SH, SW, PT, PL)
     return dx, dw, db

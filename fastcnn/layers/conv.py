@@ -49,6 +49,7 @@ class Conv2D(Layer):
         self.padding = check_padding_spec(padding, owner=label)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = check_initializer(kernel_initializer, label)
+        self._workspace = {}  # large scratch buffers the implementation may keep across steps
 
     def _geometry(self, hw):
         pads = resolve_padding(self.padding, hw, self.kernel_size, self.stride, owner=self._label())
@@ -94,7 +95,8 @@ class Conv2D(Layer):
     def forward(self, x):
         pads = self._geometry(x.shape[1:3])
         y, self._cache = self._fn.forward(
-            x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads
+            x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads,
+            workspace=self._workspace, need_cache=self.training,
         )
         return y
 

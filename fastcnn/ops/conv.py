@@ -40,8 +40,10 @@ def col2im(dcols, x_shape, padded_shape, kernel, stride, padding):
     return np.ascontiguousarray(dxp[:, pt:pt + H, pl:pl + W, :])
 
 
-def conv2d_forward(x, w, b, *, stride, padding):
+def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
     """2-D cross-correlation of NHWC ``x`` with HWIO ``w``, plus ``b``.
+
+    ``workspace`` and ``need_cache`` are hints this implementation ignores (see docs/ops.md).
 
     Shape:
         x (N, H, W, C), w (KH, KW, C, F), b (F,) or None -> y (N, OH, OW, F)

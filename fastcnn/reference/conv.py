@@ -7,8 +7,10 @@ from fastcnn.reference._window import out_size, pad_hw
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 
-def conv2d_forward(x, w, b, *, stride, padding):
+def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
     """Cross-correlate ``x`` with the filters ``w`` and add ``b``.
+
+    ``workspace`` and ``need_cache`` are hints this implementation ignores (see docs/ops.md).
 
     ``y[n, i, j, f] = sum(xp[n, i*SH:i*SH+KH, j*SW:j*SW+KW, :] * w[..., f]) + b[f]``
     where ``xp`` is ``x`` zero-padded by ``padding``.
