@@ -41,15 +41,18 @@ def _max_pool_forward_kernel(y, arg, x, PH, PW, SH, SW, PT, PL):
             h0 = oh * SH - PT
             for ow in range(OW):
                 w0 = ow * SW - PL
+                yrow = y[n, oh, ow]  # (C,)
+                arow = arg[n, oh, ow]  # (C,)
                 # Window position 0 seeds the running maximum (-inf if padded).
                 if 0 <= h0 < H and 0 <= w0 < W:
+                    xrow = x[n, h0, w0]  # (C,)
                     for c in range(C):
-                        y[n, oh, ow, c] = x[n, h0, w0, c]
-                        arg[n, oh, ow, c] = 0
+                        yrow[c] = xrow[c]
+                        arow[c] = 0
                 else:
                     for c in range(C):
-                        y[n, oh, ow, c] = neg_inf
-                        arg[n, oh, ow, c] = 0
+                        yrow[c] = neg_inf
+                        arow[c] = 0
                 for i in range(PH):
                     h = h0 + i
                     if h < 0 or h >= H:
@@ -58,15 +61,17 @@ def _max_pool_forward_kernel(y, arg, x, PH, PW, SH, SW, PT, PL):
                         w = w0 + j
                         if (i == 0 and j == 0) or w < 0 or w >= W:
                             continue
-                        k = i * PW + j
+                        k = arow.dtype.type(i * PW + j)
+                        xrow = x[n, h, w]  # (C,)
+                        # 1-D rows and branch-free selects let LLVM vectorize over C.
                         for c in range(C):
-                            v = x[n, h, w, c]
-                            best = y[n, oh, ow, c]
+                            v = xrow[c]
+                            best = yrow[c]
                             # Strictly greater keeps the first maximum; a NaN
                             # replaces a non-NaN best and is then never replaced.
-                            if v > best or (v != v and best == best):
-                                y[n, oh, ow, c] = v
-                                arg[n, oh, ow, c] = k
+                            take = (v > best) | ((v != v) & (best == best))
+                            yrow[c] = v if take else best
+                            arow[c] = k if take else arow[c]
 
 
 @parallel_kernel
