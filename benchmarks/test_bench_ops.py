@@ -170,7 +170,38 @@ def loss_cases(N):
                  make, 6 * N * CLASSES / 1e9, N * REF_SECONDS["softmax_cross_entropy", "fused"])
 
 
-CASES = [*conv_cases(BATCH), *pool_cases(BATCH), *dense_cases(BATCH), *relu_cases(BATCH), *loss_cases(BATCH)]
+#: The other element-wise ops, at the mnist_cnn shape where each would sit:
+#: (op, where, per-sample shape, kwargs, reference seconds per element).
+ELEMENTWISE = [
+    ("leaky_relu", "mnist_cnn relu2 position", (24, 24, 64), {"alpha": 0.01}, 0.6e-6),
+    ("sigmoid", "mnist_cnn relu2 position", (24, 24, 64), {}, 1.0e-6),
+    ("tanh", "mnist_cnn relu2 position", (24, 24, 64), {}, 1.0e-6),
+    ("dropout", "mnist_cnn dropout1 (rate 0.25)", (12, 12, 64), {"rate": 0.25, "rng": 0}, 0.6e-6),
+    ("dropout", "mnist_cnn dropout2 (rate 0.5)", (128,), {"rate": 0.5, "rng": 0}, 0.6e-6),
+    ("softmax", "every preset's output", (CLASSES,), {}, 2.0e-6),
+]
+
+
+def elementwise_cases(N):
+    for op, where, shape, kw, seconds in ELEMENTWISE:
+        def make(rng, shape=shape, kw=kw):
+            return (float32_exact(rng, (N,) + shape),), dict(kw)
+
+        size = N * int(np.prod(shape))
+        for direction in ("forward", "backward"):
+            yield OpCase(op, direction, where, f"x{shape_text((N,) + shape)}", make, size / 1e9, size * seconds)
+
+
+def with_fresh_rng(kwargs):
+    """Dropout draws its mask from ``rng``: every call gets a Generator seeded alike,
+    so every implementation and every timed call drops the same elements."""
+    if "rng" not in kwargs:
+        return kwargs
+    return {**kwargs, "rng": np.random.default_rng(kwargs["rng"] if isinstance(kwargs["rng"], int) else 0)}
+
+
+CASES = [*conv_cases(BATCH), *pool_cases(BATCH), *dense_cases(BATCH), *relu_cases(BATCH), *loss_cases(BATCH),
+         *elementwise_cases(BATCH)]
 
 
 def params():
@@ -208,7 +239,7 @@ def prepared(case):
     args, kwargs = case.make(rng)
     truth_impl = "reference" if case.reference_runs else "numpy"
     fn = registry.get(case.op, truth_impl)
-    result = fn.forward(*args, **kwargs)
+    result = fn.forward(*args, **with_fresh_rng(kwargs))
     dy = None
     if case.direction == "backward":
         dy = float32_exact(rng, result[0].shape)
@@ -223,10 +254,12 @@ def test_op(benchmark, case, impl):
     args = cast(args64, DTYPE)
     if case.direction == "backward":
         dy = dy64.astype(DTYPE)
-        _, cache = fn.forward(*args, **kwargs)
+        _, cache = fn.forward(*args, **with_fresh_rng(kwargs))
         call, call_args = fn.backward, (dy, cache)
     else:
-        call, call_args = functools.partial(fn.forward, **kwargs), args
+        def call(*a):
+            return fn.forward(*a, **with_fresh_rng(kwargs))
+        call_args = args
 
     benchmark.group = case.group
     benchmark.extra_info.update(run_info(impl))

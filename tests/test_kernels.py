@@ -3,8 +3,8 @@
 Agreement with the reference is tested for every registered implementation in
 tests/test_ops_agreement.py; here are the properties particular to kernels:
 parallel scatters equal the serial result bit for bit, float32 stays float32,
-``-inf`` padding and NaN survive the fast-math flags, dropout draws exactly
-the NumPy mask, and the thread-count and warm-up entry points.
+``-inf`` padding and NaN survive the fast-math flags, and the thread-count
+and warm-up entry points.
 """
 
 import numba
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import activations, conv, dropout, loss, pooling, warmup
+from fastcnn.kernels import activations, conv, loss, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE
 
 DTYPES = [np.float32, np.float64]
@@ -181,27 +181,6 @@ def test_loss_is_stable_for_huge_logits(dtype):
     assert np.array_equal(dlogits, np.array([[1.0, -1.0, 0.0]], dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(3, 5, 7), (PARALLEL_MIN_SIZE + 3,)])  # serial and parallel twin
-def test_dropout_matches_numpy_bit_for_bit(dtype, shape):
-    x = np.random.default_rng(4).standard_normal(shape).astype(dtype)
-    numpy_impl = registry.get("dropout", "numpy")
-    y_ref, cache_ref = numpy_impl.forward(x, rate=0.3, rng=np.random.default_rng(7))
-    y, cache = dropout.dropout_forward(x, rate=0.3, rng=np.random.default_rng(7))
-    assert y.dtype == dtype
-    assert np.array_equal(y, y_ref)
-    dy = np.random.default_rng(5).standard_normal(shape).astype(dtype)
-    assert np.array_equal(dropout.dropout_backward(dy, cache), numpy_impl.backward(dy, cache_ref))
-
-
-def test_dropout_rate_zero_is_identity_without_a_draw():
-    rng = np.random.default_rng(0)
-    state = rng.bit_generator.state
-    x = np.ones((2, 3), np.float32)
-    y, cache = dropout.dropout_forward(x, rate=0.0, rng=rng)
-    assert y is x and cache is None and rng.bit_generator.state == state
-
-
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "leaky_relu"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_elementwise_serial_and_parallel_twins_agree(name, dtype):
@@ -229,7 +208,6 @@ def test_every_numba_op_keeps_float32(restore_threads):
         "max_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
         "avg_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
         "leaky_relu": ((x,), dict(alpha=0.2)),
-        "dropout": ((x,), dict(rate=0.5, rng=np.random.default_rng(0))),
     }
     for op in registry.ops():
         if "numba" not in registry.implementations(op):
@@ -251,7 +229,7 @@ def _kernel_dispatchers():
     from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
 
     found = {}
-    for module in (activations, conv, dropout, pooling):
+    for module in (activations, conv, pooling):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:

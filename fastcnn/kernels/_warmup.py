@@ -10,7 +10,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 
 import numpy as np
 
-from fastcnn.kernels import activations, conv, dropout, loss, pooling
+from fastcnn.kernels import activations, conv, loss, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -41,8 +41,6 @@ def _run_dtype(dtype):
             getattr(activations, name + "_backward")(np.ones_like(y), cache)
         y, cache = activations.leaky_relu_forward(a, alpha=0.1)
         activations.leaky_relu_backward(np.ones_like(y), cache)
-        y, cache = dropout.dropout_forward(a, rate=0.5, rng=rng)
-        dropout.dropout_backward(np.ones_like(y), cache)
 
     logits = rng.standard_normal((4, 3)).astype(dtype)  # (N, K)
     y, cache = activations.softmax_forward(logits)
