@@ -11,6 +11,7 @@
 import numpy as np
 
 from fastcnn import registry
+from fastcnn.init import initialize
 
 __all__ = ["Layer", "format_shape"]
 
@@ -77,7 +78,17 @@ class Layer:
         return {}
 
     def reset_parameters(self, rng):
-        """(Re)initialize every parameter from the numpy Generator ``rng``."""
+        """(Re)initialize every parameter from the numpy Generator ``rng``.
+
+        ``"weight"`` is drawn from ``self.kernel_initializer``; every other
+        parameter (the bias) starts at zero. Gradients are zeroed.
+        """
+        self.params = {
+            name: initialize(self.kernel_initializer, rng, shape, self.dtype) if name == "weight"
+            else np.zeros(shape, dtype=self.dtype)
+            for name, shape in self.param_shapes(self.input_shape).items()
+        }
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def compute_output_shape(self, input_shape):
         return input_shape

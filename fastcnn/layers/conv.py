@@ -3,7 +3,7 @@
 import numpy as np
 
 from fastcnn.geometry import check_padding_spec, output_hw, pair, resolve_padding
-from fastcnn.init import check_initializer, initialize
+from fastcnn.init import check_initializer
 from fastcnn.layers.base import Layer
 
 __all__ = ["Conv2D"]
@@ -72,13 +72,6 @@ class Conv2D(Layer):
         if self.use_bias:
             shapes["bias"] = (self.filters,)
         return shapes
-
-    def reset_parameters(self, rng):
-        shapes = self.param_shapes(self.input_shape)
-        self.params = {"weight": initialize(self.kernel_initializer, rng, shapes["weight"], self.dtype)}
-        if self.use_bias:
-            self.params["bias"] = np.zeros(shapes["bias"], dtype=self.dtype)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def check_built_input(self, x):
         super().check_built_input(x)

@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from fastcnn.init import check_initializer, initialize
+from fastcnn.init import check_initializer
 from fastcnn.layers.base import Layer
 
 __all__ = ["Dense", "Flatten", "Dropout"]
@@ -48,13 +48,6 @@ class Dense(Layer):
         if self.use_bias:
             shapes["bias"] = (self.units,)
         return shapes
-
-    def reset_parameters(self, rng):
-        shapes = self.param_shapes(self.input_shape)
-        self.params = {"weight": initialize(self.kernel_initializer, rng, shapes["weight"], self.dtype)}
-        if self.use_bias:
-            self.params["bias"] = np.zeros(shapes["bias"], dtype=self.dtype)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def check_built_input(self, x):
         super().check_built_input(x)
