@@ -24,7 +24,7 @@ import numpy as np
 from fastcnn import losses, metrics as metrics_lib, optim, registry
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
-from fastcnn.layers import Layer, Softmax
+from fastcnn.layers import Layer, Softmax, fused
 from fastcnn.layers.base import format_shape
 from fastcnn.progress import ProgbarLogger, format_logs
 
@@ -62,13 +62,17 @@ class Sequential:
     dtype : float32 (default) or float64
         The dtype of every weight and activation. Float inputs of the other
         dtype and uint8 images (scaled by 1/255) are converted once per call.
+    fuse : bool, default True
+        Run a Conv2D and the ReLU after it as one fused op (see
+        :mod:`fastcnn.layers.fused`): the same results, less memory traffic.
+        ``model.steps`` shows the plan.
 
     Shape:
         input (N, *input_shape) -> logits (N, K). fastcnn is NHWC: an NCHW batch
         must be transposed with ``x.transpose(0, 2, 3, 1)``.
     """
 
-    def __init__(self, layers, input_shape=None, seed=None, dtype=np.float32):
+    def __init__(self, layers, input_shape=None, seed=None, dtype=np.float32, *, fuse=True):
         if isinstance(layers, Layer):
             layers = [layers]
         layers = list(layers)
@@ -100,6 +104,8 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self.metadata = {}  # free-form JSON-serializable notes saved with the model (e.g. the dataset)
+        self._fuse = bool(fuse)
+        self.steps = list(layers)  # the plan one pass runs; fused steps are set by build()
         if input_shape is not None:
             self.build(input_shape)
 
@@ -138,7 +144,19 @@ class Sequential:
         self.input_shape = input_shape
         self.output_shape = shape
         self.built = True
+        self.steps = fused.plan(self.layers, self._fuse)
         return self
+
+    @property
+    def fuse(self):
+        """Whether matching runs of layers execute as fused ops (see ``steps``)."""
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, value):
+        self._fuse = bool(value)
+        if self.built:
+            self.steps = fused.plan(self.layers, self._fuse)
 
     def compile(self, optimizer, loss="softmax_cross_entropy", metrics=("accuracy",), *, loss_impl="auto"):
         """Set the optimizer, the loss (on logits) and the metrics reported by ``fit``/``evaluate``.
@@ -286,8 +304,8 @@ class Sequential:
     def __call__(self, x):
         """Forward ``x`` in the current mode (see :meth:`train`/:meth:`eval`); returns the logits."""
         out = self._prepare_x(x)
-        for layer in self.layers:
-            out = layer.forward(out)
+        for step in self.steps:
+            out = step.forward(out)
         return out
 
     def _train_step(self, x, y):
@@ -296,14 +314,14 @@ class Sequential:
         A non-finite loss returns before the backward pass: the weights are untouched.
         """
         out = x
-        for layer in self.layers:
-            out = layer.forward(out)
+        for step in self.steps:
+            out = step.forward(out)
         loss, dlogits = self._loss_op.forward(out, y)
         if not math.isfinite(loss):
             return loss, out
         d = dlogits
-        for layer in reversed(self.layers):
-            d = layer.backward(d)
+        for step in reversed(self.steps):
+            d = step.backward(d)
         self.optimizer.step(self.params())
         return loss, out
 
@@ -457,8 +475,8 @@ class Sequential:
         for start in range(0, N, batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = xb
-            for layer in self.layers:
-                out = layer.forward(out)
+            for step in self.steps:
+                out = step.forward(out)
             loss, _ = self._loss_op.forward(out, yb)
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
@@ -494,8 +512,8 @@ class Sequential:
         with self._mode(False):
             for start in range(0, N, batch_size):
                 out = x[start:start + batch_size]
-                for layer in self.layers:
-                    out = layer.forward(out)
+                for step in self.steps:
+                    out = step.forward(out)
                 if softmax is not None:
                     out, _ = softmax.forward(out)
                 probs[start:start + out.shape[0]] = out

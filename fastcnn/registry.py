@@ -56,8 +56,42 @@ def _load():
     try:
         import numba  # noqa: F401
     except ImportError:  # numba missing: numpy and reference still work
-        return
-    importlib.import_module("fastcnn.kernels")
+        numba = None
+    if numba is not None:
+        importlib.import_module("fastcnn.kernels")
+    _compose_fused()
+
+
+#: Fused ops: name -> the ops they chain. An implementation that registers no
+#: fused entry of its own gets the composition of its own entries, so every
+#: implementation has every fused op, with exactly the unfused results.
+FUSED = {"conv2d_relu": ("conv2d", "relu")}
+
+
+def _chain(first, second):
+    def forward(*args, **kwargs):
+        z, cache1 = first.forward(*args, **kwargs)
+        y, cache2 = second.forward(z)
+        return y, (cache1, cache2)
+
+    def backward(dy, cache, **kwargs):
+        cache1, cache2 = cache
+        if cache1 is None:
+            raise ValueError("backward after a forward with need_cache=False")
+        return first.backward(second.backward(dy, cache2), cache1, **kwargs)
+
+    forward.__name__ = f"{first.op}_{second.op}_forward"
+    backward.__name__ = f"{first.op}_{second.op}_backward"
+    return forward, backward
+
+
+def _compose_fused():
+    for fused, (op1, op2) in FUSED.items():
+        for impl in IMPLS:
+            have = _REGISTRY.get(fused, {})
+            if impl in have or impl not in _REGISTRY.get(op1, {}) or impl not in _REGISTRY.get(op2, {}):
+                continue
+            register(fused, impl, *_chain(_REGISTRY[op1][impl], _REGISTRY[op2][impl]))
 
 
 def ops():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import activations, conv, loss, pooling, warmup
+from fastcnn.kernels import _im2col, activations, conv, conv_im2col, loss, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE
 
 DTYPES = [np.float32, np.float64]
@@ -67,18 +67,24 @@ def test_parallel_pool_backward_equals_serial(restore_threads, dtype, pool_size,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 1), ((0, 1), (2, 0)))])
 def test_parallel_conv_equals_serial(restore_threads, dtype, stride, padding):
+    """Output, dx (the col2im scatter) and the per-group dw/db partial sums: bit for bit at 1 and 2 threads."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 7, 6, 3)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, 4)).astype(dtype)
     b = rng.standard_normal(4).astype(dtype)
-    y1, cache1 = with_threads(1, conv.conv2d_forward, x, w, b, stride=stride, padding=padding)
-    y2, cache2 = with_threads(2, conv.conv2d_forward, x, w, b, stride=stride, padding=padding)
-    assert np.array_equal(cache1[0], cache2[0])  # the im2col matrix
-    dy = rng.standard_normal(y1.shape).astype(dtype)
-    g1 = with_threads(1, conv.conv2d_backward, dy, cache1)
-    g2 = with_threads(2, conv.conv2d_backward, dy, cache2)
-    assert g1[0].dtype == dtype
-    assert np.array_equal(g1[0], g2[0])  # dx: the col2im scatter
+    pairs = [(conv.conv2d_forward, conv.conv2d_backward), (conv.conv2d_relu_forward, conv.conv2d_relu_backward),
+             (conv_im2col.conv2d_forward, conv_im2col.conv2d_backward)]
+    for forward, backward in pairs:
+        y1, cache1 = with_threads(1, forward, x, w, b, stride=stride, padding=padding)
+        y2, cache2 = with_threads(2, forward, x, w, b, stride=stride, padding=padding)
+        assert y1.dtype == dtype
+        assert np.array_equal(y1, y2)
+        dy = rng.standard_normal(y1.shape).astype(dtype)
+        g1 = with_threads(1, backward, dy, cache1)
+        g2 = with_threads(2, backward, dy, cache2)
+        for a, c in zip(g1, g2):
+            assert a.dtype == dtype
+            assert np.array_equal(a, c)
 
 
 def naive_max_pool(x, pool_size, stride, padding):
@@ -205,6 +211,8 @@ def test_every_numba_op_keeps_float32(restore_threads):
     args = {
         "conv2d": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32), np.zeros(2, np.float32)),
                    dict(stride=(1, 1), padding=VALID)),
+        "conv2d_relu": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32), np.zeros(2, np.float32)),
+                        dict(stride=(1, 1), padding=VALID)),
         "max_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
         "avg_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
         "leaky_relu": ((x,), dict(alpha=0.2)),
@@ -229,7 +237,7 @@ def _kernel_dispatchers():
     from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
 
     found = {}
-    for module in (activations, conv, pooling):
+    for module in (activations, conv, conv_im2col, _im2col, pooling):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:

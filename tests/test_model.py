@@ -316,3 +316,35 @@ def test_first_layer_skips_its_input_gradient():
     x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
     model.train_on_batch(x, np.arange(4))
     assert model.layers[0].grads["weight"].shape == (3, 3, 1, 32)
+
+
+def test_conv_relu_pairs_run_fused_and_the_plan_follows_fuse():
+    model = models.vgg_mini(seed=0)
+    kinds = [type(step).__name__ for step in model.steps]
+    assert kinds[:2] == ["ConvReLU", "ConvReLU"] and kinds.count("ConvReLU") == 4
+    assert len(model.steps) == len(model.layers) - 4
+    model.fuse = False
+    assert model.steps == model.layers
+    mixed = Sequential([L.Conv2D(2, 3, impl="numpy"), L.ReLU(impl="reference"), L.Flatten(), L.Dense(3)],
+                       input_shape=(6, 6, 1))
+    assert [type(s).__name__ for s in mixed.steps] == ["Conv2D", "ReLU", "Flatten", "Dense"]  # impls differ
+
+
+@pytest.mark.parametrize("impl", ["numpy", "numba"])
+def test_fused_training_matches_layer_by_layer(fashion_small, impl):
+    """Two steps of vgg_mini fused and unfused: the composed numpy op is exact, the Numba kernel close."""
+    x, y = fashion_small.x_train[:16], fashion_small.y_train[:16]
+    runs = []
+    for fuse in (True, False):
+        model = models.vgg_mini(seed=3, impl=impl)
+        model.fuse = fuse
+        losses_ = [model.train_on_batch(x, y) for _ in range(2)]
+        runs.append((losses_, model.get_weights(), model.predict(x)))
+    (l1, w1, p1), (l2, w2, p2) = runs
+    if impl == "numpy":
+        assert l1 == l2 and all(np.array_equal(w1[k], w2[k]) for k in w1) and np.array_equal(p1, p2)
+    else:
+        np.testing.assert_allclose(l1, l2, rtol=1e-5)
+        for k in w1:
+            np.testing.assert_allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-6)

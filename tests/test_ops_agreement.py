@@ -72,6 +72,9 @@ def compare(op, impl, args, kwargs, dtype, seed=0):
 
 DTYPES = [np.float64, np.float32]
 
+#: conv2d and the fused ops with its signature (conv2d_relu: a Conv2D and a ReLU as one op).
+CONV_OPS = ("conv2d", "conv2d_relu")
+
 # (N, H, W, C, F, kernel, stride, padding, bias)
 CONV_GRID = [
     (1, 5, 5, 1, 1, 3, 1, "valid", True),
@@ -100,16 +103,16 @@ def conv_case(rng, N, H, W, C, F, kernel, stride, padding, bias, kind="normal", 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
 @pytest.mark.parametrize("case", CONV_GRID)
-@pytest.mark.parametrize("op,impl", impl_params("conv2d"))
+@pytest.mark.parametrize("op,impl", impl_params(*CONV_OPS))
 def test_conv2d_agrees(op, impl, case, contiguous, dtype):
     rng = np.random.default_rng(0)
     args, kwargs = conv_case(rng, *case, contiguous=contiguous)
     compare(op, impl, args, kwargs, dtype)
 
 
-@pytest.mark.parametrize("impl", registry.implementations("conv2d"))
-def test_conv2d_without_dx_gives_the_same_weight_gradients(impl):
-    fn = registry.get("conv2d", impl)
+@pytest.mark.parametrize("op,impl", [(op, impl) for op in CONV_OPS for impl in registry.implementations(op)])
+def test_conv2d_without_dx_gives_the_same_weight_gradients(op, impl):
+    fn = registry.get(op, impl)
     args, kwargs = conv_case(np.random.default_rng(9), 2, 7, 7, 2, 3, 3, 2, "same", True)
     y, cache = fn.forward(*args, **kwargs)
     dy = np.random.default_rng(10).standard_normal(y.shape)
@@ -123,13 +126,15 @@ def test_conv2d_without_dx_gives_the_same_weight_gradients(impl):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", [CONV_GRID[1], CONV_GRID[3], CONV_GRID[8]])
-@pytest.mark.parametrize("impl", registry.implementations("conv2d"))
-def test_conv2d_workspace_and_inference_hints(monkeypatch, impl, case, dtype):
+@pytest.mark.parametrize("op,impl", [(op, impl) for op in CONV_OPS for impl in registry.implementations(op)])
+def test_conv2d_workspace_and_inference_hints(monkeypatch, op, impl, case, dtype):
     """Reused scratch buffers and the chunked no-cache forward change no result."""
     import fastcnn.kernels.conv
+    import fastcnn.kernels.conv_im2col
 
-    monkeypatch.setattr(fastcnn.kernels.conv, "INFERENCE_CHUNK_ROWS", 7)  # many small chunks
-    fn = registry.get("conv2d", impl)
+    monkeypatch.setattr(fastcnn.kernels.conv_im2col, "INFERENCE_CHUNK_ROWS", 7)  # many small chunks
+    monkeypatch.setattr(fastcnn.kernels.conv, "BLOCK_BYTES", 7 * 8)  # blocks of a few rows
+    fn = registry.get(op, impl)
     rng = np.random.default_rng(11)
     workspace = {}
     for step in range(2):  # the second step reuses the first step's buffers
@@ -147,7 +152,7 @@ def test_conv2d_workspace_and_inference_hints(monkeypatch, impl, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("op,impl", impl_params("conv2d"))
+@pytest.mark.parametrize("op,impl", impl_params(*CONV_OPS))
 def test_conv2d_all_zero_input(op, impl, dtype):
     args, kwargs = conv_case(np.random.default_rng(1), 2, 6, 6, 2, 3, 3, 1, "same", True, kind="zeros")
     compare(op, impl, args, kwargs, dtype)
@@ -271,8 +276,9 @@ def test_conv2d_agrees_hypothesis(config, contiguous, dtype, seed):
     args, kwargs = conv_case(np.random.default_rng(seed), *config, contiguous=contiguous)
     OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
     assert OH >= 1 and OW >= 1
-    for impl in fast_impls("conv2d"):
-        compare("conv2d", impl, args, kwargs, dtype, seed)
+    for op in CONV_OPS:
+        for impl in fast_impls(op):
+            compare(op, impl, args, kwargs, dtype, seed)
 
 
 @st.composite

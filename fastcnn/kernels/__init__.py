@@ -11,13 +11,15 @@ the mnist_cnn profile; no kernel written yet).
 up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
-from fastcnn.kernels import activations, conv, loss, pooling
+from fastcnn.kernels import _blas, activations, conv, loss, pooling
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
 __all__ = ["warmup"]
 
 register("conv2d", "numba", conv.conv2d_forward, conv.conv2d_backward)
+if _blas.AVAILABLE:
+    register("conv2d_relu", "numba", conv.conv2d_relu_forward, conv.conv2d_relu_backward)
 register("max_pool2d", "numba", pooling.max_pool2d_forward, pooling.max_pool2d_backward)
 register("avg_pool2d", "numba", pooling.avg_pool2d_forward, pooling.avg_pool2d_backward)
 for _op in ("relu", "leaky_relu", "sigmoid", "softmax"):

@@ -22,8 +22,11 @@ def _run_dtype(dtype):
     w = rng.standard_normal((3, 3, 3, 2)).astype(dtype)  # (KH, KW, C, F)
     b = np.zeros(2, dtype=dtype)  # (F,)
     geometry = dict(stride=(1, 1), padding=((1, 1), (1, 1)))
-    y, cache = conv.conv2d_forward(x, w, b, **geometry)
-    conv.conv2d_backward(np.ones_like(y), cache)
+    for forward, backward in ((conv.conv2d_forward, conv.conv2d_backward),
+                              (conv.conv2d_relu_forward, conv.conv2d_relu_backward)):
+        y, cache = forward(x, w, b, **geometry)
+        backward(np.ones_like(y), cache)
+        forward(x, w, None, **geometry, need_cache=False)
 
     pool = dict(pool_size=(2, 2), stride=(2, 2), padding=((0, 1), (0, 1)))
     for forward, backward in (

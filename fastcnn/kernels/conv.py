@@ -1,165 +1,182 @@
-"""2-D convolution (NHWC, HWIO): Numba im2col/col2im around BLAS GEMMs.
+"""2-D convolution (NHWC, HWIO) as cache-sized im2col blocks, each multiplied in place.
 
-The GEMMs stay with BLAS (``@``). The kernels replace what NumPy needs
-temporaries for: im2col copies windows straight from the unpadded input
-(writing zeros where a window hangs over the padding, so no padded copy of
-``x`` is made), and col2im scatter-adds window gradients onto ``dx`` in one
-pass, in parallel over the batch (each sample writes only its own ``dx[n]``),
-cropping the padding as it goes. Two small serial kernels add the bias
-(forward) and sum its gradient (backward) faster than NumPy's broadcasting.
+The NumPy path copies every window of the batch into one ``cols`` matrix
+(42 MB at the mnist_cnn conv2 shape), writes it to memory, reads it back in one
+big GEMM and keeps it for the backward pass. Here the output rows are split
+among a fixed number of *groups* (one per Numba thread), and each group walks
+its rows in blocks of about :data:`BLOCK_BYTES` of ``cols``: im2col the block
+into the group's own buffer (it stays in L2), one BLAS GEMM from inside the
+kernel (:mod:`fastcnn.kernels._blas`, BLAS itself on one thread), then the
+epilogue (bias, and ReLU when fused) while the output block is still in cache.
+
+Backward recomputes each block's ``cols`` from the cached input instead of
+storing them (cheaper than a round trip through memory, and 42 MB less to
+hold): ``dw += cols.T @ dy`` into the group's own partial sum,
+``dcols = dy @ w.T`` into the same buffer, and col2im of the block into
+``dx``. Groups own whole images in backward, so their ``dx`` writes are
+disjoint; the partial ``dw``/``db`` are added in group order at the end. The
+number of groups is fixed per process (``NUMBA_NUM_THREADS``), not by the
+threads in use, so results are bit-identical at any ``set_num_threads``.
+
+``relu=True`` (the ``conv2d_relu`` op: a Conv2D followed by a ReLU) applies
+``max(y, 0)`` in the epilogue and masks ``dy`` with ``y > 0`` per block in
+backward, so neither the pre-activation nor a separate ReLU pass exists.
+
+Without a usable BLAS (:data:`fastcnn.kernels._blas.AVAILABLE` false) the
+previous implementation, one im2col matrix and NumPy GEMMs
+(:mod:`fastcnn.kernels.conv_im2col`), is used, and ``conv2d_relu`` is not
+registered (the registry then composes conv2d and relu).
 """
 
+import numba
 import numpy as np
 from numba import prange
 
 from fastcnn.geometry import output_hw
-from fastcnn.kernels._jit import kernel, parallel_kernel
+from fastcnn.kernels import _blas, conv_im2col
+from fastcnn.kernels._im2col import col2im_rows, im2col_rows, scratch
+from fastcnn.kernels._jit import parallel_kernel
 
-__all__ = ["conv2d_forward", "conv2d_backward"]
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward", "BLOCK_BYTES"]
 
-
-@parallel_kernel
-def _im2col_kernel(cols, x, C, SH, SW, PT, PL):
-    # cols: (N, OH, OW, KH, KW*C) out; x: (N, H, W*C), rows flattened so a window
-    # row is one contiguous run of KW*C elements in both arrays.
-    N, H, WC = x.shape
-    _, OH, OW, KH, KWC = cols.shape
-    zero = cols.dtype.type(0)
-    for n in prange(N):
-        for oh in range(OH):
-            for ow in range(OW):
-                start = (ow * SW - PL) * C  # flat column of the window's first element
-                inside = start >= 0 and start + KWC <= WC
-                for i in range(KH):
-                    h = oh * SH - PT + i
-                    dst = cols[n, oh, ow, i]  # (KW*C,)
-                    if h < 0 or h >= H:
-                        for t in range(KWC):
-                            dst[t] = zero
-                    elif inside:
-                        # Copying between 1-D views indexed by the loop counter
-                        # (never negative) vectorizes; 3-D indexing with a computed
-                        # column pays a negative-index check per element.
-                        src = x[n, h, start:start + KWC]  # (KW*C,)
-                        for t in range(KWC):
-                            dst[t] = src[t]
-                    else:  # the window hangs over the left or right padding
-                        for t in range(KWC):
-                            s = start + t
-                            dst[t] = x[n, h, s] if 0 <= s < WC else zero
+#: Target size of one group's im2col block: well inside a 1-2 MB L2 with the
+#: GEMM's packed panels beside it. (mnist_cnn conv2: 576-row blocks, one image.)
+BLOCK_BYTES = 640 * 1024
 
 
 @parallel_kernel
-def _col2im_kernel(dx, dcols, C, SH, SW, PT, PL):
-    # dx: (N, H, W*C) out; dcols: (N, OH, OW, KH, KW*C). Gradient on padding is dropped.
-    N, H, WC = dx.shape
-    _, OH, OW, KH, KWC = dcols.shape
-    zero = dx.dtype.type(0)
-    for n in prange(N):  # each sample writes only dx[n]: disjoint
-        for h in range(H):
-            row = dx[n, h]  # (W*C,)
-            for t in range(WC):
-                row[t] = zero
-        for oh in range(OH):
-            for ow in range(OW):
-                start = (ow * SW - PL) * C
-                inside = start >= 0 and start + KWC <= WC
-                for i in range(KH):
-                    h = oh * SH - PT + i
-                    if h < 0 or h >= H:
-                        continue
-                    src = dcols[n, oh, ow, i]  # (KW*C,)
-                    if inside:
-                        dst = dx[n, h, start:start + KWC]  # (KW*C,), see _im2col_kernel
-                        for t in range(KWC):
-                            dst[t] += src[t]
-                    else:
-                        for t in range(KWC):
-                            s = start + t
-                            if 0 <= s < WC:
-                                dx[n, h, s] += src[t]
-
-
-@kernel
-def _add_bias_kernel(y, b):
-    # y: (M, F) in/out, one row per output pixel; b: (F,). NumPy's broadcast add
-    # walks the short F axis with strides and is ~4x slower than this.
+def _forward_kernel(y, x, w2, b, relu, ws, block, OH, OW, KH, KW, SH, SW, PT, PL):
+    # y: (M, F) out, M = N*OH*OW output pixels; x: (N, H, W*C); w2: (K, F);
+    # b: (F,) or size 0 for no bias; ws: (G, block, K) one im2col buffer per group.
     M, F = y.shape
-    for m in range(M):
-        row = y[m]  # (F,)
-        for f in range(F):
-            row[f] += b[f]
+    G = ws.shape[0]
+    zero = y.dtype.type(0)
+    for g in prange(G):
+        lo, hi = g * M // G, (g + 1) * M // G  # this group's output rows
+        cols_all = ws[g]
+        for r0 in range(lo, hi, block):
+            r1 = min(r0 + block, hi)
+            cols = cols_all[:r1 - r0]  # (rows, K)
+            im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+            out = y[r0:r1]  # (rows, F)
+            _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
+            if b.size or relu:
+                for t in range(r1 - r0):
+                    row = out[t]
+                    for f in range(F):
+                        v = row[f] + b[f] if b.size else row[f]
+                        row[f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
 
 
-@kernel
-def _bias_grad_kernel(db, dy):
-    # db: (F,) out; dy: (M, F). Row by row, as NumPy's axis-0 sum adds, ~4x faster.
-    M, F = dy.shape
-    for f in range(F):
-        db[f] = db.dtype.type(0)
-    for m in range(M):
-        row = dy[m]  # (F,)
-        for f in range(F):
-            db[f] += row[f]
+@parallel_kernel
+def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, need_dx, ws, ws_dy, block,
+                     OH, OW, KH, KW, SH, SW, PT, PL):
+    # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out, one
+    # partial sum per group; db_part: (G, F) out; dy: (M, F); y: (M, F) the
+    # forward output (read only when relu); x: (N, H, W*C); w2: (K, F);
+    # ws: (G, block, K) im2col / dcols buffers; ws_dy: (G, block, F) masked dy.
+    N = x.shape[0]
+    F = dy.shape[1]
+    G = ws.shape[0]
+    P = OH * OW
+    zero = dy.dtype.type(0)
+    one = dy.dtype.type(1)
+    for g in prange(G):
+        n0, n1 = g * N // G, (g + 1) * N // G  # whole images: dx writes stay disjoint
+        dw = dw_part[g]
+        db = db_part[g]
+        dw[:] = zero
+        db[:] = zero
+        if need_dx:
+            dx[n0:n1] = zero
+        for r0 in range(n0 * P, n1 * P, block):
+            r1 = min(r0 + block, n1 * P)
+            rows = r1 - r0
+            if relu:
+                dyb = ws_dy[g, :rows]  # (rows, F)
+                for t in range(rows):
+                    for f in range(F):
+                        # A multiply, as relu's backward: NaN/inf in dy propagate.
+                        dyb[t, f] = dy[r0 + t, f] * (one if y[r0 + t, f] > zero else zero)
+            else:
+                dyb = dy[r0:r1]
+            for t in range(rows):
+                for f in range(F):
+                    db[f] += dyb[t, f]
+            cols = ws[g, :rows]  # (rows, K)
+            im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+            _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)  # dw += cols.T @ dy
+            if need_dx:
+                _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
+                col2im_rows(dx, cols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
-#: Rows of ``cols`` per chunk in inference (``need_cache=False``): a chunk's
-#: ``cols`` (rows x KH*KW*C floats) stays small enough to be read back by the
-#: GEMM from cache, and memory stays bounded at any batch size.
-INFERENCE_CHUNK_ROWS = 8192
+def _groups():
+    """Work groups per call: fixed per process so results never depend on the thread count."""
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
-def _scratch(workspace, key, shape, dtype):
-    """A reusable buffer ``workspace[key]`` of ``shape``/``dtype`` (fresh when ``workspace`` is None).
-
-    A fresh 40 MB array costs ~10k page faults on first touch every step (glibc
-    returns allocations above 32 MB to the OS on free); reusing it costs none.
-    """
-    if workspace is None:
-        return np.empty(shape, dtype=dtype)
-    buf = workspace.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = workspace[key] = np.empty(shape, dtype=dtype)
-    return buf
+def _block_rows(K, itemsize, M, G):
+    """Rows per im2col block: about BLOCK_BYTES, and no more than a group's share."""
+    rows = max(1, BLOCK_BYTES // (K * itemsize))
+    return max(1, min(rows, -(-M // G)))
 
 
-def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
-    """2-D cross-correlation of NHWC ``x`` with HWIO ``w``, plus ``b``.
-
-    ``workspace`` (a dict kept by the caller) holds ``cols`` across calls;
-    ``need_cache=False`` (inference) runs im2col + GEMM in chunks of
-    :data:`INFERENCE_CHUNK_ROWS` rows and returns ``cache=None``.
-
-    Shape:
-        x (N, H, W, C), w (KH, KW, C, F), b (F,) or None -> y (N, OH, OW, F)
-    """
+def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
     x = np.ascontiguousarray(x)
     N, H, W, C = x.shape
     KH, KW, _, F = w.shape
     (SH, SW), ((PT, _), (PL, _)) = stride, padding
     OH, OW = output_hw((H, W), (KH, KW), stride, padding)
-    K = KH * KW * C
-    w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(K, F)  # (KH*KW*C, F)
+    K, M, G = KH * KW * C, N * OH * OW, _groups()
+    dtype = x.dtype
+    w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
+    bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
+    block = _block_rows(K, dtype.itemsize, M, G)
+    ws = scratch(workspace, "cols", (G, block, K), dtype)  # (G, block, K)
+    y = np.empty((M, F), dtype=dtype)  # (N*OH*OW, F)
     x3 = x.reshape(N, H, W * C)
+    with _blas.blas_single_threaded():
+        _forward_kernel(y, x3, w2, bias, relu, ws, block, OH, OW, KH, KW, SH, SW, PT, PL)
+    y = y.reshape(N, OH, OW, F)
+    cache = None
     if need_cache:
-        cols = _scratch(workspace, "cols", (N, OH, OW, KH, KW * C), x.dtype)  # (N, OH, OW, KH, KW*C)
-        _im2col_kernel(cols, x3, C, SH, SW, PT, PL)
-        cols = cols.reshape(N * OH * OW, K)
-        y = cols @ w2  # (N*OH*OW, F)
-        cache = (cols, w2, b is not None, x.shape, w.shape, stride, padding, workspace)
-    else:
-        chunk = max(1, min(N, INFERENCE_CHUNK_ROWS // (OH * OW)))
-        cols = _scratch(workspace, "cols_chunk", (chunk, OH, OW, KH, KW * C), x.dtype)
-        y = np.empty((N * OH * OW, F), dtype=x.dtype)  # (N*OH*OW, F)
-        for n0 in range(0, N, chunk):
-            n1 = min(N, n0 + chunk)
-            part = cols[: n1 - n0]  # (n, OH, OW, KH, KW*C)
-            _im2col_kernel(part, x3[n0:n1], C, SH, SW, PT, PL)
-            np.matmul(part.reshape(-1, K), w2, out=y[n0 * OH * OW:n1 * OH * OW])
-        cache = None
-    if b is not None:
-        _add_bias_kernel(y, np.ascontiguousarray(b, dtype=x.dtype))
-    return y.reshape(N, OH, OW, F), cache
+        cache = (x, y if relu else None, w2, b is not None, relu, (KH, KW), stride, padding, workspace)
+    return y, cache
+
+
+def _backward(dy, cache, need_dx):
+    x, y, w2, has_bias, relu, (KH, KW), (SH, SW), ((PT, _), (PL, _)), workspace = cache
+    N, H, W, C = x.shape
+    K, F = w2.shape
+    _, OH, OW, _ = dy.shape
+    M, G, dtype = N * OH * OW, _groups(), x.dtype
+    dy2 = np.ascontiguousarray(dy, dtype=dtype).reshape(M, F)  # (N*OH*OW, F)
+    y2 = dy2 if y is None else y.reshape(M, F)  # (N*OH*OW, F), read only when relu
+    block = _block_rows(K, dtype.itemsize, M, G)
+    ws = scratch(workspace, "cols", (G, block, K), dtype)  # (G, block, K)
+    ws_dy = scratch(workspace, "dy", (G, block if relu else 0, F), dtype)  # (G, block, F)
+    dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
+    db_part = np.empty((G, F), dtype=dtype)  # (G, F)
+    dx = np.empty((N, H, W * C) if need_dx else (0, 0, 0), dtype=dtype)  # (N, H, W*C)
+    with _blas.blas_single_threaded():
+        _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), w2, relu, need_dx, ws, ws_dy,
+                         block, OH, OW, KH, KW, SH, SW, PT, PL)
+    dw = dw_part[0] if G == 1 else dw_part.sum(axis=0)
+    db = (db_part[0] if G == 1 else db_part.sum(axis=0)) if has_bias else None
+    return (dx.reshape(N, H, W, C) if need_dx else None), dw.reshape(KH, KW, C, F), db
+
+
+def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
+    """2-D cross-correlation of NHWC ``x`` with HWIO ``w``, plus ``b``.
+
+    ``workspace`` (a dict kept by the caller) holds the per-group im2col
+    buffers across calls; with ``need_cache=False`` (inference) nothing is kept.
+
+    Shape:
+        x (N, H, W, C), w (KH, KW, C, F), b (F,) or None -> y (N, OH, OW, F)
+    """
+    return _forward(x, w, b, stride, padding, workspace, need_cache, False)
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -168,20 +185,23 @@ def conv2d_backward(dy, cache, need_dx=True):
 
     Shape: dy ``(N, OH, OW, F)`` -> dx ``(N, H, W, C)``, dw ``(KH, KW, C, F)``, db ``(F,)``.
     """
-    cols, w2, has_bias, x_shape, w_shape, (SH, SW), ((PT, _), (PL, _)), workspace = cache
-    KH, KW, C, F = w_shape
-    N, OH, OW, _ = dy.shape
-    dy2 = np.ascontiguousarray(dy, dtype=cols.dtype).reshape(N * OH * OW, F)  # (N*OH*OW, F)
-    dw = (cols.T @ dy2).reshape(w_shape)  # (KH, KW, C, F)
-    db = None
-    if has_bias:
-        db = np.empty(F, dtype=cols.dtype)  # (F,)
-        _bias_grad_kernel(db, dy2)
-    if not need_dx:
-        return None, dw, db
-    dcols = _scratch(workspace, "dcols", (N * OH * OW, KH * KW * C), cols.dtype)  # (N*OH*OW, KH*KW*C)
-    np.matmul(dy2, w2.T, out=dcols)
-    dcols = dcols.reshape(N, OH, OW, KH, KW * C)
-    dx = np.empty(x_shape, dtype=cols.dtype)  # (N, H, W, C)
-    _col2im_kernel(dx.reshape(N, x_shape[1], x_shape[2] * C), dcols, C, SH, SW, PT, PL)
-    return dx, dw, db
+    return _backward(dy, cache, need_dx)
+
+
+def conv2d_relu_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
+    """``max(conv2d(x, w, b), 0)`` in one pass (the ReLU is the GEMM block's epilogue).
+
+    Shape: as :func:`conv2d_forward`.
+    """
+    return _forward(x, w, b, stride, padding, workspace, need_cache, True)
+
+
+def conv2d_relu_backward(dy, cache, need_dx=True):
+    """Gradients of :func:`conv2d_relu_forward`; ``dy`` is the gradient of the ReLU's output
+    (masked with ``y > 0`` block by block: the gradient at exactly 0 is 0)."""
+    return _backward(dy, cache, need_dx)
+
+
+if not _blas.AVAILABLE:  # pragma: no cover - NumPy without a BLAS we can bind
+    conv2d_forward = conv_im2col.conv2d_forward  # noqa: F811
+    conv2d_backward = conv_im2col.conv2d_backward  # noqa: F811

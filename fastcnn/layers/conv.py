@@ -86,15 +86,23 @@ class Conv2D(Layer):
             )
 
     def forward(self, x):
+        return self.forward_with(self._fn, x)
+
+    def backward(self, dy):
+        return self.backward_with(self._fn, dy)
+
+    def forward_with(self, fn, x):
+        """Forward through ``fn``, a registry entry with conv2d's signature (conv2d or a fused op)."""
         pads = self._geometry(x.shape[1:3])
-        y, self._cache = self._fn.forward(
+        y, self._cache = fn.forward(
             x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads,
             workspace=self._workspace, need_cache=self.training,
         )
         return y
 
-    def backward(self, dy):
-        dx, dw, db = self._fn.backward(dy, self._cache, need_dx=self.needs_input_grad)
+    def backward_with(self, fn, dy):
+        """Backward through ``fn`` (the entry the last forward used); writes ``grads``."""
+        dx, dw, db = fn.backward(dy, self._cache, need_dx=self.needs_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db

@@ -1,0 +1,94 @@
+"""Row-wise im2col and col2im: the two loops every Numba convolution is built on.
+
+Rows are output pixels in ``(n, oh, ow)`` order, columns ``(kh, kw, c)``,
+matching an HWIO weight reshaped to ``(KH*KW*C, F)``. ``x`` and ``dx`` are
+passed as ``(N, H, W*C)`` so that one kernel row of a window is one run of
+``KW*C`` contiguous elements. Copying between 1-D views indexed by the loop
+counter (never negative) vectorizes; 3-D indexing with a computed column pays
+a negative-index check per element, so only windows that hang over the left
+or right padding take that path. Padding is never materialized: im2col writes
+zeros there and col2im drops the gradient that falls on it.
+"""
+
+import numpy as np
+
+from fastcnn.kernels._jit import kernel
+
+__all__ = ["im2col_rows", "col2im_rows", "scratch"]
+
+
+@kernel
+def im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
+    # cols: (>= r1 - r0, KH*KW*C) out, row t is output pixel r0 + t in (n, oh, ow)
+    # order; x: (N, H, W*C), rows flattened so a window row is KW*C contiguous elements.
+    _, H, WC = x.shape
+    KWC = cols.shape[1] // KH
+    C = KWC // KW
+    zero = cols.dtype.type(0)
+    for r in range(r0, r1):
+        n = r // (OH * OW)
+        oh = (r // OW) % OH
+        ow = r % OW
+        start = (ow * SW - PL) * C  # flat column of the window's first element
+        inside = start >= 0 and start + KWC <= WC
+        row = cols[r - r0]  # (KH*KW*C,)
+        for i in range(KH):
+            h = oh * SH - PT + i
+            base = i * KWC
+            if h < 0 or h >= H:
+                for t in range(KWC):
+                    row[base + t] = zero
+            elif inside:
+                src = x[n, h, start:start + KWC]  # (KW*C,)
+                dst = row[base:base + KWC]
+                for t in range(KWC):
+                    dst[t] = src[t]
+            else:  # the window hangs over the left or right padding
+                for t in range(KWC):
+                    s = start + t
+                    row[base + t] = x[n, h, s] if 0 <= s < WC else zero
+
+
+@kernel
+def col2im_rows(dx, dcols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
+    # dx: (N, H, W*C) in/out, accumulated; dcols: rows of output pixels r0..r1.
+    # Gradient that falls on padding is dropped.
+    _, H, WC = dx.shape
+    KWC = dcols.shape[1] // KH
+    C = KWC // KW
+    for r in range(r0, r1):
+        n = r // (OH * OW)
+        oh = (r // OW) % OH
+        ow = r % OW
+        start = (ow * SW - PL) * C
+        inside = start >= 0 and start + KWC <= WC
+        row = dcols[r - r0]
+        for i in range(KH):
+            h = oh * SH - PT + i
+            if h < 0 or h >= H:
+                continue
+            base = i * KWC
+            if inside:
+                dst = dx[n, h, start:start + KWC]  # (KW*C,)
+                src = row[base:base + KWC]
+                for t in range(KWC):
+                    dst[t] += src[t]
+            else:
+                for t in range(KWC):
+                    s = start + t
+                    if 0 <= s < WC:
+                        dx[n, h, s] += row[base + t]
+
+
+def scratch(workspace, key, shape, dtype):
+    """A reusable buffer ``workspace[key]`` of ``shape``/``dtype`` (fresh when ``workspace`` is None).
+
+    A fresh 40 MB array costs ~10k page faults on first touch every step (glibc
+    returns allocations above 32 MB to the OS on free); reusing it costs none.
+    """
+    if workspace is None:
+        return np.empty(shape, dtype=dtype)
+    buf = workspace.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = workspace[key] = np.empty(shape, dtype=dtype)
+    return buf
