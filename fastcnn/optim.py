@@ -3,12 +3,16 @@
 An optimizer updates parameter arrays **in place** from a mapping of stable names
 (``"layers.0.weight"``) to ``(param, grad)``. Its state is keyed by the same names,
 so it can be saved beside the weights and restored exactly. Arithmetic stays in
-the parameter's dtype: constants are cast, nothing promotes float32.
+the parameter's dtype: constants are cast, nothing promotes float32. When the
+run uses Numba (``FASTCNN_IMPL`` unset or ``numba``), Adam's update is one
+fused kernel per parameter (:mod:`fastcnn.kernels.optim`), else NumPy.
 """
 
 import numbers
 
 import numpy as np
+
+from fastcnn import registry
 
 __all__ = ["Optimizer", "SGD", "Adam", "get"]
 
@@ -122,17 +126,23 @@ class Adam(Optimizer):
 
     def _update(self, name, p, g, state):
         t = p.dtype.type
-        if self.weight_decay:
-            g = g + t(self.weight_decay) * p
         if "m" not in state:
             state["m"] = np.zeros_like(p)
             state["v"] = np.zeros_like(p)
         m, v = state["m"], state["v"]
+        step = self.iterations
+        kernel = _adam_kernel()
+        if kernel is not None and all(a.flags.c_contiguous for a in (p, g, m, v)):
+            kernel(p, g, m, v, beta_1=self.beta_1, beta_2=self.beta_2, lr=self.lr,
+                   bias_correction_1=1.0 - self.beta_1 ** step, bias_correction_2=1.0 - self.beta_2 ** step,
+                   epsilon=self.epsilon, weight_decay=self.weight_decay)
+            return
+        if self.weight_decay:
+            g = g + t(self.weight_decay) * p
         m *= t(self.beta_1)
         m += t(1.0 - self.beta_1) * g
         v *= t(self.beta_2)
         v += t(1.0 - self.beta_2) * (g * g)
-        step = self.iterations
         bc1 = 1.0 - self.beta_1 ** step
         bc2 = 1.0 - self.beta_2 ** step
         denom = np.sqrt(v)
@@ -143,6 +153,17 @@ class Adam(Optimizer):
     def get_config(self):
         return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "weight_decay": self.weight_decay}
+
+
+def _adam_kernel():
+    """The Numba Adam update (:mod:`fastcnn.kernels.optim`) when the run uses Numba, else None."""
+    if registry.default_impl() != "numba":
+        return None
+    try:
+        from fastcnn.kernels.optim import adam_update
+    except ImportError:  # numba missing
+        return None
+    return adam_update
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

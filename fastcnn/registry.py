@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-__all__ = ["OpImpl", "register", "get", "resolve", "ops", "implementations", "IMPLS"]
+__all__ = ["OpImpl", "register", "get", "resolve", "default_impl", "ops", "implementations", "IMPLS"]
 
 #: Known implementation names, slowest first.
 IMPLS = ("reference", "numpy", "numba")
@@ -108,13 +108,19 @@ def implementations(op):
     return [name for name in IMPLS if name in _REGISTRY[op]]
 
 
+def default_impl():
+    """What ``impl="auto"`` asks for: ``$FASTCNN_IMPL`` if set, else ``"numba"``."""
+    impl = os.environ.get("FASTCNN_IMPL", "").strip() or "numba"
+    if impl not in IMPLS:
+        raise ValueError(f"FASTCNN_IMPL={impl!r} is not one of {IMPLS}")
+    return impl
+
+
 def resolve(op, impl="auto"):
     """The implementation name ``impl`` means for ``op``."""
     available = implementations(op)
     if impl == "auto":
-        impl = os.environ.get("FASTCNN_IMPL", "").strip() or "numba"
-        if impl not in IMPLS:
-            raise ValueError(f"FASTCNN_IMPL={impl!r} is not one of {IMPLS}")
+        impl = default_impl()
     elif impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {IMPLS}")
     if impl == "numba" and impl not in available:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import _im2col, activations, conv, conv_im2col, loss, pooling, warmup
+from fastcnn.kernels import _im2col, activations, conv, conv_im2col, loss, optim, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE
 
 DTYPES = [np.float32, np.float64]
@@ -237,7 +237,7 @@ def _kernel_dispatchers():
     from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
 
     found = {}
-    for module in (activations, conv, conv_im2col, _im2col, pooling):
+    for module in (activations, conv, conv_im2col, _im2col, optim, pooling):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from fastcnn import optim
 from fastcnn.optim import SGD, Adam, get
 
 
@@ -34,12 +35,12 @@ def scalar_sgd(p, lr, momentum, nesterov, wd, steps):
     return np.array(out)
 
 
-def scalar_adam(p, lr, b1, b2, eps, steps):
+def scalar_adam(p, lr, b1, b2, eps, steps, wd=0.0):
     out = []
     for x in p:
         m = v = 0.0
         for t in range(1, steps + 1):
-            g = 2.0 * x - 1.0 + 0.3 * math.sin(x)
+            g = 2.0 * x - 1.0 + 0.3 * math.sin(x) + wd * x
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             x = x - lr * (m / (1 - b1 ** t)) / (math.sqrt(v / (1 - b2 ** t)) + eps)
@@ -57,10 +58,15 @@ def test_sgd_matches_textbook(momentum, nesterov, wd):
     np.testing.assert_allclose(got, scalar_sgd(P0, 0.05, momentum, nesterov, wd, 7), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("lr,b1,b2,eps", [(1e-3, 0.9, 0.999, 1e-7), (0.1, 0.8, 0.99, 1e-8)])
-def test_adam_matches_textbook(lr, b1, b2, eps):
-    got = run(Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps), P0, grad_fn, 9)
-    np.testing.assert_allclose(got, scalar_adam(P0, lr, b1, b2, eps, 9), rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("impl", ["numpy", "numba"])
+@pytest.mark.parametrize("lr,b1,b2,eps,wd", [(1e-3, 0.9, 0.999, 1e-7, 0.0), (0.1, 0.8, 0.99, 1e-8, 0.0),
+                                            (0.01, 0.9, 0.999, 1e-7, 0.05)])
+def test_adam_matches_textbook(monkeypatch, impl, lr, b1, b2, eps, wd):
+    """Both update paths: NumPy array operations and the fused Numba kernel (FASTCNN_IMPL picks)."""
+    monkeypatch.setenv("FASTCNN_IMPL", impl)
+    assert (optim._adam_kernel() is not None) == (impl == "numba")
+    got = run(Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps, weight_decay=wd), P0, grad_fn, 9)
+    np.testing.assert_allclose(got, scalar_adam(P0, lr, b1, b2, eps, 9, wd), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("opt", [SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),

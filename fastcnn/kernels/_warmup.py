@@ -10,7 +10,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 
 import numpy as np
 
-from fastcnn.kernels import activations, conv, loss, pooling
+from fastcnn.kernels import activations, conv, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -44,6 +44,8 @@ def _run_dtype(dtype):
             getattr(activations, name + "_backward")(np.ones_like(y), cache)
         y, cache = activations.leaky_relu_forward(a, alpha=0.1)
         activations.leaky_relu_backward(np.ones_like(y), cache)
+        optim.adam_update(a.copy(), a, np.zeros_like(a), np.zeros_like(a), beta_1=0.9, beta_2=0.999, lr=1e-3,
+                          bias_correction_1=0.1, bias_correction_2=0.001, epsilon=1e-7, weight_decay=0.0)
 
     logits = rng.standard_normal((4, 3)).astype(dtype)  # (N, K)
     y, cache = activations.softmax_forward(logits)
