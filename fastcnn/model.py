@@ -32,6 +32,10 @@ __all__ = ["Sequential", "load_model"]
 
 DEFAULT_BATCH_SIZE = 32
 
+#: Most samples per forward pass in ``evaluate``/``predict``: a larger
+#: ``batch_size`` is run as several passes (same results per sample).
+INFERENCE_PASS = 64
+
 
 def _check_positive_int(value, name, owner):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -469,14 +473,25 @@ class Sequential:
                 break
         return dict(logs)
 
+    def _infer(self, x):
+        """Logits of ``x`` in the current mode, in passes of at most :data:`INFERENCE_PASS` samples.
+
+        Per-sample results do not depend on the pass size; small passes keep
+        the activations in cache and the memory bounded at any ``batch_size``.
+        """
+        if x.shape[0] <= INFERENCE_PASS:
+            for step in self.steps:
+                x = step.forward(x)
+            return x
+        parts = [self._infer(x[i:i + INFERENCE_PASS]) for i in range(0, x.shape[0], INFERENCE_PASS)]
+        return np.concatenate(parts)
+
     def _evaluate(self, x, y, batch_size):
         N = x.shape[0]
         total_loss, correct = 0.0, 0
         for start in range(0, N, batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = xb
-            for step in self.steps:
-                out = step.forward(out)
+            out = self._infer(xb)
             loss, _ = self._loss_op.forward(out, yb)
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
@@ -511,9 +526,7 @@ class Sequential:
         probs = np.empty((N, self.output_shape[0]), dtype=self.dtype)  # (N, K)
         with self._mode(False):
             for start in range(0, N, batch_size):
-                out = x[start:start + batch_size]
-                for step in self.steps:
-                    out = step.forward(out)
+                out = self._infer(x[start:start + batch_size])
                 if softmax is not None:
                     out, _ = softmax.forward(out)
                 probs[start:start + out.shape[0]] = out

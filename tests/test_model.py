@@ -348,3 +348,18 @@ def test_fused_training_matches_layer_by_layer(fashion_small, impl):
         for k in w1:
             np.testing.assert_allclose(w1[k], w2[k], rtol=1e-4, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-6)
+
+
+def test_large_batches_run_as_several_passes_with_the_same_results(fashion_small, monkeypatch):
+    import fastcnn.model
+
+    model = models.mnist_cnn(seed=1)
+    x, y = fashion_small.x_test[:50], fashion_small.y_test[:50]
+    whole = model.predict(x, batch_size=50)
+    logs = model.evaluate(x, y, batch_size=50)
+    monkeypatch.setattr(fastcnn.model, "INFERENCE_PASS", 7)
+    np.testing.assert_allclose(model.predict(x, batch_size=50), whole, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.predict(x, batch_size=9), whole, rtol=1e-5, atol=1e-7)
+    again = model.evaluate(x, y, batch_size=50)
+    assert again["accuracy"] == logs["accuracy"]
+    np.testing.assert_allclose(again["loss"], logs["loss"], rtol=1e-5)
