@@ -172,14 +172,15 @@ def test_predict_idx_file_prints_class_name_and_probability(trained, capsys, tmp
                         f"{second} {names[second]} ({row[second]:.4f})")
 
 
-def test_predict_png_dark_on_light_is_inverted(trained, capsys, tmp_path):
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_predict_picture_dark_on_light_is_inverted(trained, capsys, tmp_path, suffix):
     Image = pytest.importorskip("PIL.Image")
     _, model_path, _, _ = trained
     labels = [3, 7]
     pictures = bar_images(labels, np.random.default_rng(5), dark_on_light=True)
     paths = []
     for k, picture in zip(labels, pictures):
-        path = tmp_path / f"bar{k}.png"
+        path = tmp_path / f"bar{k}{suffix}"
         Image.fromarray(picture).resize((56, 56)).save(path)  # resized back to 28x28 by predict
         paths.append(path)
     code, out, err = run(capsys, "predict", model_path, *paths)
@@ -220,6 +221,23 @@ def test_train_mnist_from_data_dir_with_mnist_file_names(capsys, tmp_path):
     assert out.count("\n") == 1  # verbose 0: only the summary line
     summary = summary_of(out)
     assert (summary["model"], summary["dataset"], summary["images"]) == ("mnist_cnn", "mnist", "64")
+
+
+def test_train_seed_impl_and_threads_are_honoured(capsys, tmp_path):
+    write_dataset(tmp_path / "data")
+    weights = {}
+    for run_name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        code, out, err = run(capsys, "train", "--data-dir", tmp_path / "data", "--model", "tutorial_cnn",
+                             "--limit", "64", "--batch-size", "16", "--seed", seed, "--impl", "numpy",
+                             "--threads", "1", "--save", tmp_path / f"{run_name}.npz", "--verbose", "0")
+        assert code == 0, err
+        summary = summary_of(out)
+        assert (summary["impl"], summary["threads"]) == ("numpy", "1")
+        model = load_model(tmp_path / f"{run_name}.npz")
+        assert {layer.resolved_impl for layer in model.layers} == {"numpy"}
+        weights[run_name] = model.get_weights()
+    assert all(np.array_equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(np.array_equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
 
 
 def test_train_plot_writes_png(capsys, tmp_path):

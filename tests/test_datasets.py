@@ -521,6 +521,27 @@ def test_offline_error_lists_every_place_quickly(tmp_path, monkeypatch):
     assert not cache_of(tmp_path).exists()  # nothing created when no mirror answered
 
 
+def test_offline_with_hanging_lookups_gives_up_within_the_bound(tmp_path, monkeypatch):
+    """No network where DNS or connect hangs: each mirror host costs at most one
+    DOWNLOAD_TIMEOUT, once for all four files, so the error comes within 30 s."""
+    assert max(len(mirrors) for mirrors in ds.MIRRORS.values()) * ds.DOWNLOAD_TIMEOUT <= 30.0
+    attempts = []
+
+    def hanging(request, timeout):
+        attempts.append(request.full_url)
+        time.sleep(2.0)
+
+    monkeypatch.setattr(urllib.request, "urlopen", hanging)
+    monkeypatch.setattr(ds, "_open_url", _real_open_url)
+    monkeypatch.setattr(ds, "DOWNLOAD_TIMEOUT", 0.1)
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"(?s)Looked in:.*unreachable: no answer from .* within 0\.1 s.*"
+                                           r"pass --data-dir DIR.*set FASTCNN_DATA=ROOT"):
+        ds.load("mnist")
+    assert time.perf_counter() - start < len(ds.MIRRORS["mnist"]) * 0.1 + 0.5
+    assert attempts == [mirror + TRAIN_IMAGES for mirror in ds.MIRRORS["mnist"]]
+
+
 def test_download_false_says_so(tmp_path):
     make_set(tmp_path / "system" / "mnist")
     (tmp_path / "system" / "mnist" / TRAIN_LABELS).unlink()
@@ -584,3 +605,20 @@ def test_real_fashion_mnist_from_system_dir(monkeypatch):
     assert y_train.min() == 0 and y_train.max() == 9 and y_test.min() == 0 and y_test.max() == 9
     np.testing.assert_array_equal(np.bincount(y_train, minlength=10), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(y_test, minlength=10), [1000] * 10)
+
+
+# Debian's copy is the mirror's files recompressed identically but with a gzip
+# header that has no file name and another mtime. Restoring the mirror's header
+# (FNAME set, mtime 2017-08-31 UTC) gives back the mirror's bytes exactly.
+MIRROR_MTIMES = {TRAIN_IMAGES: 1504176606, TRAIN_LABELS: 1504176606, TEST_IMAGES: 1504176627, TEST_LABELS: 1504176627}
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("filename", ds.FILES)
+def test_pinned_fashion_mnist_sha256_is_that_of_the_real_files(filename):
+    debian = (SYSTEM_FASHION / filename).read_bytes()
+    assert debian[:4] == b"\x1f\x8b\x08\x00"  # deflate, no FNAME flag
+    header = b"\x1f\x8b\x08\x08" + MIRROR_MTIMES[filename].to_bytes(4, "little") + debian[8:10]
+    mirror_file = header + filename[: -len(".gz")].encode() + b"\x00" + debian[10:]
+    assert hashlib.sha256(mirror_file).hexdigest() == ds.SHA256["fashion-mnist"][filename]
+    assert gzip.decompress(mirror_file) == gzip.decompress(debian)
