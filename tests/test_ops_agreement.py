@@ -34,11 +34,23 @@ def make_input(rng, shape, kind="normal", contiguous=True):
         x = np.zeros(shape)
     else:
         raise ValueError(kind)
-    if contiguous:
-        return x
-    big = np.zeros(shape[:-1] + (2 * shape[-1],))
+    return x if contiguous else strided_copy(x)
+
+
+def strided_copy(x, dtype=None):
+    """A non-contiguous view with the values of ``x`` (cast to ``dtype``): the last axis's stride doubled."""
+    big = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=dtype or x.dtype)
     big[..., ::2] = x
-    return big[..., ::2]  # same values, channel stride doubled
+    return big[..., ::2]
+
+
+def cast_like(a, dtype):
+    """``a`` cast to ``dtype``, keeping a non-contiguous layout non-contiguous (``astype`` would not)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    if a.dtype == dtype or a.ndim == 0 or a.flags.c_contiguous:
+        return a.astype(dtype, copy=False)
+    return strided_copy(a, dtype)
 
 
 def compare(op, impl, args, kwargs, dtype, seed=0):
@@ -46,9 +58,7 @@ def compare(op, impl, args, kwargs, dtype, seed=0):
     ref = registry.get(op, "reference")
     fast = registry.get(op, impl)
     args64 = [a if not isinstance(a, np.ndarray) else a.astype(np.float64, copy=False) for a in args]
-    args_t = [a if not isinstance(a, np.ndarray) else a.astype(dtype, copy=False) for a in args]
-    if dtype == np.float64:  # keep the non-contiguous views as views
-        args_t = args
+    args_t = [cast_like(a, dtype) for a in args]  # non-contiguous inputs stay non-contiguous
     kw_ref = dict(kwargs)
     kw_fast = dict(kwargs)
     if "rng" in kwargs:
@@ -197,26 +207,32 @@ def test_unary_agrees(op, impl, shape, contiguous, kind, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])  # ties and zeros: the slope at exactly 0
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
 @pytest.mark.parametrize("alpha", [0.01, 0.3])
 @pytest.mark.parametrize("op,impl", impl_params("leaky_relu"))
-def test_leaky_relu_agrees(op, impl, alpha, dtype):
-    x = make_input(np.random.default_rng(4), (3, 4, 5, 2))
+def test_leaky_relu_agrees(op, impl, alpha, contiguous, kind, dtype):
+    x = make_input(np.random.default_rng(4), (3, 4, 5, 2), kind, contiguous)
     compare(op, impl, (x,), {"alpha": alpha}, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
 @pytest.mark.parametrize("shape", [(1, 10), (7, 10), (5, 3)])
 @pytest.mark.parametrize("op,impl", impl_params("softmax"))
-def test_softmax_agrees(op, impl, shape, dtype):
-    x = 3 * make_input(np.random.default_rng(5), shape)
+def test_softmax_agrees(op, impl, shape, contiguous, kind, dtype):
+    x = make_input(np.random.default_rng(5), shape, kind, contiguous)
+    x *= 3  # in place: a strided view stays strided
     compare(op, impl, (x,), {}, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
 @pytest.mark.parametrize("rate", [0.0, 0.25, 0.5])
 @pytest.mark.parametrize("op,impl", impl_params("dropout"))
-def test_dropout_agrees(op, impl, rate, dtype):
-    x = make_input(np.random.default_rng(6), (4, 6, 6, 3))
+def test_dropout_agrees(op, impl, rate, contiguous, dtype):
+    x = make_input(np.random.default_rng(6), (4, 6, 6, 3), contiguous=contiguous)
     compare(op, impl, (x,), {"rate": rate, "rng": None}, dtype)
 
 
@@ -231,19 +247,24 @@ def test_dense_agrees(op, impl, shape, bias, dtype):
     compare(op, impl, (rng.standard_normal((N, IN)), rng.standard_normal((IN, OUT)), b), {}, dtype)
 
 
+def compare_loss(impl, logits, labels, dtype):
+    """The fused loss in ``impl`` (at ``dtype``) against the float64 reference: loss and dlogits."""
+    loss_ref, d_ref = registry.get("softmax_cross_entropy", "reference").forward(
+        logits.astype(np.float64, copy=False), labels)
+    loss, d = registry.get("softmax_cross_entropy", impl).forward(cast_like(logits, dtype), labels)
+    assert np.isfinite(loss) and isinstance(loss, float)
+    assert d.dtype == dtype
+    assert abs(loss - loss_ref) <= (1e-10 if dtype == np.float64 else 1e-4) * max(1.0, abs(loss_ref))
+    assert_close(d, d_ref, dtype=dtype, name=f"softmax_cross_entropy/{impl} dlogits")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
 @pytest.mark.parametrize("impl", fast_impls("softmax_cross_entropy"))
 def test_softmax_cross_entropy_agrees(impl, scale, dtype):
     rng = np.random.default_rng(8)
     logits = scale * rng.standard_normal((16, 10))
-    labels = rng.integers(0, 10, size=16)
-    loss_ref, d_ref = registry.get("softmax_cross_entropy", "reference").forward(logits, labels)
-    loss, d = registry.get("softmax_cross_entropy", impl).forward(logits.astype(dtype), labels)
-    assert np.isfinite(loss) and isinstance(loss, float)
-    assert d.dtype == dtype
-    assert abs(loss - loss_ref) <= (1e-10 if dtype == np.float64 else 1e-4) * max(1.0, abs(loss_ref))
-    assert_close(d, d_ref, dtype=dtype, name=f"softmax_cross_entropy/{impl} dlogits")
+    compare_loss(impl, logits, rng.integers(0, 10, size=16), dtype)
 
 
 # --- hypothesis-drawn configurations ------------------------------------------------
