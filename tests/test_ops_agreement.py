@@ -267,6 +267,24 @@ def test_softmax_cross_entropy_agrees(impl, scale, dtype):
     compare_loss(impl, logits, rng.integers(0, 10, size=16), dtype)
 
 
+# Confident rows only: every gradient is at most ~1e-5, so no large entry hides the error
+# of the small ones in the norm-wise measure; computed as 1 - p or dy - sum(dy * y)
+# they would be float32 rounding noise.
+SATURATED = np.array([[0.0, -30.0, -40.0], [0.0, -20.0, -25.0], [3.0, -14.0, -9.0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("impl", fast_impls("softmax"))
+def test_saturated_softmax_agrees(impl, dtype):
+    compare("softmax", impl, (SATURATED,), {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("impl", fast_impls("softmax_cross_entropy"))
+def test_saturated_softmax_cross_entropy_agrees(impl, dtype):
+    compare_loss(impl, SATURATED, np.array([0, 0, 0]), dtype)
+
+
 # --- hypothesis-drawn configurations ------------------------------------------------
 
 
