@@ -105,6 +105,18 @@ def test_initializers_draw_at_the_he_and_glorot_scales(name, kind, scale):
     assert abs(w.mean()) < 0.1 * scale
 
 
+@pytest.mark.parametrize("impl", registry.IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_layer_sobel_tutorial_example(impl, dtype):
+    """The tutorial's worked example through the layer, in every implementation: 29."""
+    layer = L.Conv2D(1, 3, use_bias=False, impl=impl).build((3, 3, 1), dtype)
+    layer.params["weight"][:, :, 0, 0] = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]  # vertical Sobel, HWIO
+    patch = np.array([[0, 50, 0], [0, 80, 31], [33, 90, 0]], dtype=dtype).reshape(1, 3, 3, 1)
+    y = layer(patch)
+    assert y.shape == (1, 1, 1, 1) and y.dtype == dtype
+    assert y[0, 0, 0, 0] == 29
+
+
 def test_conv_layer_gradcheck_through_reference():
     layer = L.Conv2D(3, 3, stride=2, padding="same", impl="reference")
     x = np.random.default_rng(3).standard_normal((2, 5, 6, 2))
