@@ -33,9 +33,11 @@ IDS = [repr(make()) for make, _ in LAYERS]
 def test_layer_protocol_and_dtype(make, shape, dtype, impl):
     layer = make()
     layer.impl = impl
+    assert not layer.built and layer.params == {} and layer.output_shape is None  # lazy
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     y = layer(x)
-    assert layer.built and layer.resolved_impl == registry.resolve(layer.op, impl)
+    assert layer.built and layer.input_shape == shape[1:]
+    assert layer.resolved_impl == registry.resolve(layer.op, impl)
     assert y.dtype == dtype
     assert y.shape[1:] == layer.output_shape
     dx = layer.backward(np.ones_like(y))
@@ -44,6 +46,21 @@ def test_layer_protocol_and_dtype(make, shape, dtype, impl):
     for key, p in layer.params.items():
         assert layer.grads[key].shape == p.shape and layer.grads[key].dtype == p.dtype == dtype
     assert layer.count_params() == sum(p.size for p in layer.params.values())
+
+
+@pytest.mark.parametrize("make,shape", LAYERS, ids=IDS)
+def test_eval_mode_gives_the_training_forward(make, shape):
+    """eval() changes only Dropout (to the identity); Conv2D's cache-free inference path agrees."""
+    layer = make()
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    y_train = layer(x)
+    assert layer.eval() is layer and not layer.training
+    y_eval = layer(x)
+    if isinstance(layer, L.Dropout):
+        assert y_eval is x
+    else:
+        assert_close(y_eval, y_train, rtol=1e-6)
+    assert layer.train() is layer and layer.training
 
 
 def test_param_names_and_shapes():
@@ -62,8 +79,42 @@ def test_reset_parameters_is_seeded_and_glorot_scaled():
     assert np.abs(a.params["weight"]).max() <= limit
     assert np.abs(a.params["weight"]).max() > 0.9 * limit
     np.testing.assert_array_equal(a.params["bias"], 0)
+    a(np.ones((1, 8, 8, 4), dtype=np.float32))
+    a.backward(np.ones((1, 6, 6, 16), dtype=np.float32))
+    assert np.abs(a.grads["weight"]).max() > 0
     a.reset_parameters(np.random.default_rng(2))
     assert not np.array_equal(a.params["weight"], b.params["weight"])
+    assert all(not g.any() for g in a.grads.values())  # gradients zeroed too
+
+
+# fan_in, fan_out of a (3, 3, 8, 32) conv weight: 3*3*8 = 72 and 3*3*32 = 288.
+@pytest.mark.parametrize("name,kind,scale", [
+    ("glorot_uniform", "uniform", np.sqrt(6.0 / (72 + 288))),
+    ("glorot_normal", "normal", np.sqrt(2.0 / (72 + 288))),
+    ("he_uniform", "uniform", np.sqrt(6.0 / 72)),
+    ("he_normal", "normal", np.sqrt(2.0 / 72)),
+])
+def test_initializers_draw_at_the_he_and_glorot_scales(name, kind, scale):
+    conv = L.Conv2D(32, 3, kernel_initializer=name).build((9, 9, 8), rng=np.random.default_rng(4))
+    w = conv.params["weight"]  # 2304 draws
+    assert w.dtype == np.float32 and w.shape == (3, 3, 8, 32)
+    if kind == "uniform":  # the limit is the scale
+        assert 0.98 * scale < np.abs(w).max() <= scale
+    else:  # the standard deviation is the scale
+        assert abs(w.std() / scale - 1) < 0.05
+    assert abs(w.mean()) < 0.1 * scale
+
+
+@pytest.mark.parametrize("impl", registry.IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_layer_sobel_tutorial_example(impl, dtype):
+    """The tutorial's worked example through the layer, in every implementation: 29."""
+    layer = L.Conv2D(1, 3, use_bias=False, impl=impl).build((3, 3, 1), dtype)
+    layer.params["weight"][:, :, 0, 0] = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]  # vertical Sobel, HWIO
+    patch = np.array([[0, 50, 0], [0, 80, 31], [33, 90, 0]], dtype=dtype).reshape(1, 3, 3, 1)
+    y = layer(patch)
+    assert y.shape == (1, 1, 1, 1) and y.dtype == dtype
+    assert y[0, 0, 0, 0] == 29
 
 
 def test_conv_layer_gradcheck_through_reference():

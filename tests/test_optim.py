@@ -60,13 +60,32 @@ def test_sgd_matches_textbook(momentum, nesterov, wd):
 
 @pytest.mark.parametrize("impl", ["numpy", "numba"])
 @pytest.mark.parametrize("lr,b1,b2,eps,wd", [(1e-3, 0.9, 0.999, 1e-7, 0.0), (0.1, 0.8, 0.99, 1e-8, 0.0),
-                                            (0.01, 0.9, 0.999, 1e-7, 0.05)])
+                                            (0.05, 0.9, 0.999, 1e-7, 0.1)])
 def test_adam_matches_textbook(monkeypatch, impl, lr, b1, b2, eps, wd):
     """Both update paths: NumPy array operations and the fused Numba kernel (FASTCNN_IMPL picks)."""
     monkeypatch.setenv("FASTCNN_IMPL", impl)
     assert (optim._adam_kernel() is not None) == (impl == "numba")
     got = run(Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps, weight_decay=wd), P0, grad_fn, 9)
     np.testing.assert_allclose(got, scalar_adam(P0, lr, b1, b2, eps, 9, wd), rtol=1e-12, atol=1e-12)
+
+
+def test_adam_first_step_is_lr_times_the_gradient_sign():
+    # Bias correction makes m_hat = g and v_hat = g**2 after one step, so the step is
+    # lr * g / (|g| + eps) whatever the betas: without it, it would be lr * 0.1 / sqrt(0.001) ~ 3.2 lr.
+    p = np.array([1.0, 1.0, 1.0])
+    Adam(0.01, epsilon=1e-12).step([("p", p, np.array([3.0, -0.5, 1e-3]))])
+    np.testing.assert_allclose(p, [0.99, 1.01, 0.99], rtol=1e-9)
+
+
+def test_sgd_nesterov_two_steps_by_hand():
+    # Constant gradient 1, lr 0.1, momentum 0.9. Step 1: buf = 1, step = 1 + 0.9 * 1 = 1.9.
+    # Step 2: buf = 0.9 * 1 + 1 = 1.9, step = 1 + 0.9 * 1.9 = 2.71. Total 0.1 * 4.61.
+    p = np.array([0.0])
+    opt = SGD(0.1, momentum=0.9, nesterov=True)
+    for _ in range(2):
+        opt.step([("p", p, np.array([1.0]))])
+    np.testing.assert_allclose(p, [-0.461], rtol=1e-12)
+    np.testing.assert_allclose(opt.state["p"]["momentum"], [1.9], rtol=1e-12)
 
 
 @pytest.mark.parametrize("opt", [SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),

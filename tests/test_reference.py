@@ -373,6 +373,21 @@ def test_softmax_cross_entropy_by_hand():
     assert_close(dlogits, expected)
 
 
+def test_saturated_softmax_gradients_keep_full_relative_precision():
+    # Row [0, -30, -40]: y[0] rounds to 1 - 1e-13, so 1 - y[0] computed by subtraction
+    # would keep ~3 digits. The exact gradients, written with the small terms only:
+    a, b = math.exp(-30), math.exp(-40)
+    s = 1 + a + b
+    y = np.array([1 / s, a / s, b / s])
+    dy = np.array([0.5, -1.0, 2.0])
+    # dx_i = y_i * sum_j y_j (dy_i - dy_j)
+    expected = [y[i] * sum(y[j] * (dy[i] - dy[j]) for j in range(3)) for i in range(3)]
+    _, cache = ref.softmax_forward(np.array([[0.0, -30.0, -40.0]]))
+    assert_close(ref.softmax_backward(dy[None], cache)[0], np.array(expected), rtol=1e-13)
+    _, dlogits = ref.softmax_cross_entropy(np.array([[0.0, -30.0, -40.0]]), np.array([0]))
+    assert_close(dlogits[0], np.array([-(a + b) / s, a / s, b / s]), rtol=1e-13)
+
+
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):

@@ -15,7 +15,7 @@ import numba
 
 import fastcnn.parallel  # noqa: F401  (selects the threading layer)
 
-__all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "parallel_kernel", "twins", "pick"]
+__all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "ordered_kernel", "parallel_kernel", "twins", "pick"]
 
 #: Fast-math flags for every kernel: reassociation (vectorized reductions),
 #: FMA contraction, approximate functions, reciprocal, no signed zeros.
@@ -32,6 +32,11 @@ kernel = numba.njit(**_OPTIONS)
 
 #: Kernel whose ``prange`` loop runs in parallel (only over disjoint writes).
 parallel_kernel = numba.njit(parallel=True, **_OPTIONS)
+
+#: Serial kernel whose arithmetic must run in the order written: ``FASTMATH``
+#: without ``reassoc``, which would turn ``(a - b) - c`` back into ``a - (b + c)``
+#: and undo a formula arranged to avoid cancellation (softmax backward).
+ordered_kernel = numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH - {"reassoc"}))
 
 
 def twins(func):

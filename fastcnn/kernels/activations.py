@@ -14,7 +14,7 @@ implementation: ``relu(nan)`` is NaN and its gradient is ``dy * 0``.
 import numpy as np
 from numba import prange
 
-from fastcnn.kernels._jit import kernel, pick, twins
+from fastcnn.kernels._jit import kernel, ordered_kernel, pick, twins
 
 __all__ = [
     "relu_forward", "relu_backward",
@@ -108,16 +108,23 @@ def _softmax_forward_kernel(y, x):
             y[r, k] /= s
 
 
-@kernel
+@ordered_kernel
 def _softmax_backward_kernel(dx, dy, y):
     # dx: (R, K) out; dy, y: (R, K)
+    # Relative to the largest class (see fastcnn.ops.activations.softmax_backward):
+    # y * ((dy - dy[top]) - sum(y * (dy - dy[top]))) keeps saturated rows accurate.
     R, K = y.shape
     for r in range(R):
+        top = 0
+        for k in range(1, K):
+            if y[r, k] > y[r, top]:
+                top = k
+        d_top = dy[r, top]
         s = dx.dtype.type(0)
         for k in range(K):
-            s += dy[r, k] * y[r, k]
+            s += y[r, k] * (dy[r, k] - d_top)
         for k in range(K):
-            dx[r, k] = y[r, k] * (dy[r, k] - s)
+            dx[r, k] = y[r, k] * ((dy[r, k] - d_top) - s)
 
 
 def _flat(a):

@@ -32,10 +32,16 @@ def _softmax_cross_entropy_kernel(dlogits, logits, labels):
         lse = np.log(s)  # log-sum-exp of the shifted row
         label = labels[n]
         total -= np.float64(logits[n, label] - m - lse)
+        # p[label] - 1 as minus the other classes' p: accurate for a confident row,
+        # where subtracting 1 would round its gradient to 0.
+        rest = dlogits.dtype.type(0)
+        for k in range(K):
+            if k != label:
+                rest += dlogits[n, k]
         scale = inv_n / s
         for k in range(K):
             dlogits[n, k] *= scale
-        dlogits[n, label] -= inv_n
+        dlogits[n, label] = -rest * scale
     return total
 
 

@@ -64,8 +64,15 @@ def softmax_forward(x):
 
 
 def softmax_backward(dy, y):
-    """Jacobian-vector product: ``y * (dy - sum(dy * y))`` per row."""
-    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    """Jacobian-vector product: ``y * (dy - sum(dy * y))`` per row.
+
+    Taken relative to the largest class (``rel = dy - dy[argmax y]``), which is the
+    same when ``sum(y) == 1`` and keeps a saturated row's tiny gradient accurate
+    instead of the rounding noise of ``dy - sum(dy * y)``.
+    """
+    top = np.take_along_axis(dy, y.argmax(axis=-1)[..., None], axis=-1)  # (..., 1)
+    rel = dy - top
+    return y * (rel - np.sum(y * rel, axis=-1, keepdims=True))
 
 
 def flatten_forward(x):

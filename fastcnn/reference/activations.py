@@ -265,6 +265,12 @@ def softmax_forward(x):
 def softmax_backward(dy, cache):
     """Jacobian-vector product of softmax: ``dx = y * (dy - sum(dy * y))`` per row.
 
+    Computed as ``y * ((dy - dy[m]) - sum(y * (dy - dy[m])))`` with ``m`` the row's
+    largest ``y``: the same number when ``sum(y) == 1``, but for a saturated row
+    (``y[m]`` rounded to 1) the textbook form subtracts two numbers of size ``|dy|``
+    to get one of size ``1 - y[m]`` and keeps only rounding noise, while here every
+    small term is computed from small terms.
+
     Parameters
     ----------
     dy : ndarray
@@ -285,5 +291,6 @@ def softmax_backward(dy, cache):
     dx = np.zeros(y.shape, dtype=y.dtype)
     for idx in np.ndindex(y.shape[:-1]):
         row = y[idx]
-        dx[idx] = row * (dy[idx] - np.sum(dy[idx] * row))
+        rel = dy[idx] - dy[idx][np.argmax(row)]  # dy relative to the largest class's: 0 there
+        dx[idx] = row * (rel - np.sum(row * rel))
     return dx

@@ -44,6 +44,9 @@ def softmax_cross_entropy(logits, labels):
         s = np.sum(e)
         total += float((m - z[label]) + np.log(s))
         p = e / s
-        p[label] -= 1
+        # p[label] - 1 == -(sum of the other classes' p): summing the small p's keeps
+        # their precision where subtracting from 1 would round a confident row's gradient to 0.
+        p[label] = 0
+        p[label] = -np.sum(p)
         dlogits[n, :] = p / N
     return total / N, dlogits
