@@ -2,10 +2,13 @@
 
 Agreement with the reference is tested for every registered implementation in
 tests/test_ops_agreement.py; here are the properties particular to kernels:
-parallel scatters equal the serial result bit for bit, float32 stays float32,
+parallel kernels equal the serial result bit for bit (on 1 and 2 threads, and
+against the same source compiled without ``parallel``), float32 stays float32,
 ``-inf`` padding and NaN survive the fast-math flags, and the thread-count
 and warm-up entry points.
 """
+
+import functools
 
 import numba
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 
 from fastcnn import parallel, registry
 from fastcnn.kernels import activations, conv, loss, pooling, warmup
-from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE
+from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 
 DTYPES = [np.float32, np.float64]
 VALID = ((0, 0), (0, 0))
@@ -79,6 +82,67 @@ def test_parallel_conv_equals_serial(restore_threads, dtype, stride, padding):
     g2 = with_threads(2, conv.conv2d_backward, dy, cache2)
     assert g1[0].dtype == dtype
     assert np.array_equal(g1[0], g2[0])  # dx: the col2im scatter
+
+
+#: Every kernel of conv and pooling compiled with ``parallel=True`` (a ``prange`` over the batch).
+PARALLEL_KERNELS = [
+    (conv, "_im2col_kernel"), (conv, "_col2im_kernel"),
+    (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
+    (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
+]
+
+
+@functools.cache
+def serial_twin(module, name):
+    """Kernel ``name`` compiled without ``parallel`` (``prange`` is ``range``), cached on disk like the kernels."""
+    return twins(getattr(module, name).py_func)[1]
+
+
+def batch_parallel_outputs(dtype):
+    """Every array the batch-parallel conv and pooling kernels write: 7 samples (an uneven split
+    over 2 threads), overlapping 3x3 windows with padding (several outputs scatter into one input)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((7, 9, 8, 3)).astype(dtype)  # (N, H, W, C)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(dtype)  # (KH, KW, C, F)
+    b = rng.standard_normal(4).astype(dtype)  # (F,)
+    same = ((1, 1), (1, 1))
+    y, cache = conv.conv2d_forward(x, w, b, stride=(1, 1), padding=same)
+    out = {"conv cols": cache[0], "conv y": y}
+    out["conv dx"] = conv.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)[0]
+    pool = dict(pool_size=(3, 3), stride=(1, 1), padding=same)
+    for name in ("max_pool2d", "avg_pool2d"):
+        y, cache = getattr(pooling, name + "_forward")(x, **pool)
+        out[name + " y"] = y
+        if name == "max_pool2d":
+            out[name + " argmax"] = cache[0]
+        out[name + " dx"] = getattr(pooling, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
+    return out
+
+
+def test_parallel_kernel_list_is_complete():
+    found = {
+        (module, name)
+        for module in (activations, conv, pooling, loss)
+        for name, value in vars(module).items()
+        if isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get("parallel")
+    }
+    assert found == set(PARALLEL_KERNELS)
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parallel_kernels_equal_their_serial_compilation_bit_for_bit(restore_threads, monkeypatch, dtype):
+    """The ``parallel=True`` build on 2 threads against the same source compiled serially."""
+    numba.set_num_threads(2)
+    in_parallel = batch_parallel_outputs(dtype)
+    for module, name in PARALLEL_KERNELS:
+        assert getattr(module, name).targetoptions.get("parallel")
+        monkeypatch.setattr(module, name, serial_twin(module, name))
+        assert not getattr(module, name).targetoptions.get("parallel")
+    serial = batch_parallel_outputs(dtype)
+    assert in_parallel.keys() == serial.keys()
+    for key, array in in_parallel.items():
+        assert array.dtype == serial[key].dtype and np.array_equal(array, serial[key]), key
 
 
 def naive_max_pool(x, pool_size, stride, padding):
@@ -284,3 +348,4 @@ def test_warmup_runs_and_validates_dtypes():
     warmup(dtypes=(np.float64,))
     with pytest.raises(ValueError, match=r"warmup: dtypes must be float32 or float64, received int64"):
         warmup(dtypes=(np.int64,))
+
