@@ -4,11 +4,13 @@ Agreement with the reference is tested for every registered implementation in
 tests/test_ops_agreement.py; here are the properties particular to kernels:
 parallel kernels equal the serial result bit for bit (on 1 and 2 threads, and
 against the same source compiled without ``parallel``), float32 stays float32,
-``-inf`` padding and NaN survive the fast-math flags, and the thread-count
-and warm-up entry points.
+``-inf`` padding and NaN survive the fast-math flags, the thread-count entry
+point sets Numba and BLAS, and warm-up compiles every signature the presets use.
 """
 
 import functools
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -259,8 +261,8 @@ def test_elementwise_serial_and_parallel_twins_agree(name, dtype):
     y_small, cache_small = forward(x[head], **kwargs)  # serial twin
     dx_small = backward(dy[head], cache_small)
     assert y_big.dtype == dtype and dx_big.dtype == dtype
-    np.testing.assert_allclose(y_small, y_big[head], rtol=1e-6 if dtype == np.float32 else 1e-14)
-    np.testing.assert_allclose(dx_small, dx_big[head], rtol=1e-6 if dtype == np.float32 else 1e-14)
+    np.testing.assert_array_equal(y_small, y_big[head])  # bit for bit: each element is computed alone
+    np.testing.assert_array_equal(dx_small, dx_big[head])
 
 
 def test_every_numba_op_keeps_float32(restore_threads):
@@ -323,12 +325,15 @@ def test_float32_kernels_never_promote_to_float64():
 
 
 def test_set_num_threads_sets_numba_and_blas(restore_threads):
+    assert parallel.blas_num_threads(), "threadpoolctl (a dependency) finds no BLAS: nothing is checked"
     parallel.set_num_threads(1)
     assert parallel.get_num_threads() == 1
     assert numba.get_num_threads() == 1
-    assert all(n == 1 for n in parallel.blas_num_threads().values())
-    parallel.set_num_threads(parallel.max_num_threads())
-    assert parallel.get_num_threads() == parallel.max_num_threads()
+    assert set(parallel.blas_num_threads().values()) == {1}
+    top = parallel.max_num_threads()
+    parallel.set_num_threads(top)
+    assert parallel.get_num_threads() == numba.get_num_threads() == top
+    assert set(parallel.blas_num_threads().values()) == {top}
 
 
 @pytest.mark.parametrize("bad", [0, -1, parallel.max_num_threads() + 1])
@@ -349,3 +354,36 @@ def test_warmup_runs_and_validates_dtypes():
     with pytest.raises(ValueError, match=r"warmup: dtypes must be float32 or float64, received int64"):
         warmup(dtypes=(np.int64,))
 
+
+#: Run in a fresh process: after warmup(), train, predict and evaluate every preset and
+#: print the kernel signatures that were compiled (or loaded) after warmup returned.
+_WARMUP_COVERAGE = """
+import numba, numpy as np, fastcnn
+from fastcnn.kernels import activations, conv, loss, pooling
+
+def signatures():
+    return {(m.__name__, d.py_func.__qualname__, sig) for m in (activations, conv, loss, pooling)
+            for value in vars(m).values()
+            for d in (value if isinstance(value, tuple) else (value,))
+            if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}
+
+fastcnn.warmup()
+warm = signatures()
+rng = np.random.default_rng(0)
+x, y = rng.random((8, 28, 28, 1), dtype=np.float32), np.arange(8) % 10
+for preset in fastcnn.models.PRESETS.values():
+    model = preset(seed=0)
+    model.train_on_batch(x, y)
+    model.predict(x)
+    model.evaluate(x, y)
+print(len(warm), sorted(map(str, signatures() - warm)))
+"""
+
+
+def test_warmup_covers_every_signature_the_presets_use():
+    """A first training step after warmup() compiles nothing: the start-up promise of issue 4."""
+    result = subprocess.run([sys.executable, "-c", _WARMUP_COVERAGE], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    count, missed = result.stdout.split(" ", 1)
+    assert int(count) >= 23  # one float32 signature per kernel (and per twin)
+    assert missed.strip() == "[]"
