@@ -48,7 +48,8 @@ def isolated(monkeypatch, tmp_path):
     if blas_threads:
         import threadpoolctl
 
-        threadpoolctl.threadpool_limits(limits=blas_threads)
+        # By user_api: threadpoolctl ignores a dict keyed by internal_api ("openblas").
+        threadpoolctl.threadpool_limits(limits=max(blas_threads.values()), user_api="blas")
 
 
 def bar_images(labels, rng, dark_on_light=False):

@@ -2,10 +2,15 @@
 
 Agreement with the reference is tested for every registered implementation in
 tests/test_ops_agreement.py; here are the properties particular to kernels:
-parallel scatters equal the serial result bit for bit, float32 stays float32,
-``-inf`` padding and NaN survive the fast-math flags, and the thread-count
-and warm-up entry points.
+parallel kernels equal the serial result bit for bit (on 1 and 2 threads, and
+against the same source compiled without ``parallel``), float32 stays float32,
+``-inf`` padding and NaN survive the fast-math flags, the thread-count entry
+point sets Numba and BLAS, and warm-up compiles every signature the presets use.
 """
+
+import functools
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -13,7 +18,7 @@ import pytest
 
 from fastcnn import parallel, registry
 from fastcnn.kernels import _im2col, activations, conv, conv_im2col, loss, optim, pooling, warmup
-from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE
+from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 
 DTYPES = [np.float32, np.float64]
 VALID = ((0, 0), (0, 0))
@@ -85,6 +90,67 @@ def test_parallel_conv_equals_serial(restore_threads, dtype, stride, padding):
         for a, c in zip(g1, g2):
             assert a.dtype == dtype
             assert np.array_equal(a, c)
+
+
+#: Every kernel of conv and pooling compiled with ``parallel=True`` (a ``prange`` over the batch).
+PARALLEL_KERNELS = [
+    (conv, "_im2col_kernel"), (conv, "_col2im_kernel"),
+    (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
+    (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
+]
+
+
+@functools.cache
+def serial_twin(module, name):
+    """Kernel ``name`` compiled without ``parallel`` (``prange`` is ``range``), cached on disk like the kernels."""
+    return twins(getattr(module, name).py_func)[1]
+
+
+def batch_parallel_outputs(dtype):
+    """Every array the batch-parallel conv and pooling kernels write: 7 samples (an uneven split
+    over 2 threads), overlapping 3x3 windows with padding (several outputs scatter into one input)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((7, 9, 8, 3)).astype(dtype)  # (N, H, W, C)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(dtype)  # (KH, KW, C, F)
+    b = rng.standard_normal(4).astype(dtype)  # (F,)
+    same = ((1, 1), (1, 1))
+    y, cache = conv.conv2d_forward(x, w, b, stride=(1, 1), padding=same)
+    out = {"conv cols": cache[0], "conv y": y}
+    out["conv dx"] = conv.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)[0]
+    pool = dict(pool_size=(3, 3), stride=(1, 1), padding=same)
+    for name in ("max_pool2d", "avg_pool2d"):
+        y, cache = getattr(pooling, name + "_forward")(x, **pool)
+        out[name + " y"] = y
+        if name == "max_pool2d":
+            out[name + " argmax"] = cache[0]
+        out[name + " dx"] = getattr(pooling, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
+    return out
+
+
+def test_parallel_kernel_list_is_complete():
+    found = {
+        (module, name)
+        for module in (activations, conv, pooling, loss)
+        for name, value in vars(module).items()
+        if isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get("parallel")
+    }
+    assert found == set(PARALLEL_KERNELS)
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parallel_kernels_equal_their_serial_compilation_bit_for_bit(restore_threads, monkeypatch, dtype):
+    """The ``parallel=True`` build on 2 threads against the same source compiled serially."""
+    numba.set_num_threads(2)
+    in_parallel = batch_parallel_outputs(dtype)
+    for module, name in PARALLEL_KERNELS:
+        assert getattr(module, name).targetoptions.get("parallel")
+        monkeypatch.setattr(module, name, serial_twin(module, name))
+        assert not getattr(module, name).targetoptions.get("parallel")
+    serial = batch_parallel_outputs(dtype)
+    assert in_parallel.keys() == serial.keys()
+    for key, array in in_parallel.items():
+        assert array.dtype == serial[key].dtype and np.array_equal(array, serial[key]), key
 
 
 def naive_max_pool(x, pool_size, stride, padding):
@@ -201,8 +267,8 @@ def test_elementwise_serial_and_parallel_twins_agree(name, dtype):
     y_small, cache_small = forward(x[head], **kwargs)  # serial twin
     dx_small = backward(dy[head], cache_small)
     assert y_big.dtype == dtype and dx_big.dtype == dtype
-    np.testing.assert_allclose(y_small, y_big[head], rtol=1e-6 if dtype == np.float32 else 1e-14)
-    np.testing.assert_allclose(dx_small, dx_big[head], rtol=1e-6 if dtype == np.float32 else 1e-14)
+    np.testing.assert_array_equal(y_small, y_big[head])  # bit for bit: each element is computed alone
+    np.testing.assert_array_equal(dx_small, dx_big[head])
 
 
 def test_every_numba_op_keeps_float32(restore_threads):
@@ -267,12 +333,15 @@ def test_float32_kernels_never_promote_to_float64():
 
 
 def test_set_num_threads_sets_numba_and_blas(restore_threads):
+    assert parallel.blas_num_threads(), "threadpoolctl (a dependency) finds no BLAS: nothing is checked"
     parallel.set_num_threads(1)
     assert parallel.get_num_threads() == 1
     assert numba.get_num_threads() == 1
-    assert all(n == 1 for n in parallel.blas_num_threads().values())
-    parallel.set_num_threads(parallel.max_num_threads())
-    assert parallel.get_num_threads() == parallel.max_num_threads()
+    assert set(parallel.blas_num_threads().values()) == {1}
+    top = parallel.max_num_threads()
+    parallel.set_num_threads(top)
+    assert parallel.get_num_threads() == numba.get_num_threads() == top
+    assert set(parallel.blas_num_threads().values()) == {top}
 
 
 @pytest.mark.parametrize("bad", [0, -1, parallel.max_num_threads() + 1])
@@ -292,3 +361,37 @@ def test_warmup_runs_and_validates_dtypes():
     warmup(dtypes=(np.float64,))
     with pytest.raises(ValueError, match=r"warmup: dtypes must be float32 or float64, received int64"):
         warmup(dtypes=(np.int64,))
+
+
+#: Run in a fresh process: after warmup(), train, predict and evaluate every preset and
+#: print the kernel signatures that were compiled (or loaded) after warmup returned.
+_WARMUP_COVERAGE = """
+import numba, numpy as np, fastcnn
+from fastcnn.kernels import activations, conv, loss, pooling
+
+def signatures():
+    return {(m.__name__, d.py_func.__qualname__, sig) for m in (activations, conv, loss, pooling)
+            for value in vars(m).values()
+            for d in (value if isinstance(value, tuple) else (value,))
+            if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}
+
+fastcnn.warmup()
+warm = signatures()
+rng = np.random.default_rng(0)
+x, y = rng.random((8, 28, 28, 1), dtype=np.float32), np.arange(8) % 10
+for preset in fastcnn.models.PRESETS.values():
+    model = preset(seed=0)
+    model.train_on_batch(x, y)
+    model.predict(x)
+    model.evaluate(x, y)
+print(len(warm), sorted(map(str, signatures() - warm)))
+"""
+
+
+def test_warmup_covers_every_signature_the_presets_use():
+    """A first training step after warmup() compiles nothing: the start-up promise of issue 4."""
+    result = subprocess.run([sys.executable, "-c", _WARMUP_COVERAGE], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    count, missed = result.stdout.split(" ", 1)
+    assert int(count) >= 23  # one float32 signature per kernel (and per twin)
+    assert missed.strip() == "[]"

@@ -121,12 +121,14 @@ def _avg_pool_forward_kernel(y, x, PH, PW, SH, SW, PT, PL):
 
 
 @parallel_kernel
-def _avg_pool_backward_kernel(dx, dy, PH, PW, SH, SW, PT, PL):
-    # dx: (N, H, W, C) out; dy: (N, OH, OW, C)
+def _avg_pool_backward_kernel(dx, g, PH, PW, SH, SW, PT, PL):
+    # dx: (N, H, W, C) out; g: (N, OH, OW, C), each window's gradient already
+    # divided by its element count (see avg_pool2d_backward). Only additions
+    # here: a multiply feeding an add is fused (or not) differently by the
+    # fast-math code Numba compiles and the code it loads from its cache.
     N, H, W, C = dx.shape
-    OH, OW = dy.shape[1], dy.shape[2]
+    OH, OW = g.shape[1], g.shape[2]
     zero = dx.dtype.type(0)
-    one = dx.dtype.type(1)
     for n in prange(N):  # disjoint per sample
         for h in range(H):
             for w in range(W):
@@ -138,11 +140,16 @@ def _avg_pool_backward_kernel(dx, dy, PH, PW, SH, SW, PT, PL):
             for ow in range(OW):
                 w0 = ow * SW - PL
                 w_lo, w_hi = max(w0, 0), min(w0 + PW, W)
-                scale = one / dx.dtype.type((h_hi - h_lo) * (w_hi - w_lo))
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
                         for c in range(C):
-                            dx[n, h, w, c] += dy[n, oh, ow, c] * scale
+                            dx[n, h, w, c] += g[n, oh, ow, c]
+
+
+def _window_counts(size, pool, stride, pad_before, out):
+    """Unpadded elements of each of ``out`` windows along one axis: ``(out,)`` int64."""
+    start = np.arange(out) * stride - pad_before
+    return np.minimum(start + pool, size) - np.maximum(start, 0)
 
 
 def max_pool2d_forward(x, *, pool_size, stride, padding):
@@ -186,7 +193,12 @@ def avg_pool2d_forward(x, *, pool_size, stride, padding):
 def avg_pool2d_backward(dy, cache):
     """Spread each window's gradient evenly over its unpadded elements. Shape: dy ``(N, OH, OW, C)`` -> dx ``(N, H, W, C)``."""
     x_shape, dtype, (PH, PW), (SH, SW), ((PT, _), (PL, _)) = cache
-    dy = np.ascontiguousarray(dy, dtype=dtype)
+    dy = np.asarray(dy, dtype=dtype)
+    _, H, W, _ = x_shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    counts = np.outer(_window_counts(H, PH, SH, PT, OH), _window_counts(W, PW, SW, PL, OW))  # (OH, OW)
+    # Divided by NumPy, so every compilation of the kernel adds the same values.
+    g = np.ascontiguousarray(dy / counts.astype(dtype)[:, :, None])  # (N, OH, OW, C)
     dx = np.empty(x_shape, dtype=dtype)  # (N, H, W, C)
-    _avg_pool_backward_kernel(dx, dy, PH, PW, SH, SW, PT, PL)
+    _avg_pool_backward_kernel(dx, g, PH, PW, SH, SW, PT, PL)
     return dx
