@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import _im2col, activations, conv, conv_im2col, loss, optim, pooling, warmup
+from fastcnn.kernels import _im2col, activations, conv, conv_im2col, dense, loss, optim, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 
 DTYPES = [np.float32, np.float64]
@@ -92,9 +92,12 @@ def test_parallel_conv_equals_serial(restore_threads, dtype, stride, padding):
             assert np.array_equal(a, c)
 
 
-#: Every kernel of conv and pooling compiled with ``parallel=True`` (a ``prange`` over the batch).
+#: Every kernel of conv and pooling compiled with ``parallel=True`` (a ``prange`` over the batch,
+#: or over conv's fixed work groups).
 PARALLEL_KERNELS = [
-    (conv, "_im2col_kernel"), (conv, "_col2im_kernel"),
+    (conv, "_forward_kernel"), (conv, "_backward_kernel"),
+    (conv_im2col, "_im2col_kernel"), (conv_im2col, "_col2im_kernel"),
+    (dense, "_forward_kernel"), (dense, "_backward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
 ]
@@ -114,9 +117,24 @@ def batch_parallel_outputs(dtype):
     w = rng.standard_normal((3, 3, 3, 4)).astype(dtype)  # (KH, KW, C, F)
     b = rng.standard_normal(4).astype(dtype)  # (F,)
     same = ((1, 1), (1, 1))
-    y, cache = conv.conv2d_forward(x, w, b, stride=(1, 1), padding=same)
-    out = {"conv cols": cache[0], "conv y": y}
-    out["conv dx"] = conv.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)[0]
+    out = {}
+    x5 = rng.standard_normal((7, 9, 8, 5)).astype(dtype)  # K = 45: im2col + GEMM blocks
+    w5 = rng.standard_normal((3, 3, 5, 4)).astype(dtype)
+    y, cache = conv_im2col.conv2d_forward(x, w, b, stride=(1, 1), padding=same)
+    out["im2col cols"] = cache[0]
+    out["im2col dx"] = conv_im2col.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)[0]
+    for name in ("conv2d", "conv2d_relu"):
+        for xi, wi in ((x5, w5), (x, w)):  # im2col + GEMM blocks, and direct loops (K = 27)
+            y, cache = getattr(conv, name + "_forward")(xi, wi, b, stride=(1, 1), padding=same)
+            grads = getattr(conv, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
+            for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
+                out[f"{name} C={xi.shape[-1]} {key}"] = array
+    xd = rng.standard_normal((7, 300)).astype(dtype)  # (N, IN): split over the groups
+    wd = rng.standard_normal((300, 130)).astype(dtype)  # (IN, F)
+    y, cache = dense.dense_forward(xd, wd, b[:1].repeat(130))
+    grads = dense.dense_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+    for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
+        out["dense " + key] = array
     pool = dict(pool_size=(3, 3), stride=(1, 1), padding=same)
     for name in ("max_pool2d", "avg_pool2d"):
         y, cache = getattr(pooling, name + "_forward")(x, **pool)
@@ -130,7 +148,7 @@ def batch_parallel_outputs(dtype):
 def test_parallel_kernel_list_is_complete():
     found = {
         (module, name)
-        for module in (activations, conv, pooling, loss)
+        for module in (activations, conv, conv_im2col, dense, pooling, loss, optim)
         for name, value in vars(module).items()
         if isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get("parallel")
     }
@@ -279,6 +297,8 @@ def test_every_numba_op_keeps_float32(restore_threads):
                    dict(stride=(1, 1), padding=VALID)),
         "conv2d_relu": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32), np.zeros(2, np.float32)),
                         dict(stride=(1, 1), padding=VALID)),
+        "dense": ((x.reshape(2, -1), rng.standard_normal((108, 600)).astype(np.float32),
+                   np.zeros(600, np.float32)), {}),  # big enough to split over threads
         "max_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
         "avg_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),
         "leaky_relu": ((x,), dict(alpha=0.2)),
@@ -367,10 +387,10 @@ def test_warmup_runs_and_validates_dtypes():
 #: print the kernel signatures that were compiled (or loaded) after warmup returned.
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
-from fastcnn.kernels import activations, conv, loss, pooling
+from fastcnn.kernels import _im2col, activations, conv, loss, optim, pooling
 
 def signatures():
-    return {(m.__name__, d.py_func.__qualname__, sig) for m in (activations, conv, loss, pooling)
+    return {(m.__name__, d.py_func.__qualname__, sig) for m in (activations, conv, _im2col, loss, optim, pooling)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}

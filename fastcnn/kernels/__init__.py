@@ -1,17 +1,19 @@
 """The Numba implementation (``impl="numba"``): ``@njit`` kernels under thin wrappers.
 
 Only ops whose kernel beats the NumPy path at the mnist_cnn shapes (batch 64)
-are registered; see each module's docstring for what its kernels fuse. Left to
-NumPy on purpose: ``dense`` (nothing but BLAS GEMMs), ``flatten`` (a reshape),
-``tanh`` (NumPy's SIMD tanh wins), ``dropout`` (the float64 mask draw dominates;
-a fused mask-and-scale kernel measured 1.17x slower forward at (64, 12, 12, 64)) and ``global_avg_pool2d`` (not in
-the mnist_cnn profile; no kernel written yet).
+are registered; see each module's docstring for what its kernels fuse. The
+GEMMs are BLAS's, called single-threaded from inside the kernels
+(:mod:`fastcnn.kernels._blas`), so BLAS never runs a thread pool of its own
+beside Numba's. Left to NumPy on purpose: ``flatten`` (a reshape), ``tanh``
+(NumPy's SIMD tanh wins), ``dropout`` (the float64 mask draw dominates; a
+fused mask-and-scale kernel measured 1.17x slower forward at (64, 12, 12, 64))
+and ``global_avg_pool2d`` (not in the mnist_cnn profile; no kernel written yet).
 
 :func:`warmup` (exposed as ``fastcnn.warmup``) compiles or loads every kernel
 up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
-from fastcnn.kernels import _blas, activations, conv, loss, pooling
+from fastcnn.kernels import _blas, activations, conv, dense, loss, pooling
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -20,6 +22,7 @@ __all__ = ["warmup"]
 register("conv2d", "numba", conv.conv2d_forward, conv.conv2d_backward)
 if _blas.AVAILABLE:
     register("conv2d_relu", "numba", conv.conv2d_relu_forward, conv.conv2d_relu_backward)
+    register("dense", "numba", dense.dense_forward, dense.dense_backward)
 register("max_pool2d", "numba", pooling.max_pool2d_forward, pooling.max_pool2d_backward)
 register("avg_pool2d", "numba", pooling.avg_pool2d_forward, pooling.avg_pool2d_backward)
 for _op in ("relu", "leaky_relu", "sigmoid", "softmax"):

@@ -115,11 +115,12 @@ _dgemm = _external("d", types.float64)
 
 
 def gemm(trans_a, trans_b, alpha, a, b, beta, c):
-    """``c = alpha * op(a) @ op(b) + beta * c`` on 2-D C-contiguous arrays, inside a kernel.
+    """``c = alpha * op(a) @ op(b) + beta * c`` on 2-D arrays, inside a kernel.
 
-    ``op(a)`` is ``a.T`` when ``trans_a`` is true. Nothing is checked: the
-    caller guarantees C-contiguous arrays of one float dtype and matching shapes.
-    Only callable from ``@njit`` code (see the overload below).
+    ``op(a)`` is ``a.T`` when ``trans_a`` is true. Rows may be strided (a
+    column block of a larger array) but each row must be contiguous. Nothing
+    is checked: the caller guarantees the layout, one float dtype and matching
+    shapes. Only callable from ``@njit`` code (see the overload below).
     """
     raise NotImplementedError("fastcnn.kernels._blas.gemm is only callable from Numba kernels")
 
@@ -133,8 +134,9 @@ def _gemm_overload(trans_a, trans_b, alpha, a, b, beta, c):
         K = a.shape[0] if trans_a else a.shape[1]
         ta = TRANS if trans_a else NO_TRANS
         tb = TRANS if trans_b else NO_TRANS
-        fn(ROW_MAJOR, ta, tb, M, N, K, c.dtype.type(alpha), a.ctypes, a.shape[1], b.ctypes, b.shape[1],
-           c.dtype.type(beta), c.ctypes, c.shape[1])
+        size = c.itemsize
+        fn(ROW_MAJOR, ta, tb, M, N, K, c.dtype.type(alpha), a.ctypes, a.strides[0] // size,
+           b.ctypes, b.strides[0] // size, c.dtype.type(beta), c.ctypes, c.strides[0] // size)
 
     return impl
 

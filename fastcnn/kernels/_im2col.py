@@ -14,7 +14,7 @@ import numpy as np
 
 from fastcnn.kernels._jit import kernel
 
-__all__ = ["im2col_rows", "col2im_rows", "scratch"]
+__all__ = ["im2col_rows", "im2col_rows_kmajor", "col2im_rows", "scratch"]
 
 
 @kernel
@@ -47,6 +47,43 @@ def im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
                 for t in range(KWC):
                     s = start + t
                     row[base + t] = x[n, h, s] if 0 <= s < WC else zero
+
+
+@kernel
+def im2col_rows_kmajor(colsT, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
+    # colsT: (KH*KW*C, >= r1 - r0) out, the transpose of im2col_rows's block: column t
+    # is output pixel r0 + t. For few input channels, where a window row is too
+    # short to copy as a run: here the runs are along ow (contiguous when SW*C == 1).
+    _, H, WC = x.shape
+    C = colsT.shape[0] // (KH * KW)
+    W = WC // C
+    zero = colsT.dtype.type(0)
+    r = r0
+    while r < r1:  # one segment per image row (n, oh): output pixels r .. r + count
+        n, oh, ow0 = r // (OH * OW), (r // OW) % OH, r % OW
+        count = min(OW - ow0, r1 - r)
+        t0 = r - r0
+        for i in range(KH):
+            h = oh * SH - PT + i
+            for j in range(KW):
+                # ow whose column ow*SW - PL + j lies inside [0, W): lo .. hi
+                lo = max(ow0, -((j - PL) // SW)) if j < PL else ow0
+                hi = min(ow0 + count, (W - 1 - j + PL) // SW + 1)
+                for c in range(C):
+                    dst = colsT[(i * KW + j) * C + c, t0:t0 + count]  # (count,)
+                    if h < 0 or h >= H or hi <= lo:
+                        for t in range(count):
+                            dst[t] = zero
+                        continue
+                    for t in range(lo - ow0):
+                        dst[t] = zero
+                    src = x[n, h, (lo * SW - PL + j) * C + c:]  # from the first valid column
+                    step = SW * C
+                    for t in range(hi - lo):
+                        dst[lo - ow0 + t] = src[t * step]
+                    for t in range(hi - ow0, count):
+                        dst[t] = zero
+        r += count
 
 
 @kernel

@@ -10,7 +10,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 
 import numpy as np
 
-from fastcnn.kernels import activations, conv, loss, optim, pooling
+from fastcnn.kernels import activations, conv, dense, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -27,6 +27,11 @@ def _run_dtype(dtype):
         y, cache = forward(x, w, b, **geometry)
         backward(np.ones_like(y), cache)
         forward(x, w, None, **geometry, need_cache=False)
+
+    for shape in ((2, 3, 2), (2, 600, 300)):  # run whole, and split over the threads
+        xd = rng.standard_normal(shape[:2]).astype(dtype)  # (N, IN)
+        y, cache = dense.dense_forward(xd, rng.standard_normal(shape[1:]).astype(dtype), np.zeros(shape[2], dtype))
+        dense.dense_backward(np.ones_like(y), cache)
 
     pool = dict(pool_size=(2, 2), stride=(2, 2), padding=((0, 1), (0, 1)))
     for forward, backward in (

@@ -34,7 +34,7 @@ from numba import prange
 
 from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, conv_im2col
-from fastcnn.kernels._im2col import col2im_rows, im2col_rows, scratch
+from fastcnn.kernels._im2col import col2im_rows, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import parallel_kernel
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward", "BLOCK_BYTES"]
@@ -43,50 +43,59 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_r
 #: GEMM's packed panels beside it. (mnist_cnn conv2: 576-row blocks, one image.)
 BLOCK_BYTES = 640 * 1024
 
+#: Window rows shorter than this (``KW*C`` elements: a first layer's 3x3 on one
+#: channel is 3) are im2col'ed transposed, in runs along the output row instead.
+KMAJOR_BELOW = 16
 
 @parallel_kernel
-def _forward_kernel(y, x, w2, b, relu, ws, block, OH, OW, KH, KW, SH, SW, PT, PL):
+def _forward_kernel(y, x, w2, b, relu, kmajor, ws, block, OH, OW, KH, KW, SH, SW, PT, PL):
     # y: (M, F) out, M = N*OH*OW output pixels; x: (N, H, W*C); w2: (K, F);
-    # b: (F,) or size 0 for no bias; ws: (G, block, K) one im2col buffer per group.
+    # b: (F,) or size 0 for no bias; ws: (G, block, K) one im2col buffer per group,
+    # used as (K, block) when kmajor.
     M, F = y.shape
-    G = ws.shape[0]
+    G, _, K = ws.shape
     zero = y.dtype.type(0)
     for g in prange(G):
         lo, hi = g * M // G, (g + 1) * M // G  # this group's output rows
-        cols_all = ws[g]
         for r0 in range(lo, hi, block):
             r1 = min(r0 + block, hi)
-            cols = cols_all[:r1 - r0]  # (rows, K)
-            im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
             out = y[r0:r1]  # (rows, F)
-            _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
+            if kmajor:
+                colsT = ws[g].reshape(K, block)[:, :r1 - r0]  # (K, rows)
+                im2col_rows_kmajor(colsT, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+                _blas.gemm(True, False, 1.0, colsT, w2, 0.0, out)
+            else:
+                cols = ws[g, :r1 - r0]  # (rows, K)
+                im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+                _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
             if b.size or relu:
                 for t in range(r1 - r0):
-                    row = out[t]
+                    row = out[t]  # (F,)
                     for f in range(F):
                         v = row[f] + b[f] if b.size else row[f]
                         row[f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
 
 
 @parallel_kernel
-def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, need_dx, ws, ws_dy, block,
+def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, kmajor, need_dx, ws, ws_dy, ones, block,
                      OH, OW, KH, KW, SH, SW, PT, PL):
     # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out, one
-    # partial sum per group; db_part: (G, F) out; dy: (M, F); y: (M, F) the
-    # forward output (read only when relu); x: (N, H, W*C); w2: (K, F);
-    # ws: (G, block, K) im2col / dcols buffers; ws_dy: (G, block, F) masked dy.
+    # partial sum per group; db_part: (G, 1, F) out (size 0 without bias); dy: (M, F);
+    # y: (M, F) the forward output (read only when relu); x: (N, H, W*C); w2: (K, F);
+    # ws: (G, block, K) im2col / dcols buffers; ws_dy: (G, block, F) masked dy;
+    # ones: (1, block) of ones (db = ones @ dy, a GEMM too).
     N = x.shape[0]
     F = dy.shape[1]
-    G = ws.shape[0]
+    G, _, K = ws.shape
     P = OH * OW
     zero = dy.dtype.type(0)
     one = dy.dtype.type(1)
     for g in prange(G):
         n0, n1 = g * N // G, (g + 1) * N // G  # whole images: dx writes stay disjoint
         dw = dw_part[g]
-        db = db_part[g]
         dw[:] = zero
-        db[:] = zero
+        if db_part.size:
+            db_part[g] = zero
         if need_dx:
             dx[n0:n1] = zero
         for r0 in range(n0 * P, n1 * P, block):
@@ -95,17 +104,22 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, need_dx, ws, ws_d
             if relu:
                 dyb = ws_dy[g, :rows]  # (rows, F)
                 for t in range(rows):
+                    src, ys, dst = dy[r0 + t], y[r0 + t], dyb[t]  # (F,) each
                     for f in range(F):
                         # A multiply, as relu's backward: NaN/inf in dy propagate.
-                        dyb[t, f] = dy[r0 + t, f] * (one if y[r0 + t, f] > zero else zero)
+                        dst[f] = src[f] * (one if ys[f] > zero else zero)
             else:
                 dyb = dy[r0:r1]
-            for t in range(rows):
-                for f in range(F):
-                    db[f] += dyb[t, f]
+            if db_part.size:
+                _blas.gemm(False, False, 1.0, ones[:, :rows], dyb, 1.0, db_part[g])  # db += sum of rows
             cols = ws[g, :rows]  # (rows, K)
-            im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
-            _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)  # dw += cols.T @ dy
+            if kmajor:
+                colsT = ws[g].reshape(K, block)[:, :rows]  # (K, rows)
+                im2col_rows_kmajor(colsT, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+                _blas.gemm(False, False, 1.0, colsT, dyb, 1.0, dw)  # dw += cols.T @ dy
+            else:
+                im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+                _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)  # dw += cols.T @ dy
             if need_dx:
                 _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
                 col2im_rows(dx, cols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
@@ -114,6 +128,11 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, need_dx, ws, ws_d
 def _groups():
     """Work groups per call: fixed per process so results never depend on the thread count."""
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def _kmajor(KW, C):
+    """im2col blocks transposed (``(K, rows)``) when a window row is too short to copy as one run."""
+    return KW * C < KMAJOR_BELOW
 
 
 def _block_rows(K, itemsize, M, G):
@@ -137,7 +156,7 @@ def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
     y = np.empty((M, F), dtype=dtype)  # (N*OH*OW, F)
     x3 = x.reshape(N, H, W * C)
     with _blas.blas_single_threaded():
-        _forward_kernel(y, x3, w2, bias, relu, ws, block, OH, OW, KH, KW, SH, SW, PT, PL)
+        _forward_kernel(y, x3, w2, bias, relu, _kmajor(KW, C), ws, block, OH, OW, KH, KW, SH, SW, PT, PL)
     y = y.reshape(N, OH, OW, F)
     cache = None
     if need_cache:
@@ -156,14 +175,16 @@ def _backward(dy, cache, need_dx):
     block = _block_rows(K, dtype.itemsize, M, G)
     ws = scratch(workspace, "cols", (G, block, K), dtype)  # (G, block, K)
     ws_dy = scratch(workspace, "dy", (G, block if relu else 0, F), dtype)  # (G, block, F)
+    ones = scratch(workspace, "ones", (1, block), dtype)  # (1, block)
+    ones.fill(1)
     dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
-    db_part = np.empty((G, F), dtype=dtype)  # (G, F)
+    db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
     dx = np.empty((N, H, W * C) if need_dx else (0, 0, 0), dtype=dtype)  # (N, H, W*C)
     with _blas.blas_single_threaded():
-        _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), w2, relu, need_dx, ws, ws_dy,
-                         block, OH, OW, KH, KW, SH, SW, PT, PL)
+        _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), w2, relu, _kmajor(KW, C),
+                         need_dx, ws, ws_dy, ones, block, OH, OW, KH, KW, SH, SW, PT, PL)
     dw = dw_part[0] if G == 1 else dw_part.sum(axis=0)
-    db = (db_part[0] if G == 1 else db_part.sum(axis=0)) if has_bias else None
+    db = (db_part[0, 0] if G == 1 else db_part.sum(axis=(0, 1))) if has_bias else None
     return (dx.reshape(N, H, W, C) if need_dx else None), dw.reshape(KH, KW, C, F), db
 
 
