@@ -11,16 +11,20 @@ changes, and BLAS keeps the size it read from ``OPENBLAS_NUM_THREADS`` /
 variables are read once, at import, so they must be set before ``import
 numpy`` to have any effect.
 
-Threading layer: importing this module selects Numba's ``workqueue`` layer
-unless the user chose one (``NUMBA_THREADING_LAYER``), before any parallel
-kernel or :func:`set_num_threads` starts Numba's pool. Numba's kernels and
-OpenBLAS's GEMMs alternate many times per training step, and with Numba's
-default ``omp`` layer the two pools fight for the cores: on 2 cores a mnist_cnn
-training step (2 BLAS + 2 Numba threads) measured 105-188 ms with ``omp``
-(``OMP_WAIT_POLICY`` passive or active) against 74-79 ms with ``workqueue``,
-as fast as running the kernels on one thread. ``workqueue`` does not allow
-parallel kernels to be launched from two Python threads at once; fastcnn
-launches them from the thread that runs the model.
+Threading layer: importing this module selects Numba's ``omp`` layer where
+an OpenMP runtime is available, else ``workqueue`` (unless the user chose one
+with ``NUMBA_THREADING_LAYER``), before any parallel kernel or
+:func:`set_num_threads` starts Numba's pool. A training step launches a dozen
+parallel kernels with Python in between; ``omp``'s workers spin briefly between
+them where ``workqueue``'s go to sleep and must be woken for each launch. Same
+run, 2 cores, median ``train_on_batch`` at batch 64: tutorial_cnn 2.15 ms with
+``workqueue`` against 1.18 ms with ``omp``, mnist_cnn 36.1 against 32.5 ms,
+vgg_mini 62.6 against 47.5 ms. (An earlier version, whose GEMMs ran on
+OpenBLAS's own threads between the kernels, measured the opposite: the two
+spinning pools fought for the cores. Now every GEMM of the Numba path runs on
+Numba's threads with BLAS single-threaded, see :mod:`fastcnn.kernels._blas`.)
+OpenMP's pool is not fork-safe: fork only before the first kernel runs, or
+use the ``spawn`` start method.
 
 Numba's thread count is per calling thread (``numba.set_num_threads`` is
 thread-local); the BLAS count is process-wide.
@@ -29,10 +33,23 @@ thread-local); the BLAS count is process-wide.
 import numbers
 import os
 
-# Before numba is imported: it reads the variable when its thread pool starts.
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-
 import numba  # noqa: E402
+
+
+def _choose_threading_layer():
+    """``omp`` if Numba can load an OpenMP runtime, else ``workqueue``; a user's choice stands."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except ImportError:
+        layer = "workqueue"
+    else:
+        layer = "omp"
+    numba.config.THREADING_LAYER = layer  # read when the first parallel kernel starts the pool
+
+
+_choose_threading_layer()
 
 try:  # noqa: E402
     import threadpoolctl
