@@ -65,33 +65,49 @@ def _load():
 #: Fused ops: name -> the ops they chain. An implementation that registers no
 #: fused entry of its own gets the composition of its own entries, so every
 #: implementation has every fused op, with exactly the unfused results.
-FUSED = {"conv2d_relu": ("conv2d", "relu")}
+#: Signature: the first op's (conv2d's), plus ``pool_size`` where a max pool
+#: ends the chain (stride = pool size, no padding: the pools that can be fused).
+FUSED = {
+    "conv2d_relu": ("conv2d", "relu"),
+    "conv2d_maxpool2d": ("conv2d", "max_pool2d"),
+    "conv2d_relu_maxpool2d": ("conv2d", "relu", "max_pool2d"),
+}
+
+_NO_PADDING = ((0, 0), (0, 0))
 
 
-def _chain(first, second):
-    def forward(*args, **kwargs):
-        z, cache1 = first.forward(*args, **kwargs)
-        y, cache2 = second.forward(z)
-        return y, (cache1, cache2)
+def _chain(entries):
+    first, rest = entries[0], entries[1:]
+
+    def forward(*args, pool_size=None, **kwargs):
+        z, cache = first.forward(*args, **kwargs)
+        caches = [cache]
+        for entry in rest:
+            if entry.op == "max_pool2d":
+                z, cache = entry.forward(z, pool_size=pool_size, stride=pool_size, padding=_NO_PADDING)
+            else:
+                z, cache = entry.forward(z)
+            caches.append(cache)
+        return z, tuple(caches)
 
     def backward(dy, cache, **kwargs):
-        cache1, cache2 = cache
-        if cache1 is None:
+        if cache[0] is None:
             raise ValueError("backward after a forward with need_cache=False")
-        return first.backward(second.backward(dy, cache2), cache1, **kwargs)
+        for entry, c in zip(reversed(rest), reversed(cache[1:])):
+            dy = entry.backward(dy, c)
+        return first.backward(dy, cache[0], **kwargs)
 
-    forward.__name__ = f"{first.op}_{second.op}_forward"
-    backward.__name__ = f"{first.op}_{second.op}_backward"
+    name = "_".join(entry.op for entry in entries)
+    forward.__name__, backward.__name__ = f"{name}_forward", f"{name}_backward"
     return forward, backward
 
 
 def _compose_fused():
-    for fused, (op1, op2) in FUSED.items():
+    for fused, chain in FUSED.items():
         for impl in IMPLS:
-            have = _REGISTRY.get(fused, {})
-            if impl in have or impl not in _REGISTRY.get(op1, {}) or impl not in _REGISTRY.get(op2, {}):
+            if impl in _REGISTRY.get(fused, {}) or any(impl not in _REGISTRY.get(op, {}) for op in chain):
                 continue
-            register(fused, impl, *_chain(_REGISTRY[op1][impl], _REGISTRY[op2][impl]))
+            register(fused, impl, *_chain([_REGISTRY[op][impl] for op in chain]))
 
 
 def ops():

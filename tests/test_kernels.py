@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import _im2col, activations, conv, conv_im2col, dense, loss, optim, pooling, warmup
+from fastcnn.kernels import _im2col, activations, conv, conv_im2col, conv_pool, dense, loss, optim, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 
 DTYPES = [np.float32, np.float64]
@@ -98,6 +98,7 @@ PARALLEL_KERNELS = [
     (conv, "_forward_kernel"), (conv, "_backward_kernel"),
     (conv_im2col, "_im2col_kernel"), (conv_im2col, "_col2im_kernel"),
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
+    (conv_pool, "_forward_kernel"), (conv_pool, "_backward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
 ]
@@ -118,16 +119,22 @@ def batch_parallel_outputs(dtype):
     b = rng.standard_normal(4).astype(dtype)  # (F,)
     same = ((1, 1), (1, 1))
     out = {}
-    x5 = rng.standard_normal((7, 9, 8, 5)).astype(dtype)  # K = 45: im2col + GEMM blocks
-    w5 = rng.standard_normal((3, 3, 5, 4)).astype(dtype)
+    x5 = rng.standard_normal((7, 9, 8, 6)).astype(dtype)  # KW*C = 18: row-major im2col blocks
+    w5 = rng.standard_normal((3, 3, 6, 4)).astype(dtype)
     y, cache = conv_im2col.conv2d_forward(x, w, b, stride=(1, 1), padding=same)
     out["im2col cols"] = cache[0]
     out["im2col dx"] = conv_im2col.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), cache)[0]
     for name in ("conv2d", "conv2d_relu"):
-        for xi, wi in ((x5, w5), (x, w)):  # im2col + GEMM blocks, and direct loops (K = 27)
+        for xi, wi in ((x5, w5), (x, w)):  # row-major and transposed (KW*C = 9) im2col blocks
             y, cache = getattr(conv, name + "_forward")(xi, wi, b, stride=(1, 1), padding=same)
             grads = getattr(conv, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
+                out[f"{name} C={xi.shape[-1]} {key}"] = array
+    for name in ("conv2d_maxpool2d", "conv2d_relu_maxpool2d"):
+        for xi, wi in ((x5, w5), (x, w)):  # row-major and transposed im2col blocks
+            y, cache = getattr(conv_pool, name + "_forward")(xi, wi, b, stride=(1, 1), padding=same, pool_size=(2, 3))
+            grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
+            for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
     xd = rng.standard_normal((7, 300)).astype(dtype)  # (N, IN): split over the groups
     wd = rng.standard_normal((300, 130)).astype(dtype)  # (IN, F)
@@ -148,7 +155,7 @@ def batch_parallel_outputs(dtype):
 def test_parallel_kernel_list_is_complete():
     found = {
         (module, name)
-        for module in (activations, conv, conv_im2col, dense, pooling, loss, optim)
+        for module in (activations, conv, conv_im2col, conv_pool, dense, pooling, loss, optim)
         for name, value in vars(module).items()
         if isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get("parallel")
     }
@@ -297,6 +304,10 @@ def test_every_numba_op_keeps_float32(restore_threads):
                    dict(stride=(1, 1), padding=VALID)),
         "conv2d_relu": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32), np.zeros(2, np.float32)),
                         dict(stride=(1, 1), padding=VALID)),
+        "conv2d_maxpool2d": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32), np.zeros(2, np.float32)),
+                             dict(stride=(1, 1), padding=VALID, pool_size=(2, 2))),
+        "conv2d_relu_maxpool2d": ((x, rng.standard_normal((3, 3, 3, 2)).astype(np.float32),
+                                   np.zeros(2, np.float32)), dict(stride=(1, 1), padding=VALID, pool_size=(2, 2))),
         "dense": ((x.reshape(2, -1), rng.standard_normal((108, 600)).astype(np.float32),
                    np.zeros(600, np.float32)), {}),  # big enough to split over threads
         "max_pool2d": ((x,), dict(pool_size=(2, 2), stride=(2, 2), padding=VALID)),

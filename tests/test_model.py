@@ -318,16 +318,22 @@ def test_first_layer_skips_its_input_gradient():
     assert model.layers[0].grads["weight"].shape == (3, 3, 1, 32)
 
 
-def test_conv_relu_pairs_run_fused_and_the_plan_follows_fuse():
+def test_conv_relu_pool_runs_are_fused_and_the_plan_follows_fuse():
     model = models.vgg_mini(seed=0)
     kinds = [type(step).__name__ for step in model.steps]
-    assert kinds[:2] == ["ConvReLU", "ConvReLU"] and kinds.count("ConvReLU") == 4
-    assert len(model.steps) == len(model.layers) - 4
+    assert kinds == ["ConvReLU", "ConvPool", "Dropout", "ConvReLU", "ConvPool", "Dropout", "Flatten", "Dense",
+                     "ReLU", "Dense"]
+    assert model.steps[1].layers == tuple(model.layers[2:5])  # Conv2D, ReLU, MaxPool2D
+    assert [type(s).__name__ for s in models.tutorial_cnn(seed=0).steps] == ["ConvPool", "Flatten", "Dense"]
     model.fuse = False
     assert model.steps == model.layers
     mixed = Sequential([L.Conv2D(2, 3, impl="numpy"), L.ReLU(impl="reference"), L.Flatten(), L.Dense(3)],
                        input_shape=(6, 6, 1))
     assert [type(s).__name__ for s in mixed.steps] == ["Conv2D", "ReLU", "Flatten", "Dense"]  # impls differ
+    unfusable = Sequential([L.Conv2D(2, 3), L.MaxPool2D(2, stride=1), L.Conv2D(2, 2), L.MaxPool2D(2, padding="same"),
+                            L.Flatten(), L.Dense(3)], input_shape=(9, 9, 1))
+    assert [type(s).__name__ for s in unfusable.steps] == ["Conv2D", "MaxPool2D", "Conv2D", "MaxPool2D", "Flatten",
+                                                           "Dense"]
 
 
 @pytest.mark.parametrize("impl", ["numpy", "numba"])

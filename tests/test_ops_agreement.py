@@ -85,6 +85,8 @@ DTYPES = [np.float64, np.float32]
 
 #: conv2d and the fused ops with its signature (conv2d_relu: a Conv2D and a ReLU as one op).
 CONV_OPS = ("conv2d", "conv2d_relu")
+#: Fused ops that end in a max pool (stride = pool size, no padding): conv2d's arguments plus pool_size.
+CONV_POOL_OPS = ("conv2d_maxpool2d", "conv2d_relu_maxpool2d")
 
 # (N, H, W, C, F, kernel, stride, padding, bias)
 CONV_GRID = [
@@ -119,6 +121,20 @@ def test_conv2d_agrees(op, impl, case, contiguous, dtype):
     rng = np.random.default_rng(0)
     args, kwargs = conv_case(rng, *case, contiguous=contiguous)
     compare(op, impl, args, kwargs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])
+@pytest.mark.parametrize("case", CONV_GRID)
+@pytest.mark.parametrize("op,impl", impl_params(*CONV_POOL_OPS))
+def test_conv2d_maxpool2d_agrees(op, impl, case, kind, dtype):
+    """Fused convolution (+ ReLU) + max pool against the reference layers; ties go to the first maximum."""
+    args, kwargs = conv_case(np.random.default_rng(4), *case, kind=kind)
+    if kind == "ties":
+        args = (args[0], np.round(args[1]), args[2])  # integer inputs and weights: many equal outputs
+    OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
+    pool = (min(2, OH), min(3, OW))  # windows that leave rows/columns uncovered, where the shape allows
+    compare(op, impl, args, dict(kwargs, pool_size=pool), dtype)
 
 
 @pytest.mark.parametrize("op,impl", [(op, impl) for op in CONV_OPS for impl in registry.implementations(op)])
@@ -320,6 +336,10 @@ def test_conv2d_agrees_hypothesis(config, kind, contiguous, dtype, seed):
     for op in CONV_OPS:
         for impl in fast_impls(op):
             compare(op, impl, args, kwargs, dtype, seed)
+    pool = (1 + seed % min(OH, 3), 1 + seed // 3 % min(OW, 3))  # 1 to 3, at most the output size
+    for op in CONV_POOL_OPS:
+        for impl in fast_impls(op):
+            compare(op, impl, args, dict(kwargs, pool_size=pool), dtype, seed)
 
 
 @st.composite
@@ -411,7 +431,8 @@ def test_softmax_cross_entropy_agrees_hypothesis(N, K, scale, contiguous, dtype,
 
 def test_every_registered_op_is_compared():
     """A newly registered op fails here until it has agreement cases (grid and drawn) above."""
-    drawn = set(DRAWN_CASES) | set(CONV_OPS) | {"max_pool2d", "avg_pool2d", "softmax_cross_entropy"}
+    drawn = set(DRAWN_CASES) | set(CONV_OPS) | set(CONV_POOL_OPS) | {"max_pool2d", "avg_pool2d",
+                                                                     "softmax_cross_entropy"}
     assert set(registry.ops()) == drawn
 
 

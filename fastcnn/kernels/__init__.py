@@ -13,7 +13,7 @@ and ``global_avg_pool2d`` (not in the mnist_cnn profile; no kernel written yet).
 up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
-from fastcnn.kernels import _blas, activations, conv, dense, loss, pooling
+from fastcnn.kernels import _blas, activations, conv, conv_pool, dense, loss, pooling
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -23,6 +23,8 @@ register("conv2d", "numba", conv.conv2d_forward, conv.conv2d_backward)
 if _blas.AVAILABLE:
     register("conv2d_relu", "numba", conv.conv2d_relu_forward, conv.conv2d_relu_backward)
     register("dense", "numba", dense.dense_forward, dense.dense_backward)
+    for _op in ("conv2d_maxpool2d", "conv2d_relu_maxpool2d"):
+        register(_op, "numba", getattr(conv_pool, _op + "_forward"), getattr(conv_pool, _op + "_backward"))
 register("max_pool2d", "numba", pooling.max_pool2d_forward, pooling.max_pool2d_backward)
 register("avg_pool2d", "numba", pooling.avg_pool2d_forward, pooling.avg_pool2d_backward)
 for _op in ("relu", "leaky_relu", "sigmoid", "softmax"):

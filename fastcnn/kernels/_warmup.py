@@ -10,7 +10,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 
 import numpy as np
 
-from fastcnn.kernels import activations, conv, dense, loss, optim, pooling
+from fastcnn.kernels import activations, conv, conv_pool, dense, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -28,6 +28,14 @@ def _run_dtype(dtype):
         backward(np.ones_like(y), cache)
         forward(x, w, None, **geometry, need_cache=False)
 
+    for w_ in (w, w[:, :, :1]):  # row-major and transposed im2col blocks
+        for forward, backward in ((conv_pool.conv2d_maxpool2d_forward, conv_pool.conv2d_maxpool2d_backward),
+                                  (conv_pool.conv2d_relu_maxpool2d_forward,
+                                   conv_pool.conv2d_relu_maxpool2d_backward)):
+            xi = np.ascontiguousarray(x[..., :w_.shape[2]])
+            y, cache = forward(xi, np.ascontiguousarray(w_), b, **geometry, pool_size=(2, 2))
+            backward(np.ones_like(y), cache)
+            forward(xi, np.ascontiguousarray(w_), None, **geometry, pool_size=(2, 2), need_cache=False)
     for shape in ((2, 3, 2), (2, 600, 300)):  # run whole, and split over the threads
         xd = rng.standard_normal(shape[:2]).astype(dtype)  # (N, IN)
         y, cache = dense.dense_forward(xd, rng.standard_normal(shape[1:]).astype(dtype), np.zeros(shape[2], dtype))

@@ -35,7 +35,7 @@ from numba import prange
 from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, conv_im2col
 from fastcnn.kernels._im2col import col2im_rows, im2col_rows, im2col_rows_kmajor, scratch
-from fastcnn.kernels._jit import parallel_kernel
+from fastcnn.kernels._jit import kernel, parallel_kernel
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward", "BLOCK_BYTES"]
 
@@ -92,12 +92,8 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, kmajor, need_dx, 
     one = dy.dtype.type(1)
     for g in prange(G):
         n0, n1 = g * N // G, (g + 1) * N // G  # whole images: dx writes stay disjoint
+        start_group(dx, dw_part, db_part, g, n0, n1, need_dx)
         dw = dw_part[g]
-        dw[:] = zero
-        if db_part.size:
-            db_part[g] = zero
-        if need_dx:
-            dx[n0:n1] = zero
         for r0 in range(n0 * P, n1 * P, block):
             r1 = min(r0 + block, n1 * P)
             rows = r1 - r0
@@ -123,6 +119,25 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, kmajor, need_dx, 
             if need_dx:
                 _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
                 col2im_rows(dx, cols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+
+
+@kernel
+def start_group(dx, dw_part, db_part, g, n0, n1, need_dx):
+    """Zero group ``g``'s partial sums and, when computed, its images' ``dx`` (a backward kernel's start)."""
+    zero = dw_part.dtype.type(0)
+    dw_part[g] = zero
+    if db_part.size:
+        db_part[g] = zero
+    if need_dx:
+        dx[n0:n1] = zero
+
+
+def finish_backward(dx, dw_part, db_part, x_shape, w_shape, has_bias, need_dx):
+    """``(dx, dw, db)`` from a backward kernel's outputs: partial sums added in group order."""
+    G = dw_part.shape[0]
+    dw = dw_part[0] if G == 1 else dw_part.sum(axis=0)
+    db = (db_part[0, 0] if G == 1 else db_part.sum(axis=(0, 1))) if has_bias else None
+    return (dx.reshape(x_shape) if need_dx else None), dw.reshape(w_shape), db
 
 
 def _groups():
@@ -183,9 +198,7 @@ def _backward(dy, cache, need_dx):
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), w2, relu, _kmajor(KW, C),
                          need_dx, ws, ws_dy, ones, block, OH, OW, KH, KW, SH, SW, PT, PL)
-    dw = dw_part[0] if G == 1 else dw_part.sum(axis=0)
-    db = (db_part[0, 0] if G == 1 else db_part.sum(axis=(0, 1))) if has_bias else None
-    return (dx.reshape(N, H, W, C) if need_dx else None), dw.reshape(KH, KW, C, F), db
+    return finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
 
 def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):

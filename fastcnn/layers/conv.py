@@ -91,12 +91,13 @@ class Conv2D(Layer):
     def backward(self, dy):
         return self.backward_with(self._fn, dy)
 
-    def forward_with(self, fn, x):
-        """Forward through ``fn``, a registry entry with conv2d's signature (conv2d or a fused op)."""
+    def forward_with(self, fn, x, **extra):
+        """Forward through ``fn``, a registry entry with conv2d's signature (conv2d or a fused op
+        starting with it; ``extra`` are the fused op's own arguments, such as ``pool_size``)."""
         pads = self._geometry(x.shape[1:3])
         y, self._cache = fn.forward(
             x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads,
-            workspace=self._workspace, need_cache=self.training,
+            workspace=self._workspace, need_cache=self.training, **extra,
         )
         return y
 

@@ -11,8 +11,9 @@ fused step gives the results of the layers it replaces.
 from fastcnn import registry
 from fastcnn.layers.activations import ReLU
 from fastcnn.layers.conv import Conv2D
+from fastcnn.layers.pooling import MaxPool2D
 
-__all__ = ["ConvReLU", "plan"]
+__all__ = ["ConvReLU", "ConvPool", "plan"]
 
 
 class ConvReLU:
@@ -31,6 +32,8 @@ class ConvReLU:
 
     @staticmethod
     def matches(layers):
+        if len(layers) != 2:
+            return False
         conv, relu = layers
         return (type(conv) is Conv2D and type(relu) is ReLU and conv.built and relu.built
                 and conv.resolved_impl == relu.resolved_impl)
@@ -45,17 +48,54 @@ class ConvReLU:
         return f"ConvReLU({self.conv!r}, {self.relu!r})"
 
 
-_FUSIONS = (ConvReLU,)
+class ConvPool:
+    """A :class:`Conv2D`, optionally a :class:`ReLU`, and a :class:`MaxPool2D` whose stride is
+    its size and which pads nothing: the op ``conv2d_relu_maxpool2d`` (or ``conv2d_maxpool2d``).
+
+    The Numba kernel pools each block of the convolution's output while it is in
+    cache: the unpooled output is never stored, in either direction.
+    """
+
+    def __init__(self, *layers):
+        self.layers = tuple(layers)
+        self.conv, self.pool = layers[0], layers[-1]
+        op = "conv2d_relu_maxpool2d" if len(layers) == 3 else "conv2d_maxpool2d"
+        self._fn = registry.get(op, self.conv.resolved_impl)
+
+    @staticmethod
+    def matches(layers):
+        conv, pool = layers[0], layers[-1]
+        if type(conv) is not Conv2D or type(pool) is not MaxPool2D or len(layers) not in (2, 3):
+            return False
+        if len(layers) == 3 and type(layers[1]) is not ReLU:
+            return False
+        if not all(layer.built for layer in layers) or len({layer.resolved_impl for layer in layers}) != 1:
+            return False
+        return pool.stride == pool.pool_size and pool._geometry(conv.output_shape[:2]) == ((0, 0), (0, 0))
+
+    def forward(self, x):
+        return self.conv.forward_with(self._fn, x, pool_size=self.pool.pool_size)
+
+    def backward(self, dy):
+        return self.conv.backward_with(self._fn, dy)
+
+    def __repr__(self):
+        return f"ConvPool({', '.join(map(repr, self.layers))})"
+
+
+#: (fused step, how many layers it takes), longest first.
+_FUSIONS = ((ConvPool, 3), (ConvPool, 2), (ConvReLU, 2))
 
 
 def plan(layers, fuse=True):
     """The steps one pass runs over built ``layers``: layers, and fused steps where they match."""
     steps, i = [], 0
     while i < len(layers):
-        for fused in _FUSIONS if fuse else ():
-            if i + 2 <= len(layers) and fused.matches(layers[i:i + 2]):
-                steps.append(fused(*layers[i:i + 2]))
-                i += 2
+        for fused, size in _FUSIONS if fuse else ():
+            run = layers[i:i + size]
+            if len(run) == size and fused.matches(run):
+                steps.append(fused(*run))
+                i += size
                 break
         else:
             steps.append(layers[i])

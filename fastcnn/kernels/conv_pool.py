@@ -1,0 +1,220 @@
+"""Convolution, optional ReLU and a max pool in one kernel: the conv output never reaches memory.
+
+The blocks of :mod:`fastcnn.kernels.conv` are cut along pooling rows here: a
+block is a few *units*, each unit the ``PH`` convolution rows (all ``OW``
+columns) that one row of pooling windows reads. The GEMM writes the block's
+convolution output into the group's own buffer, still in cache; the epilogue
+takes each window's first maximum (NaN wins, as in :mod:`fastcnn.kernels.pooling`)
+and writes only the pooled value, ``bias`` and ReLU applied after the max
+(both commute with it), and the window index as ``int8``.
+
+Backward rebuilds each block's gradient at the convolution output from the
+pooled gradient and the cached indices (zero except at each window's maximum,
+and zero where the pooled value is not positive under ReLU), then runs the
+same GEMMs as :mod:`fastcnn.kernels.conv`, recomputing im2col from the input.
+Neither direction stores or re-reads the convolution output: at the mnist_cnn
+conv2 shape that is 9.4 MB written and read three times less per step.
+
+Only pools with stride equal to their size and no padding are fused (every
+preset's); a convolution row or column that no window covers is computed and
+dropped, and gets zero gradient, as in the unfused layers.
+"""
+
+import numpy as np
+from numba import prange
+
+from fastcnn.geometry import output_hw
+from fastcnn.kernels import _blas, conv
+from fastcnn.kernels._im2col import col2im_rows, im2col_rows, im2col_rows_kmajor, scratch
+from fastcnn.kernels._jit import parallel_kernel
+from fastcnn.kernels.pooling import _index_dtype
+
+__all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward",
+           "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward"]
+
+
+@parallel_kernel
+def _forward_kernel(yp, arg, x, w2, b, relu, kmajor, ws, wo, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
+    # yp: (U, OPW, F) out, pooled rows U = N*OPH; arg: (U, OPW, F) out, window index;
+    # x: (N, H, W*C); w2: (K, F); b: (F,) or size 0;
+    # ws: (G, units*PH*OW, K) im2col blocks (as (K, rows) when kmajor);
+    # wo: (G, units*PH*OW, F) the blocks' convolution output.
+    U, OPW, F = yp.shape
+    OPH = U // x.shape[0]
+    G, R, K = ws.shape
+    L = PH * OW  # convolution rows per unit
+    zero = yp.dtype.type(0)
+    for g in prange(G):
+        u_lo, u_hi = g * U // G, (g + 1) * U // G
+        for u0 in range(u_lo, u_hi, units):
+            u1 = min(u0 + units, u_hi)
+            rows = (u1 - u0) * L
+            colsT = ws[g].reshape(K, R)[:, :rows]  # (K, rows), when kmajor
+            cols = ws[g, :rows]  # (rows, K)
+            for u in range(u0, u1):
+                r = (u // OPH * OH + u % OPH * PH) * OW  # the unit's first convolution row
+                t = (u - u0) * L
+                if kmajor:
+                    im2col_rows_kmajor(colsT[:, t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+                else:
+                    im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+            out = wo[g, :rows]  # (rows, F)
+            if kmajor:
+                _blas.gemm(True, False, 1.0, colsT, w2, 0.0, out)
+            else:
+                _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
+            for u in range(u0, u1):
+                base = (u - u0) * L
+                for pw in range(OPW):
+                    best, a = yp[u, pw], arg[u, pw]  # (F,) each
+                    first = out[base + pw * PW]  # (F,) window position 0 seeds the maximum
+                    for f in range(F):
+                        best[f] = first[f]
+                        a[f] = 0
+                    for i in range(PH):
+                        for j in range(PW):
+                            if i == 0 and j == 0:
+                                continue
+                            v_row = out[base + i * OW + pw * PW + j]  # (F,)
+                            k = a.dtype.type(i * PW + j)
+                            for f in range(F):
+                                v = v_row[f]
+                                cur = best[f]
+                                # Strictly greater keeps the first maximum; a NaN wins once.
+                                take = (v > cur) | ((v != v) & (cur == cur))
+                                best[f] = v if take else cur
+                                a[f] = k if take else a[f]
+                    for f in range(F):
+                        v = best[f] + b[f] if b.size else best[f]
+                        best[f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
+
+
+@parallel_kernel
+def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, need_dx, ws, wdy, ones, units,
+                     OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
+    # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out; db_part:
+    # (G, 1, F) out (size 0 without bias); dyp, yp, arg: (U, OPW, F) the pooled
+    # gradient, output and window indices; ws: (G, units*PH*OW, K); wdy: (G, units*PH*OW, F)
+    # the blocks' gradient at the convolution output; ones: (1, units*PH*OW).
+    N = x.shape[0]
+    U, OPW, F = dyp.shape
+    OPH = U // N
+    G, R, K = ws.shape
+    L = PH * OW
+    zero = dyp.dtype.type(0)
+    one = dyp.dtype.type(1)
+    for g in prange(G):
+        n0, n1 = g * N // G, (g + 1) * N // G  # whole images: dx writes stay disjoint
+        conv.start_group(dx, dw_part, db_part, g, n0, n1, need_dx)
+        dw = dw_part[g]
+        for u0 in range(n0 * OPH, n1 * OPH, units):
+            u1 = min(u0 + units, n1 * OPH)
+            rows = (u1 - u0) * L
+            dyb = wdy[g, :rows]  # (rows, F)
+            dyb[:] = zero
+            for u in range(u0, u1):
+                base = (u - u0) * L
+                for pw in range(OPW):
+                    d, a, p = dyp[u, pw], arg[u, pw], yp[u, pw]  # (F,) each
+                    for f in range(F):
+                        k = a[f]
+                        # A multiply, as relu's backward: NaN/inf in dy propagate.
+                        dyb[base + (k // PW) * OW + pw * PW + k % PW, f] = \
+                            d[f] * (one if (not relu or p[f] > zero) else zero)
+            if db_part.size:
+                _blas.gemm(False, False, 1.0, ones[:, :rows], dyb, 1.0, db_part[g])
+            colsT = ws[g].reshape(K, R)[:, :rows]  # (K, rows), when kmajor
+            cols = ws[g, :rows]  # (rows, K)
+            for u in range(u0, u1):
+                r = (u // OPH * OH + u % OPH * PH) * OW
+                t = (u - u0) * L
+                if kmajor:
+                    im2col_rows_kmajor(colsT[:, t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+                else:
+                    im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+            if kmajor:
+                _blas.gemm(False, False, 1.0, colsT, dyb, 1.0, dw)  # dw += cols.T @ dy
+            else:
+                _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)
+            if need_dx:
+                _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
+                for u in range(u0, u1):
+                    r = (u // OPH * OH + u % OPH * PH) * OW
+                    t = (u - u0) * L
+                    col2im_rows(dx, cols[t:t + L], r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+
+
+def _units(K, F, L, itemsize, U, G):
+    """Pooling rows per block: about conv.BLOCK_BYTES of im2col, no more than a group's share."""
+    per_unit = L * max(K, F) * itemsize
+    return max(1, min(conv.BLOCK_BYTES // per_unit, -(-U // G)))
+
+
+def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
+    x = np.ascontiguousarray(x)
+    N, H, W, C = x.shape
+    KH, KW, _, F = w.shape
+    PH, PW = pool_size
+    (SH, SW), ((PT, _), (PL, _)) = stride, padding
+    OH, OW = output_hw((H, W), (KH, KW), stride, padding)
+    OPH, OPW = OH // PH, OW // PW
+    K, U, G, dtype = KH * KW * C, N * OPH, conv._groups(), x.dtype
+    w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
+    bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
+    units = _units(K, F, PH * OW, dtype.itemsize, U, G)
+    ws = scratch(workspace, "cols", (G, units * PH * OW, K), dtype)  # (G, rows, K)
+    wo = scratch(workspace, "out", (G, units * PH * OW, F), dtype)  # (G, rows, F)
+    yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
+    arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
+    with _blas.blas_single_threaded():
+        _forward_kernel(yp, arg, x.reshape(N, H, W * C), w2, bias, relu, conv._kmajor(KW, C), ws, wo, units,
+                        OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+    cache = None
+    if need_cache:
+        cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace)
+    return yp.reshape(N, OPH, OPW, F), cache
+
+
+def _backward(dy, cache, need_dx):
+    x, yp, arg, w2, has_bias, relu, (OH, OW), (PH, PW), (KH, KW), (SH, SW), ((PT, _), (PL, _)), workspace = cache
+    N, H, W, C = x.shape
+    K, F = w2.shape
+    U, OPW, _ = yp.shape
+    G, dtype = conv._groups(), x.dtype
+    dyp = np.ascontiguousarray(dy, dtype=dtype).reshape(U, OPW, F)  # (N*OPH, OPW, F)
+    units = _units(K, F, PH * OW, dtype.itemsize, U, G)
+    rows = units * PH * OW
+    ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
+    wdy = scratch(workspace, "dy", (G, rows, F), dtype)  # (G, rows, F)
+    ones = scratch(workspace, "ones", (1, rows), dtype)  # (1, rows)
+    ones.fill(1)
+    dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
+    db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
+    dx = np.empty((N, H, W * C) if need_dx else (0, 0, 0), dtype=dtype)  # (N, H, W*C)
+    with _blas.blas_single_threaded():
+        _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), w2, relu, conv._kmajor(KW, C),
+                         need_dx, ws, wdy, ones, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+    return conv.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
+
+
+def conv2d_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+    """``max_pool2d(conv2d(x, w, b))`` with pool stride = ``pool_size`` and no pool padding.
+
+    Shape: x ``(N, H, W, C)``, w ``(KH, KW, C, F)`` -> y ``(N, OH // PH, OW // PW, F)``.
+    """
+    return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, False)
+
+
+def conv2d_maxpool2d_backward(dy, cache, need_dx=True):
+    """Gradients ``(dx, dw, db)`` of :func:`conv2d_maxpool2d_forward` from the pooled gradient ``dy``."""
+    return _backward(dy, cache, need_dx)
+
+
+def conv2d_relu_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+    """``max_pool2d(relu(conv2d(x, w, b)))``, pooled as :func:`conv2d_maxpool2d_forward`."""
+    return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, True)
+
+
+def conv2d_relu_maxpool2d_backward(dy, cache, need_dx=True):
+    """Gradients of :func:`conv2d_relu_maxpool2d_forward`; zero where the pooled value is not positive."""
+    return _backward(dy, cache, need_dx)
