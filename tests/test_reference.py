@@ -333,11 +333,14 @@ def test_dropout_follows_the_contract_bit_for_bit(rate, dtype):
     rng = np.random.default_rng(11)
     y, cache = ref.dropout_forward(x, rate=rate, rng=rng)
     twin = np.random.default_rng(11)
-    keep = twin.random(x.shape) >= rate
+    raw = [int(v) for v in twin.bit_generator.random_raw(30)]  # 60 elements: 30 draws, two 32-bit halves each
+    bits = np.array([half for v in raw for half in (v & 0xFFFFFFFF, v >> 32)]).reshape(x.shape)
+    keep = bits >= round(rate * 2**32)
+    assert 0.5 * rate < 1 - keep.mean() < min(1.5 * rate, 1)  # about `rate` of them dropped
     scale = dtype(1.0 / (1.0 - rate))
     np.testing.assert_array_equal(y, np.where(keep, x * scale, 0))
     np.testing.assert_array_equal(ref.dropout_backward(dy, cache), np.where(keep, dy * scale, 0))
-    assert rng.random() == twin.random()  # exactly x.size draws were consumed
+    assert rng.bit_generator.random_raw() == twin.bit_generator.random_raw()  # exactly 30 draws consumed
 
 
 def test_dropout_rate_zero_is_identity_without_a_draw():

@@ -5,9 +5,8 @@ are registered; see each module's docstring for what its kernels fuse. The
 GEMMs are BLAS's, called single-threaded from inside the kernels
 (:mod:`fastcnn.kernels._blas`), so BLAS never runs a thread pool of its own
 beside Numba's. Left to NumPy on purpose: ``flatten`` (a reshape), ``tanh``
-(NumPy's SIMD tanh wins), ``dropout`` (the float64 mask draw dominates; a
-fused mask-and-scale kernel measured 1.17x slower forward at (64, 12, 12, 64))
-and ``global_avg_pool2d`` (not in the mnist_cnn profile; no kernel written yet).
+(NumPy's SIMD tanh wins) and ``global_avg_pool2d`` (not in the mnist_cnn
+profile; no kernel written yet).
 
 :func:`warmup` (exposed as ``fastcnn.warmup``) compiles or loads every kernel
 up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
@@ -27,6 +26,6 @@ if _blas.AVAILABLE:
         register(_op, "numba", getattr(conv_pool, _op + "_forward"), getattr(conv_pool, _op + "_backward"))
 register("max_pool2d", "numba", pooling.max_pool2d_forward, pooling.max_pool2d_backward)
 register("avg_pool2d", "numba", pooling.avg_pool2d_forward, pooling.avg_pool2d_backward)
-for _op in ("relu", "leaky_relu", "sigmoid", "softmax"):
+for _op in ("relu", "leaky_relu", "sigmoid", "softmax", "dropout"):
     register(_op, "numba", getattr(activations, _op + "_forward"), getattr(activations, _op + "_backward"))
 register("softmax_cross_entropy", "numba", loss.softmax_cross_entropy)

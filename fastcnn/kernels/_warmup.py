@@ -57,6 +57,8 @@ def _run_dtype(dtype):
             getattr(activations, name + "_backward")(np.ones_like(y), cache)
         y, cache = activations.leaky_relu_forward(a, alpha=0.1)
         activations.leaky_relu_backward(np.ones_like(y), cache)
+        y, cache = activations.dropout_forward(a, rate=0.5, rng=rng)
+        activations.dropout_backward(np.ones_like(y), cache)
         optim.adam_update(a.copy(), a, np.zeros_like(a), np.zeros_like(a), beta_1=0.9, beta_2=0.999, lr=1e-3,
                           bias_correction_1=0.1, bias_correction_2=0.001, epsilon=1e-7, weight_decay=0.0)
 

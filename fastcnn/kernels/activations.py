@@ -15,12 +15,14 @@ import numpy as np
 from numba import prange
 
 from fastcnn.kernels._jit import kernel, ordered_kernel, pick, twins
+from fastcnn.ops.activations import dropout_bits, dropout_threshold
 
 __all__ = [
     "relu_forward", "relu_backward",
     "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward",
     "softmax_forward", "softmax_backward",
+    "dropout_forward", "dropout_backward",
 ]
 
 
@@ -193,4 +195,51 @@ def softmax_backward(dy, y):
     K = y.shape[-1]
     dy = np.ascontiguousarray(dy, dtype=y.dtype)
     _softmax_backward_kernel(dx.reshape(-1, K), dy.reshape(-1, K), y.reshape(-1, K))
+    return dx
+
+
+def _dropout_forward(y, keep, x, bits, threshold, scale):
+    # y: (size,) out; keep: (size,) uint8 out; x: (size,); bits: (size,) uint32 draws.
+    zero = y.dtype.type(0)
+    for i in prange(x.shape[0]):
+        k = bits[i] >= threshold
+        keep[i] = k
+        y[i] = x[i] * (scale if k else zero)
+
+
+_dropout_forward_pair = twins(_dropout_forward)
+
+
+def _dropout_backward(dx, dy, keep, scale):
+    # dx: (size,) out; dy: (size,); keep: (size,) uint8. A multiply: NaN/inf in dy propagate.
+    zero = dx.dtype.type(0)
+    for i in prange(dy.shape[0]):
+        dx[i] = dy[i] * (scale if keep[i] else zero)
+
+
+_dropout_backward_pair = twins(_dropout_backward)
+
+
+def dropout_forward(x, *, rate, rng):
+    """Inverted dropout with the contract's mask (see :func:`fastcnn.ops.activations.dropout_bits`):
+    the draw is NumPy's, the threshold test, scaling and a ``uint8`` mask one kernel pass."""
+    if rate == 0:
+        return x, None
+    x = np.ascontiguousarray(x)
+    bits = dropout_bits(rng, x.size)  # (size,) uint32
+    scale = x.dtype.type(1.0 / (1.0 - rate))
+    y = np.empty(x.shape, dtype=x.dtype)  # x.shape
+    keep = np.empty(x.shape, dtype=np.uint8)  # x.shape
+    pick(_dropout_forward_pair, x.size)(y.reshape(-1), keep.reshape(-1), x.reshape(-1), bits,
+                                        dropout_threshold(rate), scale)
+    return y, (keep, scale)
+
+
+def dropout_backward(dy, cache):
+    if cache is None:
+        return dy
+    keep, scale = cache
+    dx = np.empty(keep.shape, dtype=scale.dtype)  # x.shape
+    pick(_dropout_backward_pair, dx.size)(dx.reshape(-1), _flat(dy.astype(scale.dtype, copy=False)),
+                                          keep.reshape(-1), scale)
     return dx

@@ -8,10 +8,13 @@ __all__ = ["dropout_forward", "dropout_backward"]
 def dropout_forward(x, *, rate, rng):
     """Zero each element with probability ``rate`` and scale the survivors by ``1 / (1 - rate)``.
 
-    The mask is ``keep = rng.random(x.shape) >= rate``: one float64 draw per
-    element in C order, so every implementation given the same seeded ``rng``
-    keeps the same elements. The scale is cast to ``x.dtype`` once and survivors
-    are multiplied by it, so equal masks give bit-equal outputs.
+    The mask is one 32-bit draw per element in C order: ``bits`` are the 32-bit
+    halves of ``rng.bit_generator.random_raw(ceil(x.size / 2))`` (each 64-bit
+    draw gives two, low half first, i.e. ``.view(np.uint32)`` on a little-endian
+    machine) and ``keep = bits >= round(rate * 2**32)``. Every implementation
+    given the same seeded ``rng`` keeps the same elements. The scale is cast to
+    ``x.dtype`` once and survivors are multiplied by it, so equal masks give
+    bit-equal outputs.
 
     Parameters
     ----------
@@ -35,7 +38,12 @@ def dropout_forward(x, *, rate, rng):
     """
     if rate == 0:
         return x, None
-    keep = rng.random(x.shape) >= rate
+    raw = rng.bit_generator.random_raw((x.size + 1) // 2)
+    threshold = min(round(rate * 2**32), 2**32 - 1)
+    keep = np.zeros(x.shape, dtype=bool)
+    for i, idx in enumerate(np.ndindex(x.shape)):
+        bits = (int(raw[i // 2]) >> (32 * (i % 2))) & 0xFFFFFFFF
+        keep[idx] = bits >= threshold
     scale = x.dtype.type(1.0 / (1.0 - rate))
     y = np.zeros(x.shape, dtype=x.dtype)
     for idx in np.ndindex(x.shape):
