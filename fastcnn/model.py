@@ -32,9 +32,11 @@ __all__ = ["Sequential", "load_model"]
 
 DEFAULT_BATCH_SIZE = 32
 
-#: Most samples per forward pass in ``evaluate``/``predict``: a larger
-#: ``batch_size`` is run as several passes (same results per sample).
-INFERENCE_PASS = 64
+#: Activation memory per forward pass in ``evaluate``/``predict``: a larger
+#: ``batch_size`` runs as several passes of as many samples as keep the largest
+#: activation of a pass within this (same results per sample), so the data of
+#: a pass stays in cache and memory stays bounded.
+INFERENCE_PASS_BYTES = 4 << 20
 
 
 def _check_positive_int(value, name, owner):
@@ -474,17 +476,19 @@ class Sequential:
         return dict(logs)
 
     def _infer(self, x):
-        """Logits of ``x`` in the current mode, in passes of at most :data:`INFERENCE_PASS` samples.
-
-        Per-sample results do not depend on the pass size; small passes keep
-        the activations in cache and the memory bounded at any ``batch_size``.
-        """
-        if x.shape[0] <= INFERENCE_PASS:
-            for step in self.steps:
-                x = step.forward(x)
+        """Logits of ``x`` in the current mode, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
+        step = self._inference_pass()
+        if x.shape[0] <= step:
+            for layer in self.steps:
+                x = layer.forward(x)
             return x
-        parts = [self._infer(x[i:i + INFERENCE_PASS]) for i in range(0, x.shape[0], INFERENCE_PASS)]
-        return np.concatenate(parts)
+        return np.concatenate([self._infer(x[i:i + step]) for i in range(0, x.shape[0], step)])
+
+    def _inference_pass(self):
+        """Samples per inference pass: the largest activation of a pass within INFERENCE_PASS_BYTES."""
+        largest = max(math.prod(step.layers[-1].output_shape if hasattr(step, "layers") else step.output_shape)
+                      for step in self.steps)
+        return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
     def _evaluate(self, x, y, batch_size):
         N = x.shape[0]

@@ -14,7 +14,7 @@ import numpy as np
 
 from fastcnn.kernels._jit import kernel
 
-__all__ = ["im2col_rows", "im2col_rows_kmajor", "col2im_rows", "scratch"]
+__all__ = ["im2col_rows", "im2col_rows_kmajor", "direct_image", "col2im_rows", "scratch"]
 
 
 @kernel
@@ -84,6 +84,50 @@ def im2col_rows_kmajor(colsT, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
                     for t in range(hi - ow0, count):
                         dst[t] = zero
         r += count
+
+
+@kernel
+def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
+    # seg: (F, >= (OH-1)*WP + OW) out, image n's stride-1 convolution, planar:
+    # output (oh, ow) of filter f at seg[f, oh*WP + ow] (columns ow >= OW are
+    # garbage); x: (N, H, W*C); wT: (F, KH*KW*C) the weights transposed;
+    # xp: (>= C*HP*WP,) scratch, HP = OH+KH-1, WP = OW+KW-1. For a small
+    # K = KH*KW*C (first layers), where a GEMM of inner dimension K is all
+    # overhead: the image is copied zero-padded and channel-planar into xp, so
+    # every kernel tap is one long multiply-add pass over the flat image (the
+    # "full width" trick), a 3-wide kernel row one pass.
+    _, H, WC = x.shape
+    F, K = wT.shape
+    C = K // (KH * KW)
+    HP, WP = OH + KH - 1, OW + KW - 1
+    zero = seg.dtype.type(0)
+    for c in range(C):
+        for hp in range(HP):
+            h = hp - PT
+            for wp in range(WP):
+                w = wp - PL
+                inside = 0 <= h < H and 0 <= w < WC // C
+                xp[(c * HP + hp) * WP + wp] = x[n, h, w * C + c] if inside else zero
+    L = (OH - 1) * WP + OW  # flat span of every valid output position
+    for f in range(F):
+        acc = seg[f, :L]
+        for t in range(L):
+            acc[t] = zero
+        for c in range(C):
+            for i in range(KH):
+                row = (c * HP + i) * WP
+                k = (i * KW) * C + c  # tap (i, 0, c)
+                if KW == 3:  # the common kernel row in one pass: a third of the loads and stores
+                    w0, w1, w2 = wT[f, k], wT[f, k + C], wT[f, k + 2 * C]
+                    s0, s1, s2 = xp[row:row + L], xp[row + 1:row + 1 + L], xp[row + 2:row + 2 + L]
+                    for t in range(L):
+                        acc[t] += w0 * s0[t] + w1 * s1[t] + w2 * s2[t]
+                else:
+                    for j in range(KW):
+                        wv = wT[f, k + j * C]
+                        src = xp[row + j:row + j + L]
+                        for t in range(L):
+                            acc[t] += wv * src[t]
 
 
 @kernel

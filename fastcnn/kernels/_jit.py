@@ -15,7 +15,8 @@ import numba
 
 import fastcnn.parallel  # noqa: F401  (selects the threading layer)
 
-__all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "ordered_kernel", "parallel_kernel", "twins", "pick"]
+__all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "inline_kernel", "ordered_kernel", "parallel_kernel", "twins",
+           "pick"]
 
 #: Fast-math flags for every kernel: reassociation (vectorized reductions),
 #: FMA contraction, approximate functions, reciprocal, no signed zeros.
@@ -32,6 +33,10 @@ kernel = numba.njit(**_OPTIONS)
 
 #: Kernel whose ``prange`` loop runs in parallel (only over disjoint writes).
 parallel_kernel = numba.njit(parallel=True, **_OPTIONS)
+
+#: A small helper copied into each kernel that calls it (Numba-level inlining):
+#: called per window row in a hot loop, a real call would cost more than its work.
+inline_kernel = numba.njit(inline="always", **_OPTIONS)
 
 #: Serial kernel whose arithmetic must run in the order written: ``FASTMATH``
 #: without ``reassoc``, which would turn ``(a - b) - c`` back into ``a - (b + c)``

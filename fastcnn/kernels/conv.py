@@ -47,14 +47,26 @@ BLOCK_BYTES = 640 * 1024
 #: channel is 3) are im2col'ed transposed, in runs along the output row instead.
 KMAJOR_BELOW = 16
 
+@kernel
+def _bias_relu(out, b, relu):
+    # out: (rows, F) in/out: + b (size 0: none), then max(., 0) when relu (NaN passes, as in relu).
+    zero = out.dtype.type(0)
+    if b.size == 0 and not relu:
+        return
+    for t in range(out.shape[0]):
+        row = out[t]  # (F,)
+        for f in range(out.shape[1]):
+            v = row[f] + b[f] if b.size else row[f]
+            row[f] = zero if (relu and v <= zero) else v
+
+
 @parallel_kernel
 def _forward_kernel(y, x, w2, b, relu, kmajor, ws, block, OH, OW, KH, KW, SH, SW, PT, PL):
     # y: (M, F) out, M = N*OH*OW output pixels; x: (N, H, W*C); w2: (K, F);
     # b: (F,) or size 0 for no bias; ws: (G, block, K) one im2col buffer per group,
     # used as (K, block) when kmajor.
-    M, F = y.shape
+    M = y.shape[0]
     G, _, K = ws.shape
-    zero = y.dtype.type(0)
     for g in prange(G):
         lo, hi = g * M // G, (g + 1) * M // G  # this group's output rows
         for r0 in range(lo, hi, block):
@@ -68,12 +80,7 @@ def _forward_kernel(y, x, w2, b, relu, kmajor, ws, block, OH, OW, KH, KW, SH, SW
                 cols = ws[g, :r1 - r0]  # (rows, K)
                 im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
                 _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
-            if b.size or relu:
-                for t in range(r1 - r0):
-                    row = out[t]  # (F,)
-                    for f in range(F):
-                        v = row[f] + b[f] if b.size else row[f]
-                        row[f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
+            _bias_relu(out, b, relu)
 
 
 @parallel_kernel

@@ -25,26 +25,111 @@ from numba import prange
 
 from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, conv
-from fastcnn.kernels._im2col import col2im_rows, im2col_rows, im2col_rows_kmajor, scratch
-from fastcnn.kernels._jit import parallel_kernel
-from fastcnn.kernels.pooling import _index_dtype
+from fastcnn.kernels._im2col import col2im_rows, direct_image, im2col_rows, im2col_rows_kmajor, scratch
+from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
+from fastcnn.kernels.pooling import _index_dtype, max_into
 
 __all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward"]
 
 
+@kernel
+def _pool_units(yp, arg, out, b, relu, u0, u1, OW, PH, PW):
+    # Pool units u0..u1 from out: (rows, F), their convolution output (unit u's
+    # PH rows of OW pixels at row (u - u0)*PH*OW); yp, arg: (U, OPW, F) out.
+    _, OPW, F = yp.shape
+    L = PH * OW
+    zero = yp.dtype.type(0)
+    for u in range(u0, u1):
+        base = (u - u0) * L
+        for pw in range(OPW):
+            best, a = yp[u, pw], arg[u, pw]  # (F,) each
+            first = out[base + pw * PW]  # (F,) window position 0 seeds the maximum
+            for f in range(F):
+                best[f] = first[f]
+                a[f] = 0
+            for i in range(PH):
+                for j in range(PW):
+                    if i == 0 and j == 0:
+                        continue
+                    max_into(best, a, out[base + i * OW + pw * PW + j], a.dtype.type(i * PW + j))
+            for f in range(F):
+                v = best[f] + b[f] if b.size else best[f]
+                best[f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
+
+
+@inline_kernel
+def _take(v, best, k, kv):
+    # The first-maximum rule of max pooling: strictly greater wins, and a NaN wins once.
+    take = (v > best) | ((v != v) & (best == best))
+    return (v if take else best), (kv if take else k)
+
+
+@kernel
+def _pool_planar(yp, arg, seg, b, relu, u0, u1, WP, PH, PW):
+    # Pool units u0..u1 (one image's pooling rows, unit u0 reading convolution row 0)
+    # from seg: (F, ...), the image's convolution in direct_image's planar layout;
+    # yp, arg: (U, OPW, F) out. Same first-maximum rule as _pool_units. For 2x2
+    # windows (every preset's) a row is first pooled by plain comparisons, which
+    # vectorize, and only redone by the NaN-aware rule when it holds a NaN.
+    _, OPW, F = yp.shape
+    zero = yp.dtype.type(0)
+    best = np.empty(OPW, dtype=yp.dtype)  # (OPW,)
+    ks = np.empty(OPW, dtype=np.int32)  # (OPW,)
+    for u in range(u0, u1):
+        base = (u - u0) * PH * WP
+        for f in range(F):
+            plane = seg[f, base:]
+            exact = not (PH == 2 and PW == 2)
+            if not exact:
+                r0, r1 = plane[:2 * OPW], plane[WP:WP + 2 * OPW]
+                nan = False
+                for pw in range(OPW):
+                    a, c = r0[2 * pw], r1[2 * pw]
+                    b_, d = r0[2 * pw + 1], r1[2 * pw + 1]
+                    m, k = a, 0
+                    if b_ > m:
+                        m, k = b_, 1
+                    if c > m:
+                        m, k = c, 2
+                    if d > m:
+                        m, k = d, 3
+                    best[pw], ks[pw] = m, k
+                    nan |= (a != a) | (b_ != b_) | (c != c) | (d != d)
+                exact = nan
+            if exact:
+                for pw in range(OPW):
+                    m, k = plane[pw * PW], 0
+                    for i in range(PH):
+                        for j in range(PW):
+                            m, k = _take(plane[i * WP + pw * PW + j], m, k, i * PW + j)
+                    best[pw], ks[pw] = m, k
+            bias = b[f] if b.size else zero
+            for pw in range(OPW):
+                v = best[pw] + bias
+                yp[u, pw, f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
+                arg[u, pw, f] = ks[pw]
+
+
 @parallel_kernel
-def _forward_kernel(yp, arg, x, w2, b, relu, kmajor, ws, wo, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
+def _forward_kernel(yp, arg, x, w2, wT, b, relu, kmajor, direct, ws, wo, xp, seg, units,
+                    OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
     # yp: (U, OPW, F) out, pooled rows U = N*OPH; arg: (U, OPW, F) out, window index;
-    # x: (N, H, W*C); w2: (K, F); b: (F,) or size 0;
+    # x: (N, H, W*C); w2: (K, F) and wT: (F, K) the weights; b: (F,) or size 0;
     # ws: (G, units*PH*OW, K) im2col blocks (as (K, rows) when kmajor);
-    # wo: (G, units*PH*OW, F) the blocks' convolution output.
-    U, OPW, F = yp.shape
-    OPH = U // x.shape[0]
+    # wo: (G, units*PH*OW, F) the blocks' convolution output; when direct (small
+    # K, stride 1), whole images through xp: (G, C*HP*WP) and seg: (G, F, HP*WP).
+    N = x.shape[0]
+    U = yp.shape[0]
+    OPH = U // N
     G, R, K = ws.shape
     L = PH * OW  # convolution rows per unit
-    zero = yp.dtype.type(0)
     for g in prange(G):
+        if direct:
+            for n in range(g * N // G, (g + 1) * N // G):
+                direct_image(seg[g], x, n, wT, xp[g], OH, OW, KH, KW, PT, PL)
+                _pool_planar(yp, arg, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
+            continue
         u_lo, u_hi = g * U // G, (g + 1) * U // G
         for u0 in range(u_lo, u_hi, units):
             u1 = min(u0 + units, u_hi)
@@ -63,30 +148,7 @@ def _forward_kernel(yp, arg, x, w2, b, relu, kmajor, ws, wo, units, OH, OW, PH, 
                 _blas.gemm(True, False, 1.0, colsT, w2, 0.0, out)
             else:
                 _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
-            for u in range(u0, u1):
-                base = (u - u0) * L
-                for pw in range(OPW):
-                    best, a = yp[u, pw], arg[u, pw]  # (F,) each
-                    first = out[base + pw * PW]  # (F,) window position 0 seeds the maximum
-                    for f in range(F):
-                        best[f] = first[f]
-                        a[f] = 0
-                    for i in range(PH):
-                        for j in range(PW):
-                            if i == 0 and j == 0:
-                                continue
-                            v_row = out[base + i * OW + pw * PW + j]  # (F,)
-                            k = a.dtype.type(i * PW + j)
-                            for f in range(F):
-                                v = v_row[f]
-                                cur = best[f]
-                                # Strictly greater keeps the first maximum; a NaN wins once.
-                                take = (v > cur) | ((v != v) & (cur == cur))
-                                best[f] = v if take else cur
-                                a[f] = k if take else a[f]
-                    for f in range(F):
-                        v = best[f] + b[f] if b.size else best[f]
-                        best[f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
+            _pool_units(yp, arg, out, b, relu, u0, u1, OW, PH, PW)
 
 
 @parallel_kernel
@@ -144,6 +206,14 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, ne
                     col2im_rows(dx, cols[t:t + L], r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
+#: Forward passes with a stride of 1 and at most this inner dimension
+#: ``K = KH*KW*C`` (a first layer's 3x3 on one channel: 9) skip im2col and GEMM:
+#: a GEMM with so short an inner dimension is all packing and overhead, and the
+#: planar output of :func:`direct_image` pools without a transpose. (Without a
+#: pool, the transpose back to NHWC costs what the direct loops save.)
+DIRECT_MAX_K = 32
+
+
 def _units(K, F, L, itemsize, U, G):
     """Pooling rows per block: about conv.BLOCK_BYTES of im2col, no more than a group's share."""
     per_unit = L * max(K, F) * itemsize
@@ -162,13 +232,18 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     units = _units(K, F, PH * OW, dtype.itemsize, U, G)
-    ws = scratch(workspace, "cols", (G, units * PH * OW, K), dtype)  # (G, rows, K)
-    wo = scratch(workspace, "out", (G, units * PH * OW, F), dtype)  # (G, rows, F)
+    direct = K <= DIRECT_MAX_K and tuple(stride) == (1, 1)
+    rows = 0 if direct else units * PH * OW
+    HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
+    ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
+    wo = scratch(workspace, "out", (G, rows, F), dtype)  # (G, rows, F)
+    xp = scratch(workspace, "xpad", (G, C * HP * WP if direct else 0), dtype)  # (G, C*HP*WP)
+    seg = scratch(workspace, "seg", (G, F, HP * WP if direct else 0), dtype)  # (G, F, HP*WP)
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
     arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     with _blas.blas_single_threaded():
-        _forward_kernel(yp, arg, x.reshape(N, H, W * C), w2, bias, relu, conv._kmajor(KW, C), ws, wo, units,
-                        OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+        _forward_kernel(yp, arg, x.reshape(N, H, W * C), w2, np.ascontiguousarray(w2.T), bias, relu,
+                        conv._kmajor(KW, C), direct, ws, wo, xp, seg, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     cache = None
     if need_cache:
         cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace)

@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from fastcnn.geometry import output_hw
-from fastcnn.kernels._jit import parallel_kernel
+from fastcnn.kernels._jit import inline_kernel, parallel_kernel
 
 __all__ = [
     "max_pool2d_forward",
@@ -28,6 +28,19 @@ def _index_dtype(window):
         if window - 1 <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.int64)
+
+
+@inline_kernel
+def max_into(best, arg, v, k):
+    """Fold window position ``k``'s values ``v`` into the running maxima ``best`` and their
+    positions ``arg`` (all ``(C,)``): strictly greater keeps the first maximum, and a NaN
+    replaces a non-NaN maximum and is then never replaced, as :func:`numpy.argmax`.
+    1-D rows and branch-free selects let LLVM vectorize over C."""
+    for c in range(best.shape[0]):
+        x, cur = v[c], best[c]
+        take = (x > cur) | ((x != x) & (cur == cur))
+        best[c] = x if take else cur
+        arg[c] = k if take else arg[c]
 
 
 @parallel_kernel
@@ -61,17 +74,7 @@ def _max_pool_forward_kernel(y, arg, x, PH, PW, SH, SW, PT, PL):
                         w = w0 + j
                         if (i == 0 and j == 0) or w < 0 or w >= W:
                             continue
-                        k = arow.dtype.type(i * PW + j)
-                        xrow = x[n, h, w]  # (C,)
-                        # 1-D rows and branch-free selects let LLVM vectorize over C.
-                        for c in range(C):
-                            v = xrow[c]
-                            best = yrow[c]
-                            # Strictly greater keeps the first maximum; a NaN
-                            # replaces a non-NaN best and is then never replaced.
-                            take = (v > best) | ((v != v) & (best == best))
-                            yrow[c] = v if take else best
-                            arow[c] = k if take else arow[c]
+                        max_into(yrow, arow, x[n, h, w], arow.dtype.type(i * PW + j))
 
 
 @parallel_kernel
