@@ -21,7 +21,7 @@ from benchmarks import _presets
 from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, model_gflop, run_info
 
 #: Timed rounds of a training step (each from the restored state S1).
-TRAIN_ROUNDS = 5
+TRAIN_ROUNDS = 20
 IMPLS = ("reference", "numpy", "numba")
 
 

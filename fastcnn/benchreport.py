@@ -103,6 +103,7 @@ class Row:
     speedup: Optional[float] = None
     peak_share: Optional[float] = None
     note: str = ""
+    extra: Optional[dict] = None
 
 
 def _group_of(bench):
@@ -134,6 +135,7 @@ def derive(json_dict):
             impl=extra.get("impl", bench.get("name", "?")),
             seconds=seconds,
             rounds=int(stats.get("rounds", 0)),
+            extra=extra,
         )
         if seconds and extra.get("gflop"):
             row.gflops = extra["gflop"] / seconds
@@ -261,6 +263,42 @@ def _machine_line(json_dict):
     return f"Measured on {_date(json_dict)} on {', '.join(parts)}" + (f"; {', '.join(libs)}." if libs else ".")
 
 
+def _against_torch(rows):
+    """fastcnn (Numba) beside PyTorch for every model benchmark both ran: images/s and the ratio."""
+    pairs = {}
+    for r in rows:
+        if r.kind == "model" and r.seconds and r.impl in ("numba", "torch"):
+            pairs.setdefault(r.group, {})[r.impl] = r
+    lines = []
+    for group, both in pairs.items():
+        if len(both) == 2:
+            n = (both["numba"].extra or {}).get("batch")
+            rate = (lambda r: f"{n / r.seconds:,.0f}") if n else (lambda r: "—")
+            lines.append(f"| {_cell(group)} | {rate(both['numba'])} | {rate(both['torch'])} | "
+                         f"**{both['torch'].seconds / both['numba'].seconds:.2f}×** |")
+    if not lines:
+        return []
+    return (["### fastcnn against PyTorch", "", "| benchmark | fastcnn img/s | PyTorch img/s | fastcnn speed-up |",
+             "|---|--:|--:|--:|"] + lines
+            + ["", "Images per second (batch / median time) of the Numba implementation and of PyTorch in the same "
+               "run; the speed-up is PyTorch's time over fastcnn's (above 1: fastcnn is faster).", ""])
+
+
+def _memory(rows):
+    """Peak resident memory of the training benchmarks that measured it, against PyTorch's."""
+    chosen = [r for r in rows if r.kind == "memory" and (r.extra or {}).get("peak_rss_mb")]
+    if not chosen:
+        return []
+    torch_mb = next((r.extra["peak_rss_mb"] for r in chosen if r.impl == "torch"), None)
+    lines = ["### Memory", "", "| benchmark | implementation | peak RSS | share of PyTorch's |", "|---|---|--:|--:|"]
+    for r in chosen:
+        mb = r.extra["peak_rss_mb"]
+        share = f"{100 * mb / torch_mb:.0f}%" if torch_mb else "—"
+        lines.append(f"| {_cell(r.group)} | {IMPL_NAMES.get(r.impl, r.impl)} | {mb:,.0f} MB | {share} |")
+    return lines + ["", "Peak resident memory of a process that trains, each in a process of its own (everything: "
+                        "interpreter, libraries, model, optimizer state, buffers).", ""]
+
+
 def render_markdown(json_dict):
     """The performance section of the README, as Markdown text."""
     rows, peak = derive(json_dict)
@@ -281,12 +319,13 @@ def render_markdown(json_dict):
         "as a share of the float32 matmul measured in the same run.",
         "",
     ]
+    out += _against_torch(rows) + _memory(rows)
     sections = (("End to end", "model"), ("Ops", "op"))
     for title, kind in sections:
         chosen = [r for r in rows if r.kind == kind]
         if chosen:
             out += [f"### {title}", ""] + _table(chosen) + [""]
-    others = [r for r in rows if r.kind not in ("model", "op", "peak")]
+    others = [r for r in rows if r.kind not in ("model", "op", "peak", "memory")]
     if others:
         out += ["### Other", ""] + _table(others) + [""]
     if any(r.note for r in rows):

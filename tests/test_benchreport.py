@@ -161,3 +161,20 @@ def test_environment_describes_this_machine():
     env = benchreport.environment(threads=2)
     assert env["cpu_model"] and env["cores"] >= 1 and env["threads"] == 2
     assert env["numpy"].count(".") >= 1
+
+
+def test_against_pytorch_table_gives_images_per_second_and_the_ratio(run):
+    for b in run["benchmarks"]:
+        if b["group"] == TRAIN:
+            b["extra_info"]["batch"] = 64
+    rows = table_rows(benchreport.render_markdown(run), "fastcnn against PyTorch")
+    assert rows == [[TRAIN, "320", "640", "**0.50×**"]]  # 64 / 0.2 s, 64 / 0.1 s, 0.1 / 0.2
+
+
+def test_memory_table_shares_of_pytorch(run):
+    group = "mnist_cnn training peak memory, batch 64"
+    run["benchmarks"] += [bench(group, "numba", 5.0, None, kind="memory", gemm_like=False, peak_rss_mb=210.0),
+                          bench(group, "torch", 6.0, None, kind="memory", gemm_like=False, peak_rss_mb=420.0)]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "Memory") == [[group, "Numba", "210 MB", "50%"], [group, "PyTorch", "420 MB", "100%"]]
+    assert "### Other" not in text
