@@ -36,7 +36,7 @@ DEFAULT_BATCH_SIZE = 32
 #: ``batch_size`` runs as several passes of as many samples as keep the largest
 #: activation of a pass within this (same results per sample), so the data of
 #: a pass stays in cache and memory stays bounded.
-INFERENCE_PASS_BYTES = 4 << 20
+INFERENCE_PASS_BYTES = 8 << 20
 
 
 def _check_positive_int(value, name, owner):
