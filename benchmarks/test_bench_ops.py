@@ -116,6 +116,35 @@ def conv_cases(N):
                          N * OH * OW * F * REF_SECONDS["conv2d", direction], gemm_like=True)
 
 
+#: The fused steps of the presets' plans (fastcnn.layers.fused): (op, index into CONVS, pool size or None).
+FUSED = [
+    ("conv2d_maxpool2d", 0, 2),
+    ("conv2d_relu", 1, None),
+    ("conv2d_relu_maxpool2d", 2, 2),
+    ("conv2d_relu", 3, None),
+    ("conv2d_relu_maxpool2d", 4, 2),
+    ("conv2d_relu", 5, None),
+    ("conv2d_relu_maxpool2d", 6, 2),
+]
+
+
+def fused_cases(N):
+    """The fused convolution ops at the shapes where the presets run them; numpy is the composition."""
+    convs = {case.where: case for case in conv_cases(N) if case.direction == "forward"}
+    for op, index, pool in FUSED:
+        where = CONVS[index][0]
+        conv = convs[where]
+
+        def make(rng, conv=conv, pool=pool):
+            args, kwargs = conv.make(rng)
+            return args, (dict(kwargs, pool_size=(pool, pool)) if pool else kwargs)
+
+        shape = conv.shape + (f", {pool}x{pool} max pool" if pool else "")
+        for direction, factor in (("forward", 1), ("backward", 2)):
+            seconds = conv.reference_seconds * (REF_SECONDS["conv2d", direction] / REF_SECONDS["conv2d", "forward"])
+            yield OpCase(op, direction, where, shape, make, factor * conv.gflop, seconds, gemm_like=True)
+
+
 def pool_cases(N):
     for op in ("max_pool2d", "avg_pool2d"):
         for where, (H, W, C) in POOLS:
@@ -200,7 +229,7 @@ def with_fresh_rng(kwargs):
     return {**kwargs, "rng": np.random.default_rng(kwargs["rng"] if isinstance(kwargs["rng"], int) else 0)}
 
 
-CASES = [*conv_cases(BATCH), *pool_cases(BATCH), *dense_cases(BATCH), *relu_cases(BATCH), *loss_cases(BATCH),
+CASES = [*conv_cases(BATCH), *fused_cases(BATCH), *pool_cases(BATCH), *dense_cases(BATCH), *relu_cases(BATCH), *loss_cases(BATCH),
          *elementwise_cases(BATCH)]
 
 

@@ -17,6 +17,7 @@ from numba import prange
 
 from fastcnn.kernels import _blas
 from fastcnn.kernels._jit import parallel_kernel
+from fastcnn.ops import dense as numpy_dense
 
 __all__ = ["dense_forward", "dense_backward"]
 
@@ -65,15 +66,12 @@ def dense_forward(x, w, b):
     dtype = x.dtype
     w = np.ascontiguousarray(w, dtype=dtype)
     G = _split(x, w)
+    if G == 0:  # BLAS runs a GEMM this small on the calling thread anyway: NumPy's path as is
+        return numpy_dense.dense_forward(x, w, b)
+    y = np.empty((x.shape[0], w.shape[1]), dtype=dtype)  # (N, F)
+    bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     with _blas.blas_single_threaded():
-        if G == 0:  # BLAS runs a GEMM this small on the calling thread anyway
-            y = x @ w
-            if b is not None:
-                y += b
-        else:
-            y = np.empty((x.shape[0], w.shape[1]), dtype=dtype)  # (N, F)
-            bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
-            _forward_kernel(y, x, w, bias, G)
+        _forward_kernel(y, x, w, bias, G)
     return y, (x, w, b is not None)
 
 
@@ -85,11 +83,10 @@ def dense_backward(dy, cache):
     x, w, has_bias = cache
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     G = _split(x, w)
+    if G == 0:
+        return numpy_dense.dense_backward(dy, cache)
+    dx = np.empty(x.shape, dtype=x.dtype)  # (N, IN)
+    dw = np.empty(w.shape, dtype=x.dtype)  # (IN, F)
     with _blas.blas_single_threaded():
-        if G == 0:
-            dx, dw = dy @ w.T, x.T @ dy
-        else:
-            dx = np.empty(x.shape, dtype=x.dtype)  # (N, IN)
-            dw = np.empty(w.shape, dtype=x.dtype)  # (IN, F)
-            _backward_kernel(dx, dw, dy, x, w, G)
+        _backward_kernel(dx, dw, dy, x, w, G)
     return dx, dw, (dy.sum(axis=0) if has_bias else None)
