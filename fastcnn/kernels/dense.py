@@ -26,17 +26,20 @@ SPLIT_MIN_MACS = 1 << 18
 
 
 @parallel_kernel
-def _forward_kernel(y, x, w, b, G):
-    # y: (N, F) out; x: (N, IN); w: (IN, F); b: (F,) or size 0. Group g owns columns f0..f1.
+def _forward_kernel(y, x, w, b, G, by_rows):
+    # y: (N, F) out; x: (N, IN); w: (IN, F); b: (F,) or size 0. Group g owns rows
+    # n0..n1 (by_rows: x is the larger operand, each thread reads its share of it)
+    # or columns f0..f1 (w is larger: each thread reads its share of the weights).
     N, F = y.shape
     for g in prange(G):
-        f0, f1 = g * F // G, (g + 1) * F // G
-        if f1 == f0:
+        n0, n1 = (g * N // G, (g + 1) * N // G) if by_rows else (0, N)
+        f0, f1 = (0, F) if by_rows else (g * F // G, (g + 1) * F // G)
+        if n1 == n0 or f1 == f0:
             continue
-        out = y[:, f0:f1]  # (N, f1 - f0), rows strided
-        _blas.gemm(False, False, 1.0, x, w[:, f0:f1], 0.0, out)
+        out = y[n0:n1, f0:f1]  # rows strided when split by columns
+        _blas.gemm(False, False, 1.0, x[n0:n1], w[:, f0:f1], 0.0, out)
         if b.size:
-            for n in range(N):
+            for n in range(n0, n1):
                 for f in range(f0, f1):
                     y[n, f] += b[f]
 
@@ -71,7 +74,7 @@ def dense_forward(x, w, b):
     y = np.empty((x.shape[0], w.shape[1]), dtype=dtype)  # (N, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     with _blas.blas_single_threaded():
-        _forward_kernel(y, x, w, bias, G)
+        _forward_kernel(y, x, w, bias, G, x.size > w.size)
     return y, (x, w, b is not None)
 
 
