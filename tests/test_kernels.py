@@ -136,12 +136,13 @@ def batch_parallel_outputs(dtype):
             grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
-    xd = rng.standard_normal((7, 300)).astype(dtype)  # (N, IN): split over the groups
-    wd = rng.standard_normal((300, 130)).astype(dtype)  # (IN, F)
-    y, cache = dense.dense_forward(xd, wd, b[:1].repeat(130))
-    grads = dense.dense_backward(rng.standard_normal(y.shape).astype(dtype), cache)
-    for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
-        out["dense " + key] = array
+    for N, F in ((7, 130), (400, 5)):  # forward split by columns (the weights larger), by rows (the input)
+        xd = rng.standard_normal((N, 300)).astype(dtype)  # (N, IN)
+        wd = rng.standard_normal((300, F)).astype(dtype)  # (IN, F)
+        y, cache = dense.dense_forward(xd, wd, b[:1].repeat(F))
+        grads = dense.dense_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+        for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
+            out[f"dense {N}x{F} {key}"] = array
     pool = dict(pool_size=(3, 3), stride=(1, 1), padding=same)
     for name in ("max_pool2d", "avg_pool2d"):
         y, cache = getattr(pooling, name + "_forward")(x, **pool)
