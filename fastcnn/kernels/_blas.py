@@ -26,7 +26,6 @@ import ctypes
 import os
 
 import llvmlite.binding as llvm
-import numpy as np
 from numba import types
 from numba.core.extending import overload
 

@@ -8,7 +8,6 @@ The threading layer is chosen in :mod:`fastcnn.parallel`, imported here so
 it is in force before the first parallel kernel runs.
 """
 
-import os
 import types
 
 import numba

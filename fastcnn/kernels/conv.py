@@ -113,19 +113,41 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, kmajor, need_dx, 
                         dst[f] = src[f] * (one if ys[f] > zero else zero)
             else:
                 dyb = dy[r0:r1]
-            if db_part.size:
-                _blas.gemm(False, False, 1.0, ones[:, :rows], dyb, 1.0, db_part[g])  # db += sum of rows
-            cols = ws[g, :rows]  # (rows, K)
-            if kmajor:
-                colsT = ws[g].reshape(K, block)[:, :rows]  # (K, rows)
-                im2col_rows_kmajor(colsT, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
-                _blas.gemm(False, False, 1.0, colsT, dyb, 1.0, dw)  # dw += cols.T @ dy
-            else:
-                im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
-                _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)  # dw += cols.T @ dy
-            if need_dx:
-                _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
-                col2im_rows(dx, cols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL)
+            block_backward(dx, dw, db_part[g], dyb, x, w2, ws[g], ones, np.array([r0]), rows, kmajor, need_dx,
+                           OH, OW, KH, KW, SH, SW, PT, PL)
+
+
+@kernel
+def block_backward(dx, dw, db, dyb, x, w2, ws, ones, runs, L, kmajor, need_dx, OH, OW, KH, KW, SH, SW, PT, PL):
+    """One block's share of a backward pass, given its gradient at the convolution output.
+
+    ``dyb``: ``(rows, F)``, the block's rows, which are ``len(runs)`` runs of ``L``
+    output pixels starting at pixels ``runs``. ``db``: ``(1, F)`` += the rows'
+    sum (size 0: no bias); ``dw``: ``(K, F)`` += ``cols.T @ dyb``, ``cols`` the
+    block's im2col in ``ws``: ``(R, K)`` (used as ``(K, R)`` when kmajor); with
+    ``need_dx``, ``dx`` += col2im of ``dyb @ w2.T``.
+    """
+    rows = dyb.shape[0]
+    R, K = ws.shape
+    if db.size:
+        _blas.gemm(False, False, 1.0, ones[:, :rows], dyb, 1.0, db)  # db += sum of rows
+    colsT = ws.reshape(K, R)[:, :rows]  # (K, rows), when kmajor
+    cols = ws[:rows]  # (rows, K)
+    for q in range(runs.shape[0]):
+        r, t = runs[q], q * L
+        if kmajor:
+            im2col_rows_kmajor(colsT[:, t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+        else:
+            im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+    if kmajor:
+        _blas.gemm(False, False, 1.0, colsT, dyb, 1.0, dw)  # dw += cols.T @ dy
+    else:
+        _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)
+    if need_dx:
+        _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
+        for q in range(runs.shape[0]):
+            r, t = runs[q], q * L
+            col2im_rows(dx, cols[t:t + L], r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
 @kernel

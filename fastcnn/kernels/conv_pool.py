@@ -25,7 +25,7 @@ from numba import prange
 
 from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, conv
-from fastcnn.kernels._im2col import col2im_rows, direct_image, im2col_rows, im2col_rows_kmajor, scratch
+from fastcnn.kernels._im2col import direct_image, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels.pooling import _index_dtype, max_into
 
@@ -161,7 +161,7 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, ne
     N = x.shape[0]
     U, OPW, F = dyp.shape
     OPH = U // N
-    G, R, K = ws.shape
+    G = ws.shape[0]
     L = PH * OW
     zero = dyp.dtype.type(0)
     one = dyp.dtype.type(1)
@@ -183,27 +183,11 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, ne
                         # A multiply, as relu's backward: NaN/inf in dy propagate.
                         dyb[base + (k // PW) * OW + pw * PW + k % PW, f] = \
                             d[f] * (one if (not relu or p[f] > zero) else zero)
-            if db_part.size:
-                _blas.gemm(False, False, 1.0, ones[:, :rows], dyb, 1.0, db_part[g])
-            colsT = ws[g].reshape(K, R)[:, :rows]  # (K, rows), when kmajor
-            cols = ws[g, :rows]  # (rows, K)
+            runs = np.empty(u1 - u0, dtype=np.int64)  # each unit's first convolution row
             for u in range(u0, u1):
-                r = (u // OPH * OH + u % OPH * PH) * OW
-                t = (u - u0) * L
-                if kmajor:
-                    im2col_rows_kmajor(colsT[:, t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
-                else:
-                    im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
-            if kmajor:
-                _blas.gemm(False, False, 1.0, colsT, dyb, 1.0, dw)  # dw += cols.T @ dy
-            else:
-                _blas.gemm(True, False, 1.0, cols, dyb, 1.0, dw)
-            if need_dx:
-                _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
-                for u in range(u0, u1):
-                    r = (u // OPH * OH + u % OPH * PH) * OW
-                    t = (u - u0) * L
-                    col2im_rows(dx, cols[t:t + L], r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
+                runs[u - u0] = (u // OPH * OH + u % OPH * PH) * OW
+            conv.block_backward(dx, dw, db_part[g], dyb, x, w2, ws[g], ones, runs, L, kmajor, need_dx,
+                                OH, OW, KH, KW, SH, SW, PT, PL)
 
 
 #: Forward passes with a stride of 1 and at most this inner dimension
