@@ -169,6 +169,21 @@ def finish_backward(dx, dw_part, db_part, x_shape, w_shape, has_bias, need_dx):
     return (dx.reshape(x_shape) if need_dx else None), dw.reshape(w_shape), db
 
 
+def backward_buffers(workspace, G, rows, dy_rows, K, F, has_bias, need_dx, x_shape, dtype):
+    """A backward kernel's buffers: per group an im2col block ``(G, rows, K)``, a gradient
+    block ``(G, dy_rows, F)`` and partial sums ``dw (G, K, F)``, ``db (G, 1, F)``; the
+    ones of the db GEMM ``(1, rows)``; and ``dx (N, H, W*C)`` (empty when not wanted)."""
+    N, H, W, C = x_shape
+    ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
+    ws_dy = scratch(workspace, "dy", (G, dy_rows, F), dtype)  # (G, dy_rows, F)
+    ones = scratch(workspace, "ones", (1, rows), dtype)  # (1, rows)
+    ones.fill(1)
+    dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
+    db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
+    dx = np.empty((N, H, W * C) if need_dx else (0, 0, 0), dtype=dtype)  # (N, H, W*C)
+    return ws, ws_dy, ones, dw_part, db_part, dx
+
+
 def _groups():
     """Work groups per call: fixed per process so results never depend on the thread count."""
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
@@ -217,13 +232,8 @@ def _backward(dy, cache, need_dx):
     dy2 = np.ascontiguousarray(dy, dtype=dtype).reshape(M, F)  # (N*OH*OW, F)
     y2 = dy2 if y is None else y.reshape(M, F)  # (N*OH*OW, F), read only when relu
     block = _block_rows(K, dtype.itemsize, M, G)
-    ws = scratch(workspace, "cols", (G, block, K), dtype)  # (G, block, K)
-    ws_dy = scratch(workspace, "dy", (G, block if relu else 0, F), dtype)  # (G, block, F)
-    ones = scratch(workspace, "ones", (1, block), dtype)  # (1, block)
-    ones.fill(1)
-    dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
-    db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
-    dx = np.empty((N, H, W * C) if need_dx else (0, 0, 0), dtype=dtype)  # (N, H, W*C)
+    ws, ws_dy, ones, dw_part, db_part, dx = backward_buffers(workspace, G, block, block if relu else 0, K, F,
+                                                             has_bias, need_dx, x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), w2, relu, _kmajor(KW, C),
                          need_dx, ws, ws_dy, ones, block, OH, OW, KH, KW, SH, SW, PT, PL)

@@ -243,13 +243,8 @@ def _backward(dy, cache, need_dx):
     dyp = np.ascontiguousarray(dy, dtype=dtype).reshape(U, OPW, F)  # (N*OPH, OPW, F)
     units = _units(K, F, PH * OW, dtype.itemsize, U, G)
     rows = units * PH * OW
-    ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
-    wdy = scratch(workspace, "dy", (G, rows, F), dtype)  # (G, rows, F)
-    ones = scratch(workspace, "ones", (1, rows), dtype)  # (1, rows)
-    ones.fill(1)
-    dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
-    db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
-    dx = np.empty((N, H, W * C) if need_dx else (0, 0, 0), dtype=dtype)  # (N, H, W*C)
+    ws, wdy, ones, dw_part, db_part, dx = conv.backward_buffers(workspace, G, rows, rows, K, F, has_bias, need_dx,
+                                                                x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), w2, relu, conv._kmajor(KW, C),
                          need_dx, ws, wdy, ones, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
