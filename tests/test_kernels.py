@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import _im2col, activations, conv, conv_im2col, conv_pool, dense, loss, optim, pooling, warmup
+from fastcnn.kernels import _blas, _im2col, activations, conv, conv_im2col, conv_pool, dense, loss, optim, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
+from fastcnn.testing import assert_close
 
 DTYPES = [np.float32, np.float64]
 VALID = ((0, 0), (0, 0))
@@ -68,11 +69,27 @@ def test_parallel_pool_backward_equals_serial(restore_threads, dtype, pool_size,
         assert np.array_equal(dx1, dx2)
 
 
+def cut_gemms(monkeypatch, rows=3):
+    """Every forward and weight-gradient GEMM of conv and conv_pool in calls of ``rows`` rows
+    (at the test shapes a block is one call otherwise: see ``conv.gemm_rows``)."""
+    calls = []
+
+    def gemm_rows(K, F, dtype, least):
+        calls.append((K, F))
+        return rows
+
+    monkeypatch.setattr(conv, "gemm_rows", gemm_rows)
+    return calls
+
+
 @needs_two_threads
+@pytest.mark.parametrize("cut", [False, True], ids=["one GEMM a block", "GEMMs cut into calls"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride, padding", [((1, 1), ((1, 1), (1, 1))), ((2, 1), ((0, 1), (2, 0)))])
-def test_parallel_conv_equals_serial(restore_threads, dtype, stride, padding):
+def test_parallel_conv_equals_serial(restore_threads, monkeypatch, dtype, stride, padding, cut):
     """Output, dx (the col2im scatter) and the per-group dw/db partial sums: bit for bit at 1 and 2 threads."""
+    if cut:
+        cut_gemms(monkeypatch)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 7, 6, 3)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, 4)).astype(dtype)
@@ -295,6 +312,55 @@ def test_elementwise_serial_and_parallel_twins_agree(name, dtype):
     assert y_big.dtype == dtype and dx_big.dtype == dtype
     np.testing.assert_array_equal(y_small, y_big[head])  # bit for bit: each element is computed alone
     np.testing.assert_array_equal(dx_small, dx_big[head])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op, channels", [("conv2d", 6), ("conv2d_relu", 3), ("conv2d_relu", 6),
+                                          ("conv2d_relu_maxpool2d", 3), ("conv2d_maxpool2d", 6)])
+def test_gemms_cut_into_small_calls_match_the_reference(monkeypatch, dtype, op, channels):
+    """Forward and weight-gradient GEMMs cut into calls of 3 rows (with a remainder), row-major
+    and transposed (``KW*C = 9``) im2col blocks: forward and every gradient match the reference."""
+    calls = cut_gemms(monkeypatch)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 8, 7, channels)).astype(dtype)  # 280 output pixels, blocks of 140
+    w = rng.standard_normal((3, 3, channels, 4)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    kwargs = dict(stride=(1, 1), padding=((1, 1), (1, 1)))
+    if "pool" in op:
+        kwargs["pool_size"] = (2, 2)
+    fast, ref = registry.get(op, "numba"), registry.get(op, "reference")
+    y, cache = fast.forward(x, w, b, **kwargs)
+    y_ref, cache_ref = ref.forward(x, w, b, **kwargs)
+    assert calls, "conv never asked how to cut its GEMMs"
+    assert_close(y, y_ref, dtype=dtype, name="y")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for name, got, want in zip(("dx", "dw", "db"), fast.backward(dy, cache), ref.backward(dy, cache_ref)):
+        assert_close(got, want, dtype=dtype, name=name)
+
+
+def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):
+    monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 100**3)
+    assert conv.gemm_rows(288, 32, np.float32, 32) == 108  # vgg_mini conv2: 108 * 288 * 32 <= 100**3
+    assert conv.gemm_rows(576, 64, np.float32, 16) == 27
+    assert conv.gemm_rows(576, 64, np.float32, 32) >= 2**62  # fewer than `least` rows: one call a block
+    assert conv.gemm_rows(288, 32, np.float64, 16) >= 2**62  # the small kernels are SGEMM's
+    monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 0)
+    assert conv.gemm_rows(288, 32, np.float32, 16) >= 2**62
+
+
+@pytest.mark.parametrize("info, expected", [
+    ({"internal_api": "openblas", "architecture": "SkylakeX"}, 100**3),
+    ({"internal_api": "openblas", "architecture": "SapphireRapids"}, 100**3),
+    ({"internal_api": "openblas", "architecture": "Haswell"}, 0),
+    ({"internal_api": "mkl"}, 0),
+    ({}, 0),
+])
+def test_small_gemm_size_follows_the_blas_core(monkeypatch, info, expected):
+    monkeypatch.delenv("FASTCNN_SMALL_GEMM_MNK", raising=False)
+    monkeypatch.setattr(_blas, "_numpy_blas_info", lambda: info)
+    assert _blas._small_gemm_mnk() == expected
+    monkeypatch.setenv("FASTCNN_SMALL_GEMM_MNK", "0")
+    assert _blas._small_gemm_mnk() == 0
 
 
 def test_every_numba_op_keeps_float32(restore_threads):

@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - a hard dependency, but stay importable
     threadpoolctl = None
 
-__all__ = ["AVAILABLE", "REASON", "gemm", "blas_single_threaded", "ROW_MAJOR", "NO_TRANS", "TRANS"]
+__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "gemm", "blas_single_threaded", "ROW_MAJOR", "NO_TRANS", "TRANS"]
 
 #: CBLAS enums (cblas.h).
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -49,14 +49,42 @@ _THREAD_SETTERS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_thread
 _THREAD_GETTERS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
-def _numpy_blas_library():
-    """Path of the BLAS shared library NumPy loaded, or None."""
+def _numpy_blas_info():
+    """threadpoolctl's record of the BLAS library NumPy loaded (``filepath``, ``internal_api``,
+    ``architecture``, ...), or an empty dict."""
     if threadpoolctl is None:
-        return None
+        return {}
     for info in threadpoolctl.threadpool_info():
         if info.get("user_api") == "blas" and info.get("filepath"):
-            return info["filepath"]
-    return None
+            return info
+    return {}
+
+
+def _numpy_blas_library():
+    """Path of the BLAS shared library NumPy loaded, or None."""
+    return _numpy_blas_info().get("filepath")
+
+
+#: OpenBLAS core types whose SGEMM has the AVX-512 "small matrix" kernels.
+_SMALL_KERNEL_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+def _small_gemm_mnk():
+    """``M*N*K`` up to which this BLAS multiplies float32 without packing its operands, or 0.
+
+    OpenBLAS (0.3.16 and newer, built with ``SMALL_MATRIX_OPT``, as NumPy's wheels
+    are) sends an SGEMM of at most 100**3 multiply-adds on its AVX-512 cores to
+    kernels that read A and B where they lie (``sgemm_small_kernel_permit``).
+    ``FASTCNN_SMALL_GEMM_MNK`` overrides it (0: never cut GEMMs for it).
+    """
+    override = os.environ.get("FASTCNN_SMALL_GEMM_MNK")
+    if override is not None:
+        return max(0, int(override))
+    info = _numpy_blas_info()
+    if info.get("internal_api") != "openblas":
+        return 0
+    core = str(info.get("architecture", "")).lower()
+    return 100**3 if core in _SMALL_KERNEL_CORES else 0
 
 
 def _bind():
@@ -97,6 +125,9 @@ _WIDTH, _SET_THREADS, _GET_THREADS, REASON = _bind()
 
 #: True when :func:`gemm` can be called from kernels.
 AVAILABLE = _WIDTH is not None
+
+#: float32 GEMMs of at most this ``M*N*K`` skip operand packing (:func:`_small_gemm_mnk`).
+SMALL_GEMM_MNK = _small_gemm_mnk() if AVAILABLE else 0
 
 _INT = types.int64 if _WIDTH != 32 else types.int32
 _SUFFIX = f"i{_WIDTH or 64}"

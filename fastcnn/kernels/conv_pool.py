@@ -112,7 +112,7 @@ def _pool_planar(yp, arg, seg, b, relu, u0, u1, WP, PH, PW):
 
 
 @parallel_kernel
-def _forward_kernel(yp, arg, x, w2, wT, b, relu, kmajor, direct, ws, wo, xp, seg, units,
+def _forward_kernel(yp, arg, x, w2, wT, b, relu, kmajor, direct, ws, wo, xp, seg, units, sub,
                     OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
     # yp: (U, OPW, F) out, pooled rows U = N*OPH; arg: (U, OPW, F) out, window index;
     # x: (N, H, W*C); w2: (K, F) and wT: (F, K) the weights; b: (F,) or size 0;
@@ -144,15 +144,12 @@ def _forward_kernel(yp, arg, x, w2, wT, b, relu, kmajor, direct, ws, wo, xp, seg
                 else:
                     im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
             out = wo[g, :rows]  # (rows, F)
-            if kmajor:
-                _blas.gemm(True, False, 1.0, colsT, w2, 0.0, out)
-            else:
-                _blas.gemm(False, False, 1.0, cols, w2, 0.0, out)
+            conv.forward_gemm(out, cols, colsT, kmajor, w2, sub)
             _pool_units(yp, arg, out, b, relu, u0, u1, OW, PH, PW)
 
 
 @parallel_kernel
-def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, need_dx, ws, wdy, ones, units,
+def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, need_dx, ws, wdy, ones, units, sub,
                      OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
     # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out; db_part:
     # (G, 1, F) out (size 0 without bias); dyp, yp, arg: (U, OPW, F) the pooled
@@ -187,7 +184,7 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, ne
             for u in range(u0, u1):
                 runs[u - u0] = (u // OPH * OH + u % OPH * PH) * OW
             conv.block_backward(dx, dw, db_part[g], dyb, x, w2, ws[g], ones, runs, L, kmajor, need_dx,
-                                OH, OW, KH, KW, SH, SW, PT, PL)
+                                sub, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
 #: Forward passes with a stride of 1 and at most this inner dimension
@@ -227,7 +224,8 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     with _blas.blas_single_threaded():
         _forward_kernel(yp, arg, x.reshape(N, H, W * C), w2, np.ascontiguousarray(w2.T), bias, relu,
-                        conv._kmajor(KW, C), direct, ws, wo, xp, seg, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+                        conv._kmajor(KW, C), direct, ws, wo, xp, seg, units,
+                        conv.gemm_rows(K, F, dtype, conv.MIN_FORWARD_ROWS), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     cache = None
     if need_cache:
         cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace)
@@ -247,7 +245,8 @@ def _backward(dy, cache, need_dx):
                                                                 x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), w2, relu, conv._kmajor(KW, C),
-                         need_dx, ws, wdy, ones, units, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+                         need_dx, ws, wdy, ones, units,
+                         conv.gemm_rows(K, F, dtype, conv.MIN_WEIGHT_ROWS), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     return conv.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
 
