@@ -165,8 +165,14 @@ def _gemm_overload(trans_a, trans_b, alpha, a, b, beta, c):
         ta = TRANS if trans_a else NO_TRANS
         tb = TRANS if trans_b else NO_TRANS
         size = c.itemsize
-        fn(ROW_MAJOR, ta, tb, M, N, K, c.dtype.type(alpha), a.ctypes, a.strides[0] // size,
-           b.ctypes, b.strides[0] // size, c.dtype.type(beta), c.ctypes, c.strides[0] // size)
+        # A leading dimension is the row stride, except of a one-row array, whose row
+        # stride NumPy leaves arbitrary (``w.T`` of a ``(K, 1)`` weight has stride 1)
+        # while BLAS demands at least the row length.
+        lda = a.strides[0] // size if a.shape[0] > 1 else max(1, a.shape[1])
+        ldb = b.strides[0] // size if b.shape[0] > 1 else max(1, b.shape[1])
+        ldc = c.strides[0] // size if c.shape[0] > 1 else max(1, c.shape[1])
+        fn(ROW_MAJOR, ta, tb, M, N, K, c.dtype.type(alpha), a.ctypes, lda, b.ctypes, ldb, c.dtype.type(beta),
+           c.ctypes, ldc)
 
     return impl
 

@@ -43,9 +43,10 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_r
 #: GEMM's packed panels beside it. (mnist_cnn conv2: 576-row blocks, one image.)
 BLOCK_BYTES = 640 * 1024
 
-#: Fewest rows per GEMM call worth cutting a block into (:func:`gemm_rows`), forward
-#: and in the weight gradient. Measured at vgg_mini's conv4 (``K=576, F=64``: 27
-#: rows a call), the forward ran 1.14x slower cut, the weight gradient 1.17x faster.
+#: Fewest rows per GEMM call worth cutting a block into (:func:`gemm_rows`): for the
+#: forward and input-gradient GEMMs, and for the weight gradient. Measured at
+#: vgg_mini's conv4 (``K=576, F=64``: 27 rows a call), the forward ran 1.14x
+#: slower cut and the input gradient no faster, the weight gradient 1.17x faster.
 MIN_FORWARD_ROWS = 32
 MIN_WEIGHT_ROWS = 16
 
@@ -89,11 +90,11 @@ def _forward_kernel(y, x, w2, b, relu, kmajor, ws, block, sub, OH, OW, KH, KW, S
 
 
 @parallel_kernel
-def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, kmajor, need_dx, ws, ws_dy, ones, block, sub,
-                     OH, OW, KH, KW, SH, SW, PT, PL):
+def _backward_kernel(dx, dw_part, db_part, dy, y, x, wT, relu, kmajor, need_dx, ws, ws_dy, ones, block, sub_w,
+                     sub_x, OH, OW, KH, KW, SH, SW, PT, PL):
     # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out, one
     # partial sum per group; db_part: (G, 1, F) out (size 0 without bias); dy: (M, F);
-    # y: (M, F) the forward output (read only when relu); x: (N, H, W*C); w2: (K, F);
+    # y: (M, F) the forward output (read only when relu); x: (N, H, W*C); wT: (F, K);
     # ws: (G, block, K) im2col / dcols buffers; ws_dy: (G, block, F) masked dy;
     # ones: (1, block) of ones (db = ones @ dy, a GEMM too).
     N = x.shape[0]
@@ -118,8 +119,17 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, w2, relu, kmajor, need_dx, 
                         dst[f] = src[f] * (one if ys[f] > zero else zero)
             else:
                 dyb = dy[r0:r1]
-            block_backward(dx, dw, db_part[g], dyb, x, w2, ws[g], ones, np.array([r0]), rows, kmajor, need_dx,
-                           sub, OH, OW, KH, KW, SH, SW, PT, PL)
+            block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, np.array([r0]), rows, kmajor, need_dx,
+                           sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
+
+
+@kernel
+def rows_gemm(c, a, b, sub):
+    """``c = a @ b``, ``sub`` rows of ``a`` and ``c`` per GEMM call. ``c``: ``(rows, n)``; ``a``: ``(rows, k)``."""
+    rows = c.shape[0]
+    for s0 in range(0, rows, sub):
+        s1 = min(s0 + sub, rows)
+        _blas.gemm(False, False, 1.0, a[s0:s1], b, 0.0, c[s0:s1])
 
 
 @kernel
@@ -128,13 +138,13 @@ def forward_gemm(out, cols, colsT, kmajor, w2, sub):
 
     ``out``: ``(rows, F)``; ``cols``: ``(rows, K)``, or ``colsT``: ``(K, rows)``.
     """
+    if not kmajor:
+        rows_gemm(out, cols, w2, sub)
+        return
     rows = out.shape[0]
     for s0 in range(0, rows, sub):
         s1 = min(s0 + sub, rows)
-        if kmajor:
-            _blas.gemm(True, False, 1.0, colsT[:, s0:s1], w2, 0.0, out[s0:s1])
-        else:
-            _blas.gemm(False, False, 1.0, cols[s0:s1], w2, 0.0, out[s0:s1])
+        _blas.gemm(True, False, 1.0, colsT[:, s0:s1], w2, 0.0, out[s0:s1])
 
 
 @kernel
@@ -150,16 +160,18 @@ def weight_gemm(dw, cols, colsT, kmajor, dyb, sub):
 
 
 @kernel
-def block_backward(dx, dw, db, dyb, x, w2, ws, ones, runs, L, kmajor, need_dx, sub,
+def block_backward(dx, dw, db, dyb, x, wT, ws, ones, runs, L, kmajor, need_dx, sub_w, sub_x,
                    OH, OW, KH, KW, SH, SW, PT, PL):
     """One block's share of a backward pass, given its gradient at the convolution output.
 
     ``dyb``: ``(rows, F)``, the block's rows, which are ``len(runs)`` runs of ``L``
     output pixels starting at pixels ``runs``. ``db``: ``(1, F)`` += the rows'
     sum (size 0: no bias); ``dw``: ``(K, F)`` += ``cols.T @ dyb``, ``cols`` the
-    block's im2col in ``ws``: ``(R, K)`` (used as ``(K, R)`` when kmajor), ``sub`` rows
-    per GEMM call (:func:`gemm_rows`) in the weight gradient; with
-    ``need_dx``, ``dx`` += col2im of ``dyb @ w2.T``.
+    block's im2col in ``ws``: ``(R, K)`` (used as ``(K, R)`` when kmajor); with
+    ``need_dx``, ``dx`` += col2im of ``dyb @ wT``, ``wT``: ``(F, K)`` the weights
+    transposed (a GEMM of untransposed operands, which can take OpenBLAS's small
+    kernels). ``sub_w``, ``sub_x``: rows per GEMM call (:func:`gemm_rows`) of the
+    weight and input gradients.
     """
     rows = dyb.shape[0]
     R, K = ws.shape
@@ -173,9 +185,9 @@ def block_backward(dx, dw, db, dyb, x, w2, ws, ones, runs, L, kmajor, need_dx, s
             im2col_rows_kmajor(colsT[:, t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
         else:
             im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
-    weight_gemm(dw, cols, colsT, kmajor, dyb, sub)  # dw += cols.T @ dy
+    weight_gemm(dw, cols, colsT, kmajor, dyb, sub_w)  # dw += cols.T @ dy
     if need_dx:
-        _blas.gemm(False, True, 1.0, dyb, w2, 0.0, cols)  # dcols = dy @ w2.T
+        rows_gemm(cols, dyb, wT, sub_x)  # dcols = dy @ w2.T
         for q in range(runs.shape[0]):
             r, t = runs[q], q * L
             col2im_rows(dx, cols[t:t + L], r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
@@ -245,6 +257,12 @@ def gemm_rows(K, F, dtype, least):
     return rows if rows >= least else 1 << 62
 
 
+def backward_gemm_rows(K, F, dtype):
+    """``(weight, input)`` gradient GEMM rows per call: the input gradient's GEMM
+    (``dy @ wT``) has the forward's shape class (untransposed operands)."""
+    return gemm_rows(K, F, dtype, MIN_WEIGHT_ROWS), gemm_rows(K, F, dtype, MIN_FORWARD_ROWS)
+
+
 def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
     x = np.ascontiguousarray(x)
     N, H, W, C = x.shape
@@ -260,7 +278,8 @@ def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
     y = np.empty((M, F), dtype=dtype)  # (N*OH*OW, F)
     x3 = x.reshape(N, H, W * C)
     with _blas.blas_single_threaded():
-        _forward_kernel(y, x3, w2, bias, relu, _kmajor(KW, C), ws, block, gemm_rows(K, F, dtype, MIN_FORWARD_ROWS), OH, OW, KH, KW, SH, SW, PT, PL)
+        _forward_kernel(y, x3, w2, bias, relu, _kmajor(KW, C), ws, block, gemm_rows(K, F, dtype, MIN_FORWARD_ROWS),
+                        OH, OW, KH, KW, SH, SW, PT, PL)
     y = y.reshape(N, OH, OW, F)
     cache = None
     if need_cache:
@@ -280,8 +299,9 @@ def _backward(dy, cache, need_dx):
     ws, ws_dy, ones, dw_part, db_part, dx = backward_buffers(workspace, G, block, block if relu else 0, K, F,
                                                              has_bias, need_dx, x.shape, dtype)
     with _blas.blas_single_threaded():
-        _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), w2, relu, _kmajor(KW, C),
-                         need_dx, ws, ws_dy, ones, block, gemm_rows(K, F, dtype, MIN_WEIGHT_ROWS), OH, OW, KH, KW, SH, SW, PT, PL)
+        _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), np.ascontiguousarray(w2.T), relu,
+                         _kmajor(KW, C), need_dx, ws, ws_dy, ones, block, *backward_gemm_rows(K, F, dtype),
+                         OH, OW, KH, KW, SH, SW, PT, PL)
     return finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
 

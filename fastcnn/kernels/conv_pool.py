@@ -149,12 +149,12 @@ def _forward_kernel(yp, arg, x, w2, wT, b, relu, kmajor, direct, ws, wo, xp, seg
 
 
 @parallel_kernel
-def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, need_dx, ws, wdy, ones, units, sub,
-                     OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
+def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, need_dx, ws, wdy, ones, units, sub_w,
+                     sub_x, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
     # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out; db_part:
     # (G, 1, F) out (size 0 without bias); dyp, yp, arg: (U, OPW, F) the pooled
     # gradient, output and window indices; ws: (G, units*PH*OW, K); wdy: (G, units*PH*OW, F)
-    # the blocks' gradient at the convolution output; ones: (1, units*PH*OW).
+    # the blocks' gradient at the convolution output; ones: (1, units*PH*OW); wT: (F, K).
     N = x.shape[0]
     U, OPW, F = dyp.shape
     OPH = U // N
@@ -183,8 +183,8 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, w2, relu, kmajor, ne
             runs = np.empty(u1 - u0, dtype=np.int64)  # each unit's first convolution row
             for u in range(u0, u1):
                 runs[u - u0] = (u // OPH * OH + u % OPH * PH) * OW
-            conv.block_backward(dx, dw, db_part[g], dyb, x, w2, ws[g], ones, runs, L, kmajor, need_dx,
-                                sub, OH, OW, KH, KW, SH, SW, PT, PL)
+            conv.block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, runs, L, kmajor, need_dx,
+                                sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
 #: Forward passes with a stride of 1 and at most this inner dimension
@@ -244,9 +244,9 @@ def _backward(dy, cache, need_dx):
     ws, wdy, ones, dw_part, db_part, dx = conv.backward_buffers(workspace, G, rows, rows, K, F, has_bias, need_dx,
                                                                 x.shape, dtype)
     with _blas.blas_single_threaded():
-        _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), w2, relu, conv._kmajor(KW, C),
-                         need_dx, ws, wdy, ones, units,
-                         conv.gemm_rows(K, F, dtype, conv.MIN_WEIGHT_ROWS), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+        _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), np.ascontiguousarray(w2.T), relu,
+                         conv._kmajor(KW, C), need_dx, ws, wdy, ones, units, *conv.backward_gemm_rows(K, F, dtype),
+                         OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     return conv.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
 
