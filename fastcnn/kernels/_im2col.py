@@ -101,13 +101,17 @@ def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
     C = K // (KH * KW)
     HP, WP = OH + KH - 1, OW + KW - 1
     zero = seg.dtype.type(0)
-    for c in range(C):
-        for hp in range(HP):
-            h = hp - PT
-            for wp in range(WP):
-                w = wp - PL
-                inside = 0 <= h < H and 0 <= w < WC // C
-                xp[(c * HP + hp) * WP + wp] = x[n, h, w * C + c] if inside else zero
+    if C == 1 and HP == H and WP == WC:  # one channel, no padding: the image is its own planar copy
+        src = x[n].reshape(-1)  # (H*W,)
+    else:
+        for c in range(C):
+            for hp in range(HP):
+                h = hp - PT
+                for wp in range(WP):
+                    w = wp - PL
+                    inside = 0 <= h < H and 0 <= w < WC // C
+                    xp[(c * HP + hp) * WP + wp] = x[n, h, w * C + c] if inside else zero
+        src = xp[:C * HP * WP]
     L = (OH - 1) * WP + OW  # flat span of every valid output position
     for f in range(F):
         acc = seg[f, :L]
@@ -119,15 +123,15 @@ def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
                 k = (i * KW) * C + c  # tap (i, 0, c)
                 if KW == 3:  # the common kernel row in one pass: a third of the loads and stores
                     w0, w1, w2 = wT[f, k], wT[f, k + C], wT[f, k + 2 * C]
-                    s0, s1, s2 = xp[row:row + L], xp[row + 1:row + 1 + L], xp[row + 2:row + 2 + L]
+                    s0, s1, s2 = src[row:row + L], src[row + 1:row + 1 + L], src[row + 2:row + 2 + L]
                     for t in range(L):
                         acc[t] += w0 * s0[t] + w1 * s1[t] + w2 * s2[t]
                 else:
                     for j in range(KW):
                         wv = wT[f, k + j * C]
-                        src = xp[row + j:row + j + L]
+                        sj = src[row + j:row + j + L]
                         for t in range(L):
-                            acc[t] += wv * src[t]
+                            acc[t] += wv * sj[t]
 
 
 @kernel

@@ -112,24 +112,31 @@ def _pool_planar(yp, arg, seg, b, relu, u0, u1, WP, PH, PW):
 
 
 @parallel_kernel
-def _forward_kernel(yp, arg, x, w2, wT, b, relu, kmajor, direct, ws, wo, xp, seg, units, sub,
-                    OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
+def _direct_forward_kernel(yp, arg, x, wT, b, relu, xp, seg, OH, OW, PH, PW, KH, KW, PT, PL):
+    # yp, arg: as _forward_kernel's; x: (N, H, W*C); wT: (F, K) the weights; b: (F,) or
+    # size 0. For a small K and stride 1: whole images through xp: (G, C*HP*WP) and
+    # seg: (G, F, HP*WP) (direct_image), pooled from the planar layout.
+    N = x.shape[0]
+    OPH = yp.shape[0] // N
+    G = xp.shape[0]
+    for g in prange(G):
+        for n in range(g * N // G, (g + 1) * N // G):
+            direct_image(seg[g], x, n, wT, xp[g], OH, OW, KH, KW, PT, PL)
+            _pool_planar(yp, arg, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
+
+
+@parallel_kernel
+def _forward_kernel(yp, arg, x, w2, b, relu, kmajor, ws, wo, units, sub, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
     # yp: (U, OPW, F) out, pooled rows U = N*OPH; arg: (U, OPW, F) out, window index;
-    # x: (N, H, W*C); w2: (K, F) and wT: (F, K) the weights; b: (F,) or size 0;
+    # x: (N, H, W*C); w2: (K, F) the weights; b: (F,) or size 0;
     # ws: (G, units*PH*OW, K) im2col blocks (as (K, rows) when kmajor);
-    # wo: (G, units*PH*OW, F) the blocks' convolution output; when direct (small
-    # K, stride 1), whole images through xp: (G, C*HP*WP) and seg: (G, F, HP*WP).
+    # wo: (G, units*PH*OW, F) the blocks' convolution output.
     N = x.shape[0]
     U = yp.shape[0]
     OPH = U // N
     G, R, K = ws.shape
     L = PH * OW  # convolution rows per unit
     for g in prange(G):
-        if direct:
-            for n in range(g * N // G, (g + 1) * N // G):
-                direct_image(seg[g], x, n, wT, xp[g], OH, OW, KH, KW, PT, PL)
-                _pool_planar(yp, arg, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
-            continue
         u_lo, u_hi = g * U // G, (g + 1) * U // G
         for u0 in range(u_lo, u_hi, units):
             u1 = min(u0 + units, u_hi)
@@ -213,19 +220,22 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     units = _units(K, F, PH * OW, dtype.itemsize, U, G)
-    direct = K <= DIRECT_MAX_K and tuple(stride) == (1, 1)
-    rows = 0 if direct else units * PH * OW
-    HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
-    ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
-    wo = scratch(workspace, "out", (G, rows, F), dtype)  # (G, rows, F)
-    xp = scratch(workspace, "xpad", (G, C * HP * WP if direct else 0), dtype)  # (G, C*HP*WP)
-    seg = scratch(workspace, "seg", (G, F, HP * WP if direct else 0), dtype)  # (G, F, HP*WP)
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
     arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
-    with _blas.blas_single_threaded():
-        _forward_kernel(yp, arg, x.reshape(N, H, W * C), w2, np.ascontiguousarray(w2.T), bias, relu,
-                        conv._kmajor(KW, C), direct, ws, wo, xp, seg, units,
-                        conv.gemm_rows(K, F, dtype, conv.MIN_FORWARD_ROWS), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+    x3 = x.reshape(N, H, W * C)
+    if K <= DIRECT_MAX_K and tuple(stride) == (1, 1):
+        HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
+        xp = scratch(workspace, "xpad", (G, C * HP * WP), dtype)  # (G, C*HP*WP)
+        seg = scratch(workspace, "seg", (G, F, HP * WP), dtype)  # (G, F, HP*WP)
+        _direct_forward_kernel(yp, arg, x3, np.ascontiguousarray(w2.T), bias, relu, xp, seg,
+                               OH, OW, PH, PW, KH, KW, PT, PL)
+    else:
+        rows = units * PH * OW
+        ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
+        wo = scratch(workspace, "out", (G, rows, F), dtype)  # (G, rows, F)
+        with _blas.blas_single_threaded():
+            _forward_kernel(yp, arg, x3, w2, bias, relu, conv._kmajor(KW, C), ws, wo, units,
+                            conv.gemm_rows(K, F, dtype, conv.MIN_FORWARD_ROWS), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     cache = None
     if need_cache:
         cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace)
