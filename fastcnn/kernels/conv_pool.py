@@ -177,16 +177,22 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, ne
             u1 = min(u0 + units, n1 * OPH)
             rows = (u1 - u0) * L
             dyb = wdy[g, :rows]  # (rows, F)
-            dyb[:] = zero
             for u in range(u0, u1):
                 base = (u - u0) * L
-                for pw in range(OPW):
-                    d, a, p = dyp[u, pw], arg[u, pw], yp[u, pw]  # (F,) each
-                    for f in range(F):
-                        k = a[f]
-                        # A multiply, as relu's backward: NaN/inf in dy propagate.
-                        dyb[base + (k // PW) * OW + pw * PW + k % PW, f] = \
-                            d[f] * (one if (not relu or p[f] > zero) else zero)
+                for i in range(PH):
+                    for pw in range(OPW):
+                        d, a, p = dyp[u, pw], arg[u, pw], yp[u, pw]  # (F,) each
+                        for j in range(PW):
+                            # Every position of the window written once: the gradient at
+                            # the window's maximum, zero elsewhere (vectorized along F).
+                            k = i * PW + j
+                            dst = dyb[base + i * OW + pw * PW + j]  # (F,)
+                            for f in range(F):
+                                # A multiply, as relu's backward: NaN/inf in dy propagate.
+                                v = d[f] * (one if (not relu or p[f] > zero) else zero)
+                                dst[f] = v if a[f] == k else zero
+                    for col in range(OPW * PW, OW):  # a column no window covers
+                        dyb[base + i * OW + col] = zero
             runs = np.empty(u1 - u0, dtype=np.int64)  # each unit's first convolution row
             for u in range(u0, u1):
                 runs[u - u0] = (u // OPH * OH + u % OPH * PH) * OW
