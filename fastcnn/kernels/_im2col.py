@@ -12,7 +12,7 @@ zeros there and col2im drops the gradient that falls on it.
 
 import numpy as np
 
-from fastcnn.kernels._jit import kernel
+from fastcnn.kernels._jit import inline_kernel, kernel
 
 __all__ = ["im2col_rows", "im2col_rows_kmajor", "direct_image", "col2im_rows", "scratch"]
 
@@ -25,10 +25,9 @@ def im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
     KWC = cols.shape[1] // KH
     C = KWC // KW
     zero = cols.dtype.type(0)
+    # (n, oh, ow) of pixel r0, then stepped along: no division per pixel.
+    n, oh, ow = r0 // (OH * OW), (r0 // OW) % OH, r0 % OW
     for r in range(r0, r1):
-        n = r // (OH * OW)
-        oh = (r // OW) % OH
-        ow = r % OW
         start = (ow * SW - PL) * C  # flat column of the window's first element
         inside = start >= 0 and start + KWC <= WC
         row = cols[r - r0]  # (KH*KW*C,)
@@ -47,6 +46,20 @@ def im2col_rows(cols, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
                 for t in range(KWC):
                     s = start + t
                     row[base + t] = x[n, h, s] if 0 <= s < WC else zero
+        n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
+
+
+@inline_kernel
+def _next_pixel(n, oh, ow, OH, OW):
+    # The output pixel after (n, oh, ow) in (n, oh, ow) order.
+    ow += 1
+    if ow == OW:
+        ow = 0
+        oh += 1
+        if oh == OH:
+            oh = 0
+            n += 1
+    return n, oh, ow
 
 
 @kernel
@@ -141,10 +154,8 @@ def col2im_rows(dx, dcols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
     _, H, WC = dx.shape
     KWC = dcols.shape[1] // KH
     C = KWC // KW
+    n, oh, ow = r0 // (OH * OW), (r0 // OW) % OH, r0 % OW
     for r in range(r0, r1):
-        n = r // (OH * OW)
-        oh = (r // OW) % OH
-        ow = r % OW
         start = (ow * SW - PL) * C
         inside = start >= 0 and start + KWC <= WC
         row = dcols[r - r0]
@@ -163,6 +174,7 @@ def col2im_rows(dx, dcols, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
                     s = start + t
                     if 0 <= s < WC:
                         dx[n, h, s] += row[base + t]
+        n, oh, ow = _next_pixel(n, oh, ow, OH, OW)
 
 
 def scratch(workspace, key, shape, dtype):
