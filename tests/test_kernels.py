@@ -338,6 +338,24 @@ def test_gemms_cut_into_small_calls_match_the_reference(monkeypatch, dtype, op, 
     assert calls, "conv never asked how to cut its GEMMs"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_weight_gradient_cut_into_small_calls_matches_the_reference(monkeypatch, dtype):
+    """``dw = x.T @ dy`` in calls of 7 rows (300 input features over 2 groups: remainders)."""
+    monkeypatch.setattr(_blas, "small_gemm_rows", lambda K, N, dtype, least: 7)
+    monkeypatch.setattr(dense, "SPLIT_MIN_MACS", 0)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((9, 300)).astype(dtype)
+    w = rng.standard_normal((300, 5)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    ref = registry.get("dense", "reference")
+    y, cache = dense.dense_forward(x, w, b)
+    y_ref, cache_ref = ref.forward(x, w, b)
+    assert_close(y, y_ref, dtype=dtype, name="y")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for name, got, want in zip(("dx", "dw", "db"), dense.dense_backward(dy, cache), ref.backward(dy, cache_ref)):
+        assert_close(got, want, dtype=dtype, name=name)
+
+
 def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):
     monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 100**3)
     assert conv.gemm_rows(288, 32, np.float32, 32) == 108  # vgg_mini conv2: 108 * 288 * 32 <= 100**3

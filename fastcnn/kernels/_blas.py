@@ -26,6 +26,7 @@ import ctypes
 import os
 
 import llvmlite.binding as llvm
+import numpy as np
 from numba import types
 from numba.core.extending import overload
 
@@ -34,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - a hard dependency, but stay importable
     threadpoolctl = None
 
-__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "gemm", "blas_single_threaded", "ROW_MAJOR", "NO_TRANS", "TRANS"]
+__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_rows", "gemm", "blas_single_threaded", "ROW_MAJOR", "NO_TRANS", "TRANS"]
 
 #: CBLAS enums (cblas.h).
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -128,6 +129,14 @@ AVAILABLE = _WIDTH is not None
 
 #: float32 GEMMs of at most this ``M*N*K`` skip operand packing (:func:`_small_gemm_mnk`).
 SMALL_GEMM_MNK = _small_gemm_mnk() if AVAILABLE else 0
+
+
+def small_gemm_rows(K, N, dtype, least):
+    """Rows per call that keep a float32 GEMM ``(rows, K) x (K, N)`` within
+    :data:`SMALL_GEMM_MNK`, or ``2**62`` (one call) when that is fewer than ``least``
+    rows, for float64, or without small kernels."""
+    rows = SMALL_GEMM_MNK // (K * N) if np.dtype(dtype) == np.float32 and K * N else 0
+    return rows if rows >= least else 1 << 62
 
 _INT = types.int64 if _WIDTH != 32 else types.int32
 _SUFFIX = f"i{_WIDTH or 64}"

@@ -253,8 +253,7 @@ def gemm_rows(K, F, dtype, least):
     F=32``: 108 rows a call). When that would be fewer than ``least`` rows a
     call (:data:`MIN_FORWARD_ROWS`, :data:`MIN_WEIGHT_ROWS`) a block is one call.
     """
-    rows = _blas.SMALL_GEMM_MNK // (K * F) if np.dtype(dtype) == np.float32 else 0
-    return rows if rows >= least else 1 << 62
+    return _blas.small_gemm_rows(K, F, dtype, least)
 
 
 def backward_gemm_rows(K, F, dtype):
