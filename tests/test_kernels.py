@@ -379,6 +379,15 @@ def test_small_gemm_size_follows_the_blas_core(monkeypatch, info, expected):
     assert _blas._small_gemm_mnk() == expected
     monkeypatch.setenv("FASTCNN_SMALL_GEMM_MNK", "0")
     assert _blas._small_gemm_mnk() == 0
+    monkeypatch.setenv("FASTCNN_SMALL_GEMM_MNK", "500000")
+    assert _blas._small_gemm_mnk() == 500000
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1", "1e6"])
+def test_small_gemm_size_override_must_be_a_count(monkeypatch, bad):
+    monkeypatch.setenv("FASTCNN_SMALL_GEMM_MNK", bad)
+    with pytest.raises(ValueError, match=f"FASTCNN_SMALL_GEMM_MNK must be a non-negative integer.*{bad}"):
+        _blas._small_gemm_mnk()
 
 
 def test_every_numba_op_keeps_float32(restore_threads):

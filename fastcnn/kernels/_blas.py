@@ -78,9 +78,16 @@ def _small_gemm_mnk():
     kernels that read A and B where they lie (``sgemm_small_kernel_permit``).
     ``FASTCNN_SMALL_GEMM_MNK`` overrides it (0: never cut GEMMs for it).
     """
-    override = os.environ.get("FASTCNN_SMALL_GEMM_MNK")
-    if override is not None:
-        return max(0, int(override))
+    override = os.environ.get("FASTCNN_SMALL_GEMM_MNK", "").strip()
+    if override:
+        try:
+            value = int(override)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"FASTCNN_SMALL_GEMM_MNK must be a non-negative integer (0 turns the small GEMM "
+                             f"calls off), got {override!r}")
+        return value
     info = _numpy_blas_info()
     if info.get("internal_api") != "openblas":
         return 0
