@@ -362,6 +362,9 @@ def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):
     assert conv.gemm_rows(576, 64, np.float32, 16) == 27
     assert conv.gemm_rows(576, 64, np.float32, 32) >= 2**62  # fewer than `least` rows: one call a block
     assert conv.gemm_rows(288, 32, np.float64, 16) >= 2**62  # the small kernels are SGEMM's
+    assert conv.forward_gemm_rows(288, 32, np.float32) == 108
+    assert conv.forward_gemm_rows(288, 64, np.float32) >= 2**62  # more filters than FORWARD_CUT_MAX_F
+    assert conv.backward_gemm_rows(288, 64, np.float32) == (54, 54)
     monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 0)
     assert conv.gemm_rows(288, 32, np.float32, 16) >= 2**62
 

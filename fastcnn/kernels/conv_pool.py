@@ -241,7 +241,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
         wo = scratch(workspace, "out", (G, rows, F), dtype)  # (G, rows, F)
         with _blas.blas_single_threaded():
             _forward_kernel(yp, arg, x3, w2, bias, relu, conv._kmajor(KW, C), ws, wo, units,
-                            conv.gemm_rows(K, F, dtype, conv.MIN_FORWARD_ROWS), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+                            conv.forward_gemm_rows(K, F, dtype), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     cache = None
     if need_cache:
         cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace)
