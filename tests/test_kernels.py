@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import _blas, _im2col, activations, conv, conv_im2col, conv_pool, dense, loss, optim, pooling, warmup
+from fastcnn.kernels import _blas, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim, pooling, warmup
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
 
@@ -115,7 +115,8 @@ PARALLEL_KERNELS = [
     (conv, "_forward_kernel"), (conv, "_backward_kernel"),
     (conv_im2col, "_im2col_kernel"), (conv_im2col, "_col2im_kernel"),
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
-    (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_backward_kernel"),
+    (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_shifted_forward_kernel"),
+    (conv_pool, "_backward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
 ]
@@ -147,8 +148,10 @@ def batch_parallel_outputs(dtype):
             grads = getattr(conv, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
+    x16 = rng.standard_normal((7, 9, 8, 16)).astype(dtype)  # C = 16: the shifted-GEMM forward
+    w16 = rng.standard_normal((3, 3, 16, 4)).astype(dtype)
     for name in ("conv2d_maxpool2d", "conv2d_relu_maxpool2d"):
-        for xi, wi in ((x5, w5), (x, w)):  # row-major and transposed im2col blocks
+        for xi, wi in ((x5, w5), (x, w), (x16, w16)):  # row-major and transposed im2col blocks, shifted GEMMs
             y, cache = getattr(conv_pool, name + "_forward")(xi, wi, b, stride=(1, 1), padding=same, pool_size=(2, 3))
             grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
@@ -354,6 +357,59 @@ def test_dense_weight_gradient_cut_into_small_calls_matches_the_reference(monkey
     dy = rng.standard_normal(y.shape).astype(dtype)
     for name, got, want in zip(("dx", "dw", "db"), dense.dense_backward(dy, cache), ref.backward(dy, cache_ref)):
         assert_close(got, want, dtype=dtype, name=name)
+
+
+# (N, H, W, C, F, kernel, padding, pool): stride 1, the shifted-GEMM forward's domain.
+SHIFTED_GRID = [
+    (2, 9, 7, 16, 5, (3, 3), ((1, 1), (1, 1)), (2, 2)),
+    (3, 8, 8, 3, 4, (3, 3), ((0, 0), (0, 0)), (2, 3)),  # columns and rows no window covers
+    (2, 7, 9, 2, 3, (2, 3), ((2, 0), (1, 2)), (3, 2)),  # rectangular kernel, uneven padding
+    (1, 6, 5, 4, 2, (1, 1), ((0, 0), (0, 0)), (2, 2)),
+    (2, 9, 9, 3, 2, (5, 5), ((2, 2), (2, 2)), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+@pytest.mark.parametrize("case", SHIFTED_GRID)
+@pytest.mark.parametrize("op", ["conv2d_maxpool2d", "conv2d_relu_maxpool2d"])
+def test_shifted_gemm_forward_matches_the_reference(monkeypatch, op, case, kind, dtype):
+    """The fused conv + pool forward as shifted GEMMs (forced for any channel count here)
+    against the reference layers, then its backward from that forward's cache."""
+    monkeypatch.setattr(_shifted, "MIN_CHANNELS", 1)
+    N, H, W, C, F, kernel, padding, pool = case
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, H, W, C))
+    w = rng.standard_normal(kernel + (C, F))
+    b = rng.standard_normal(F)
+    if kind == "ties":  # integer inputs and weights: many equal outputs, the first maximum must win
+        x, w, b = np.round(x), np.round(w), np.round(b)
+    x, w, b = (a.astype(dtype) for a in (x, w, b))
+    kwargs = dict(stride=(1, 1), padding=padding, pool_size=pool)
+    fast, ref = registry.get(op, "numba"), registry.get(op, "reference")
+    y, cache = fast.forward(x, w, b, **kwargs)
+    y_ref, cache_ref = ref.forward(x, w, b, **kwargs)
+    assert_close(y, y_ref, dtype=dtype, name="y")
+    if kind == "ties":
+        np.testing.assert_array_equal(y, y_ref)  # integers: exact, so the window index must be too
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for name, got, want in zip(("dx", "dw", "db"), fast.backward(dy, cache), ref.backward(dy, cache_ref)):
+        assert_close(got, want, dtype=dtype, name=name)
+
+
+def test_shifted_gemm_forward_is_the_default_from_16_channels(monkeypatch):
+    """A 32-channel conv + pool takes the shifted path without any setting (the kernel runs)."""
+    calls = []
+    kernel = conv_pool._shifted_forward_kernel
+    monkeypatch.setattr(conv_pool, "_shifted_forward_kernel", lambda *a: calls.append(1) or kernel(*a))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 10, 10, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 32, 8)).astype(np.float32)
+    kwargs = dict(stride=(1, 1), padding=((1, 1), (1, 1)), pool_size=(2, 2))
+    y, _ = conv_pool.conv2d_relu_maxpool2d_forward(x, w, None, **kwargs)
+    y_ref, _ = registry.get("conv2d_relu_maxpool2d", "reference").forward(x, w, None, **kwargs)
+    assert calls == [1]
+    assert_close(y, y_ref, dtype=np.float32, name="y")
 
 
 def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):

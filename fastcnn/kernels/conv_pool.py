@@ -15,6 +15,10 @@ same GEMMs as :mod:`fastcnn.kernels.conv`, recomputing im2col from the input.
 Neither direction stores or re-reads the convolution output: at the mnist_cnn
 conv2 shape that is 9.4 MB written and read three times less per step.
 
+With a stride of 1 and 16 input channels or more the forward skips im2col
+altogether: shifted GEMMs over a zero-padded copy of each image
+(:mod:`fastcnn.kernels._shifted`), pooled from the full-width rows they produce.
+
 Only pools with stride equal to their size and no padding are fused (every
 preset's); a convolution row or column that no window covers is computed and
 dropped, and gets zero gradient, as in the unfused layers.
@@ -27,6 +31,8 @@ from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, conv
 from fastcnn.kernels._im2col import direct_image, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
+from fastcnn.kernels import _shifted
+from fastcnn.kernels._shifted import frame_rows, pad_image, shifted_gemm
 from fastcnn.kernels.pooling import _index_dtype, max_into
 
 __all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward",
@@ -36,7 +42,8 @@ __all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward",
 @kernel
 def _pool_units(yp, arg, out, b, relu, u0, u1, OW, PH, PW):
     # Pool units u0..u1 from out: (rows, F), their convolution output (unit u's
-    # PH rows of OW pixels at row (u - u0)*PH*OW); yp, arg: (U, OPW, F) out.
+    # PH rows of OW pixels at row (u - u0)*PH*OW; OW may be a wider row, whose
+    # columns past the pooling windows are never read); yp, arg: (U, OPW, F) out.
     _, OPW, F = yp.shape
     L = PH * OW
     zero = yp.dtype.type(0)
@@ -123,6 +130,29 @@ def _direct_forward_kernel(yp, arg, x, wT, b, relu, xp, seg, OH, OW, PH, PW, KH,
         for n in range(g * N // G, (g + 1) * N // G):
             direct_image(seg[g], x, n, wT, xp[g], OH, OW, KH, KW, PT, PL)
             _pool_planar(yp, arg, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
+
+
+@parallel_kernel
+def _shifted_forward_kernel(yp, arg, x, w4, b, relu, frame, wo, units, OH, OW, PH, PW, PT, PL):
+    # Stride 1, as shifted GEMMs (fastcnn.kernels._shifted): groups own whole images;
+    # each image goes zero-padded into the group's frame: (G, frame_rows, C), then runs
+    # of `units` pooling rows are convolved over the frame's full width WP into
+    # wo: (G, units*PH*WP, F) and pooled (columns ow >= OW are never read).
+    # yp, arg: as _forward_kernel's; x: (N, H, W*C); w4: (KH, KW, C, F); b: (F,) or size 0.
+    N = x.shape[0]
+    OPH = yp.shape[0] // N
+    G = frame.shape[0]
+    KH, KW = w4.shape[0], w4.shape[1]
+    HP, WP = OH + KH - 1, OW + KW - 1
+    for g in prange(G):
+        for n in range(g * N // G, (g + 1) * N // G):
+            pad_image(frame[g], x, n, HP, WP, PT, PL)
+            for u0 in range(n * OPH, (n + 1) * OPH, units):
+                u1 = min(u0 + units, (n + 1) * OPH)
+                p0 = (u0 - n * OPH) * PH * WP  # the run's first full-width convolution row
+                out = wo[g, :(u1 - u0) * PH * WP]  # (rows, F)
+                shifted_gemm(out, frame[g], w4, p0, p0 + (u1 - u0) * PH * WP, WP)
+                _pool_units(yp, arg, out, b, relu, u0, u1, WP, PH, PW)
 
 
 @parallel_kernel
@@ -229,7 +259,15 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
     arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     x3 = x.reshape(N, H, W * C)
-    if K <= DIRECT_MAX_K and tuple(stride) == (1, 1):
+    if tuple(stride) == (1, 1) and C >= _shifted.MIN_CHANNELS:
+        HP, WP = OH + KH - 1, OW + KW - 1  # the padded frame
+        units = max(1, _shifted.ROWS_PER_CALL // (PH * WP))
+        frame = scratch(workspace, "frame", (G, frame_rows(HP, WP, KW), C), dtype)  # (G, frame_rows, C)
+        wo = scratch(workspace, "out", (G, units * PH * WP, F), dtype)  # (G, units*PH*WP, F)
+        with _blas.blas_single_threaded():
+            _shifted_forward_kernel(yp, arg, x3, np.ascontiguousarray(w, dtype=dtype), bias, relu, frame, wo, units,
+                                    OH, OW, PH, PW, PT, PL)
+    elif K <= DIRECT_MAX_K and tuple(stride) == (1, 1):
         HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
         xp = scratch(workspace, "xpad", (G, C * HP * WP), dtype)  # (G, C*HP*WP)
         seg = scratch(workspace, "seg", (G, F, HP * WP), dtype)  # (G, F, HP*WP)
