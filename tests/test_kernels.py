@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import _blas, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim, pooling, warmup
+from fastcnn.kernels import (_blas, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim,
+                             pooling, warmup)
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
 
@@ -70,15 +71,15 @@ def test_parallel_pool_backward_equals_serial(restore_threads, dtype, pool_size,
 
 
 def cut_gemms(monkeypatch, rows=3):
-    """Every forward and weight-gradient GEMM of conv and conv_pool in calls of ``rows`` rows
-    (at the test shapes a block is one call otherwise: see ``conv.gemm_rows``)."""
+    """Every cut GEMM of conv and conv_pool in calls of ``rows`` rows (at the test shapes a
+    block is one call otherwise: see ``conv.forward_gemm_rows``)."""
     calls = []
 
-    def gemm_rows(K, F, dtype, least):
+    def small_gemm_rows(K, F, dtype, least):
         calls.append((K, F))
         return rows
 
-    monkeypatch.setattr(conv, "gemm_rows", gemm_rows)
+    monkeypatch.setattr(_blas, "small_gemm_rows", small_gemm_rows)
     return calls
 
 
@@ -414,15 +415,15 @@ def test_shifted_gemm_forward_is_the_default_from_16_channels(monkeypatch):
 
 def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):
     monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 100**3)
-    assert conv.gemm_rows(288, 32, np.float32, 32) == 108  # vgg_mini conv2: 108 * 288 * 32 <= 100**3
-    assert conv.gemm_rows(576, 64, np.float32, 16) == 27
-    assert conv.gemm_rows(576, 64, np.float32, 32) >= 2**62  # fewer than `least` rows: one call a block
-    assert conv.gemm_rows(288, 32, np.float64, 16) >= 2**62  # the small kernels are SGEMM's
+    assert _blas.small_gemm_rows(288, 32, np.float32, 32) == 108  # vgg_mini conv2: 108 * 288 * 32 <= 100**3
+    assert _blas.small_gemm_rows(576, 64, np.float32, 16) == 27
+    assert _blas.small_gemm_rows(576, 64, np.float32, 32) >= 2**62  # fewer than `least` rows: one call a block
+    assert _blas.small_gemm_rows(288, 32, np.float64, 16) >= 2**62  # the small kernels are SGEMM's
     assert conv.forward_gemm_rows(288, 32, np.float32) == 108
     assert conv.forward_gemm_rows(288, 64, np.float32) >= 2**62  # more filters than FORWARD_CUT_MAX_F
     assert conv.backward_gemm_rows(288, 64, np.float32) == (54, 54)
     monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 0)
-    assert conv.gemm_rows(288, 32, np.float32, 16) >= 2**62
+    assert _blas.small_gemm_rows(288, 32, np.float32, 16) >= 2**62
 
 
 @pytest.mark.parametrize("info, expected", [
@@ -488,12 +489,12 @@ def _kernel_dispatchers():
     from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
 
     found = {}
-    for module in (activations, conv, conv_im2col, _im2col, optim, pooling):
+    for module in (activations, conv, conv_im2col, conv_pool, dense, _im2col, _shifted, optim, pooling):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:
-                if isinstance(item, numba.core.registry.CPUDispatcher):
-                    found[item.py_func.__qualname__] = item
+                if isinstance(item, numba.core.registry.CPUDispatcher):  # conv and dense share names
+                    found[f"{module.__name__}.{item.py_func.__qualname__}"] = item
     return found
 
 
@@ -552,10 +553,11 @@ def test_warmup_runs_and_validates_dtypes():
 #: print the kernel signatures that were compiled (or loaded) after warmup returned.
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
-from fastcnn.kernels import _im2col, activations, conv, loss, optim, pooling
+from fastcnn.kernels import _im2col, _shifted, activations, conv, conv_pool, dense, loss, optim, pooling
 
 def signatures():
-    return {(m.__name__, d.py_func.__qualname__, sig) for m in (activations, conv, _im2col, loss, optim, pooling)
+    return {(m.__name__, d.py_func.__qualname__, sig)
+            for m in (activations, conv, conv_pool, dense, _im2col, _shifted, loss, optim, pooling)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}

@@ -35,7 +35,8 @@ try:
 except ImportError:  # pragma: no cover - a hard dependency, but stay importable
     threadpoolctl = None
 
-__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_rows", "gemm", "blas_single_threaded", "ROW_MAJOR", "NO_TRANS", "TRANS"]
+__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_rows", "gemm", "blas_single_threaded", "ROW_MAJOR",
+           "NO_TRANS", "TRANS"]
 
 #: CBLAS enums (cblas.h).
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -144,6 +145,7 @@ def small_gemm_rows(K, N, dtype, least):
     rows, for float64, or without small kernels."""
     rows = SMALL_GEMM_MNK // (K * N) if np.dtype(dtype) == np.float32 and K * N else 0
     return rows if rows >= least else 1 << 62
+
 
 _INT = types.int64 if _WIDTH != 32 else types.int32
 _SUFFIX = f"i{_WIDTH or 64}"

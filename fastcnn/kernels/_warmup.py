@@ -10,7 +10,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 
 import numpy as np
 
-from fastcnn.kernels import activations, conv, conv_pool, dense, loss, optim, pooling
+from fastcnn.kernels import _shifted, activations, conv, conv_pool, dense, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -28,11 +28,13 @@ def _run_dtype(dtype):
         backward(np.ones_like(y), cache)
         forward(x, w, None, **geometry, need_cache=False)
 
-    for w_ in (w, w[:, :, :1]):  # row-major and transposed im2col blocks
+    x16 = rng.standard_normal((2, 5, 5, _shifted.MIN_CHANNELS)).astype(dtype)  # the shifted-GEMM forward
+    w16 = rng.standard_normal((3, 3, _shifted.MIN_CHANNELS, 2)).astype(dtype)
+    for w_ in (w, w[:, :, :1], w16):  # row-major and transposed im2col blocks, shifted GEMMs
         for forward, backward in ((conv_pool.conv2d_maxpool2d_forward, conv_pool.conv2d_maxpool2d_backward),
                                   (conv_pool.conv2d_relu_maxpool2d_forward,
                                    conv_pool.conv2d_relu_maxpool2d_backward)):
-            xi = np.ascontiguousarray(x[..., :w_.shape[2]])
+            xi = x16 if w_ is w16 else np.ascontiguousarray(x[..., :w_.shape[2]])
             y, cache = forward(xi, np.ascontiguousarray(w_), b, **geometry, pool_size=(2, 2))
             backward(np.ones_like(y), cache)
             forward(xi, np.ascontiguousarray(w_), None, **geometry, pool_size=(2, 2), need_cache=False)

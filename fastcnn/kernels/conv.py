@@ -43,7 +43,7 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_r
 #: GEMM's packed panels beside it. (mnist_cnn conv2: 576-row blocks, one image.)
 BLOCK_BYTES = 640 * 1024
 
-#: Fewest rows per GEMM call worth cutting a block into (:func:`gemm_rows`): for the
+#: Fewest rows per GEMM call worth cutting a block into (:func:`forward_gemm_rows`): for the
 #: forward and input-gradient GEMMs, and for the weight gradient. Measured at
 #: vgg_mini's conv4 (``K=576, F=64``: 27 rows a call), the forward ran 1.14x
 #: slower cut and the input gradient no faster, the weight gradient 1.17x faster.
@@ -77,7 +77,7 @@ def _bias_relu(out, b, relu):
 def _forward_kernel(y, x, w2, b, relu, kmajor, ws, block, sub, OH, OW, KH, KW, SH, SW, PT, PL):
     # y: (M, F) out, M = N*OH*OW output pixels; x: (N, H, W*C); w2: (K, F);
     # b: (F,) or size 0 for no bias; ws: (G, block, K) one im2col buffer per group,
-    # used as (K, block) when kmajor; sub: rows per GEMM call (gemm_rows).
+    # used as (K, block) when kmajor; sub: rows per GEMM call (forward_gemm_rows).
     M = y.shape[0]
     G, _, K = ws.shape
     for g in prange(G):
@@ -176,7 +176,7 @@ def block_backward(dx, dw, db, dyb, x, wT, ws, ones, runs, L, kmajor, need_dx, s
     block's im2col in ``ws``: ``(R, K)`` (used as ``(K, R)`` when kmajor); with
     ``need_dx``, ``dx`` += col2im of ``dyb @ wT``, ``wT``: ``(F, K)`` the weights
     transposed (a GEMM of untransposed operands, which can take OpenBLAS's small
-    kernels). ``sub_w``, ``sub_x``: rows per GEMM call (:func:`gemm_rows`) of the
+    kernels). ``sub_w``, ``sub_x``: rows per GEMM call (:func:`backward_gemm_rows`) of the
     weight and input gradients.
     """
     rows = dyb.shape[0]
@@ -249,28 +249,25 @@ def _block_rows(K, itemsize, M, G):
     return max(1, min(rows, -(-M // G)))
 
 
-def gemm_rows(K, F, dtype, least):
-    """Rows per GEMM call of a forward or weight-gradient GEMM (``(rows, K) x (K, F)``).
+def forward_gemm_rows(K, F, dtype):
+    """Rows per call of a block's forward GEMM ``(rows, K) x (K, F)``.
 
     OpenBLAS's AVX-512 kernels multiply a float32 GEMM of at most
     :data:`fastcnn.kernels._blas.SMALL_GEMM_MNK` multiply-adds without packing
-    its operands: a block cut into calls that small ran 1.36x faster forward
-    and 1.32x in the weight gradient at the vgg_mini conv2 shape (``K=288,
-    F=32``: 108 rows a call). When that would be fewer than ``least`` rows a
-    call (:data:`MIN_FORWARD_ROWS`, :data:`MIN_WEIGHT_ROWS`) a block is one call.
+    its operands (:func:`fastcnn.kernels._blas.small_gemm_rows`): a block cut into
+    calls that small ran 1.36x faster forward and 1.32x in the weight gradient at
+    the vgg_mini conv2 shape (``K=288, F=32``: 108 rows a call). Fewer than
+    :data:`MIN_FORWARD_ROWS` rows a call, or more than :data:`FORWARD_CUT_MAX_F`
+    filters: a block is one call.
     """
-    return _blas.small_gemm_rows(K, F, dtype, least)
-
-
-def forward_gemm_rows(K, F, dtype):
-    """Rows per call of a forward GEMM (:func:`gemm_rows`; cut only up to :data:`FORWARD_CUT_MAX_F` filters)."""
-    return gemm_rows(K, F, dtype, MIN_FORWARD_ROWS) if F <= FORWARD_CUT_MAX_F else 1 << 62
+    return _blas.small_gemm_rows(K, F, dtype, MIN_FORWARD_ROWS) if F <= FORWARD_CUT_MAX_F else 1 << 62
 
 
 def backward_gemm_rows(K, F, dtype):
     """``(weight, input)`` gradient GEMM rows per call: the input gradient's GEMM
     (``dy @ wT``) has the forward's shape class (untransposed operands)."""
-    return gemm_rows(K, F, dtype, MIN_WEIGHT_ROWS), gemm_rows(K, F, dtype, MIN_FORWARD_ROWS)
+    return (_blas.small_gemm_rows(K, F, dtype, MIN_WEIGHT_ROWS),
+            _blas.small_gemm_rows(K, F, dtype, MIN_FORWARD_ROWS))
 
 
 def _forward(x, w, b, stride, padding, workspace, need_cache, relu):

@@ -28,10 +28,9 @@ import numpy as np
 from numba import prange
 
 from fastcnn.geometry import output_hw
-from fastcnn.kernels import _blas, conv
+from fastcnn.kernels import _blas, _shifted, conv
 from fastcnn.kernels._im2col import direct_image, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
-from fastcnn.kernels import _shifted
 from fastcnn.kernels._shifted import frame_rows, pad_image, shifted_gemm
 from fastcnn.kernels.pooling import _index_dtype, max_into
 
@@ -255,7 +254,6 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     K, U, G, dtype = KH * KW * C, N * OPH, conv._groups(), x.dtype
     w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
-    units = _units(K, F, PH * OW, dtype.itemsize, U, G)
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
     arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     x3 = x.reshape(N, H, W * C)
@@ -265,7 +263,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
         frame = scratch(workspace, "frame", (G, frame_rows(HP, WP, KW), C), dtype)  # (G, frame_rows, C)
         wo = scratch(workspace, "out", (G, units * PH * WP, F), dtype)  # (G, units*PH*WP, F)
         with _blas.blas_single_threaded():
-            _shifted_forward_kernel(yp, arg, x3, np.ascontiguousarray(w, dtype=dtype), bias, relu, frame, wo, units,
+            _shifted_forward_kernel(yp, arg, x3, w2.reshape(KH, KW, C, F), bias, relu, frame, wo, units,
                                     OH, OW, PH, PW, PT, PL)
     elif K <= DIRECT_MAX_K and tuple(stride) == (1, 1):
         HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
@@ -274,6 +272,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
         _direct_forward_kernel(yp, arg, x3, np.ascontiguousarray(w2.T), bias, relu, xp, seg,
                                OH, OW, PH, PW, KH, KW, PT, PL)
     else:
+        units = _units(K, F, PH * OW, dtype.itemsize, U, G)
         rows = units * PH * OW
         ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
         wo = scratch(workspace, "out", (G, rows, F), dtype)  # (G, rows, F)

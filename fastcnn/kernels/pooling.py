@@ -161,7 +161,7 @@ def max_pool2d_forward(x, *, pool_size, stride, padding):
     Shape: x ``(N, H, W, C)`` -> y ``(N, OH, OW, C)``.
     """
     x = np.ascontiguousarray(x)
-    (PH, PW), (SH, SW), ((PT, PB), (PL, PR)) = pool_size, stride, padding
+    (PH, PW), (SH, SW), ((PT, _), (PL, _)) = pool_size, stride, padding
     N, H, W, C = x.shape
     OH, OW = output_hw((H, W), pool_size, stride, padding)
     y = np.empty((N, OH, OW, C), dtype=x.dtype)  # (N, OH, OW, C)
@@ -185,7 +185,7 @@ def avg_pool2d_forward(x, *, pool_size, stride, padding):
     Shape: x ``(N, H, W, C)`` -> y ``(N, OH, OW, C)``.
     """
     x = np.ascontiguousarray(x)
-    (PH, PW), (SH, SW), ((PT, PB), (PL, PR)) = pool_size, stride, padding
+    (PH, PW), (SH, SW), ((PT, _), (PL, _)) = pool_size, stride, padding
     N, H, W, C = x.shape
     OH, OW = output_hw((H, W), pool_size, stride, padding)
     y = np.empty((N, OH, OW, C), dtype=x.dtype)  # (N, OH, OW, C)
