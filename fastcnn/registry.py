@@ -5,45 +5,110 @@ Implementations register themselves when their package is imported
 benchmarks iterate :func:`ops` and :func:`implementations`, so a variant is
 tested and timed the moment it is registered.
 
-Resolution of ``impl="auto"``: the environment variable ``FASTCNN_IMPL`` if set,
-otherwise ``"numba"``. ``"numba"`` (asked for or resolved) means the numba entry
-where the op has one and ``"numpy"`` otherwise, because a numba kernel is only
-registered where a benchmark shows it beats the NumPy path. ``"reference"`` and
-``"numpy"`` exist for every op.
+Names: a *family* (``"reference"``, ``"numpy"``, ``"numba"``) or a *variant*
+of the numba family, ``"numba:<name>"`` (``numba:im2col``, ``numba:shifted``,
+``numba:direct``, ``numba:winograd``, ...). A variant comes with a predicate,
+``applies(geometry) -> bool`` on a :class:`Geometry`, saying where it is
+correct (stride, kernel size, padding, dtype). Where an op has variants, its
+``"numba"`` entry is a dispatcher: per call geometry it runs the variant the
+planner (:mod:`fastcnn.planner`) chose, and the backward of that same variant.
+
+Resolution of ``impl="auto"``: the environment variable ``FASTCNN_IMPL`` if set
+(a family), otherwise ``"numba"``. ``"numba"`` (asked for or resolved) means the
+numba entry where the op has one and ``"numpy"`` otherwise, because a numba
+kernel is only registered where a benchmark shows it beats the NumPy path.
+``"reference"`` and ``"numpy"`` exist for every op. A variant name asks for that
+variant, and is an error for an op that does not have it.
 """
 
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
-__all__ = ["OpImpl", "register", "get", "resolve", "default_impl", "ops", "implementations", "IMPLS"]
+__all__ = ["OpImpl", "Geometry", "register", "get", "resolve", "default_impl", "ops", "implementations",
+           "variants", "family", "check_impl", "geometry_of", "IMPLS"]
 
-#: Known implementation names, slowest first.
+#: Known implementation families, slowest first.
 IMPLS = ("reference", "numpy", "numba")
 
 _REGISTRY: dict[str, dict[str, "OpImpl"]] = {}
 _LOADED = False
 
 
+class Geometry(NamedTuple):
+    """What a variant's predicate and the planner see of one call: shapes, not values.
+
+    ``stride``, ``padding`` (``((PT, PB), (PL, PR))``) and ``pool_size`` are None
+    for ops without them (dense); ``dtype`` is the input's dtype name.
+    """
+
+    op: str
+    x_shape: tuple
+    w_shape: tuple
+    stride: Optional[tuple]
+    padding: Optional[tuple]
+    pool_size: Optional[tuple]
+    dtype: str
+
+
+def geometry_of(op, args, kwargs):
+    """The :class:`Geometry` of a call ``forward(*args, **kwargs)`` of a weighted op."""
+    x, w = args[0], args[1]
+
+    def pairs(v):
+        return None if v is None else tuple(tuple(int(t) for t in p) if isinstance(p, (tuple, list)) else int(p)
+                                            for p in v)
+
+    return Geometry(op, tuple(x.shape), tuple(w.shape), pairs(kwargs.get("stride")), pairs(kwargs.get("padding")),
+                    pairs(kwargs.get("pool_size")), x.dtype.name)
+
+
+def _always(geometry):
+    return True
+
+
 @dataclass(frozen=True)
 class OpImpl:
-    """One implementation of one op."""
+    """One implementation of one op; ``applies(geometry)`` says where a variant may run."""
 
     op: str
     impl: str
     forward: Callable
     backward: Optional[Callable]
+    applies: Callable = _always
 
     def __repr__(self):
         return f"OpImpl({self.op!r}, {self.impl!r})"
 
 
-def register(op, impl, forward, backward=None):
-    """Register ``forward``/``backward`` as implementation ``impl`` of ``op``."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
-    _REGISTRY.setdefault(op, {})[impl] = OpImpl(op, impl, forward, backward)
+def family(impl):
+    """The family of an implementation name: ``"numba:winograd"`` -> ``"numba"``."""
+    return impl.split(":", 1)[0]
+
+
+def check_impl(impl, owner=""):
+    """Raise ``ValueError`` unless ``impl`` is ``"auto"``, a family or a well-formed variant name."""
+    fam, sep, name = impl.partition(":") if isinstance(impl, str) else ("", "", "")
+    if impl == "auto" or (fam in IMPLS and (not sep or (fam == "numba" and name))):
+        return impl
+    where = f"{owner}: " if owner else ""
+    raise ValueError(f"{where}unknown impl {impl!r}; expected 'auto' or one of {IMPLS}, or a numba variant "
+                     f"such as 'numba:im2col' (see fastcnn.registry.implementations(op))")
+
+
+def register(op, impl, forward, backward=None, *, applies=None):
+    """Register ``forward``/``backward`` as implementation ``impl`` of ``op``.
+
+    ``impl`` is a family name or a variant ``"numba:<name>"``; a variant takes
+    ``applies(geometry) -> bool`` (default: everywhere).
+    """
+    check_impl(impl)
+    if impl == "auto":
+        raise ValueError("'auto' is not an implementation name")
+    if applies is not None and ":" not in impl:
+        raise ValueError(f"only a variant takes a predicate; {impl!r} is a family")
+    _REGISTRY.setdefault(op, {})[impl] = OpImpl(op, impl, forward, backward, applies or _always)
 
 
 def _load():
@@ -59,6 +124,7 @@ def _load():
         numba = None
     if numba is not None:
         importlib.import_module("fastcnn.kernels")
+    _compose_dispatchers()
     _compose_fused()
 
 
@@ -110,6 +176,31 @@ def _compose_fused():
             register(fused, impl, *_chain([_REGISTRY[op][impl] for op in chain]))
 
 
+def _compose_dispatchers():
+    for op, entries in _REGISTRY.items():
+        if "numba" not in entries and any(family(name) == "numba" for name in entries):
+            register(op, "numba", *_dispatcher(op))
+
+
+def _dispatcher(op):
+    """The ``"numba"`` entry of an op with variants: the planner's choice per call geometry."""
+    from fastcnn import planner
+
+    def forward(*args, **kwargs):
+        entry = planner.choose(op, args, kwargs)
+        y, cache = entry.forward(*args, **kwargs)
+        return y, (None if cache is None else (entry, cache))
+
+    def backward(dy, cache, **kwargs):
+        if cache is None:
+            raise ValueError("backward after a forward with need_cache=False")
+        entry, inner = cache
+        return entry.backward(dy, inner, **kwargs)
+
+    forward.__name__, backward.__name__ = f"{op}_forward", f"{op}_backward"
+    return forward, backward
+
+
 def ops():
     """Names of every registered op, sorted."""
     _load()
@@ -117,18 +208,26 @@ def ops():
 
 
 def implementations(op):
-    """Implementation names registered for ``op``, slowest first."""
+    """Implementation names registered for ``op``: the families slowest first, then the variants."""
     _load()
     if op not in _REGISTRY:
         raise KeyError(f"unknown op {op!r}; registered ops: {sorted(_REGISTRY)}")
-    return [name for name in IMPLS if name in _REGISTRY[op]]
+    return [name for name in IMPLS if name in _REGISTRY[op]] + variants(op)
+
+
+def variants(op, geometry=None):
+    """The ``"numba:*"`` variants of ``op`` in registration order; only those whose predicate
+    holds for ``geometry`` when one is given."""
+    _load()
+    return [name for name, entry in _REGISTRY.get(op, {}).items()
+            if ":" in name and (geometry is None or entry.applies(geometry))]
 
 
 def default_impl():
     """What ``impl="auto"`` asks for: ``$FASTCNN_IMPL`` if set, else ``"numba"``."""
     impl = os.environ.get("FASTCNN_IMPL", "").strip() or "numba"
     if impl not in IMPLS:
-        raise ValueError(f"FASTCNN_IMPL={impl!r} is not one of {IMPLS}")
+        raise ValueError(f"FASTCNN_IMPL={impl!r} is not one of {IMPLS} (a variant is chosen with FASTCNN_PLAN)")
     return impl
 
 
@@ -137,8 +236,8 @@ def resolve(op, impl="auto"):
     available = implementations(op)
     if impl == "auto":
         impl = default_impl()
-    elif impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {IMPLS}")
+    else:
+        check_impl(impl)
     if impl == "numba" and impl not in available:
         return "numpy"
     if impl not in available:

@@ -3,6 +3,8 @@ import os
 # Keep BLAS from oversubscribing the two cores while numba also runs threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Tests never depend on timings: the planner uses its fixed rules unless a test says otherwise.
+os.environ.setdefault("FASTCNN_PLAN", "heuristic")
 
 from types import SimpleNamespace  # noqa: E402
 

@@ -8,22 +8,42 @@ beside Numba's. Left to NumPy on purpose: ``flatten`` (a reshape), ``tanh``
 (NumPy's SIMD tanh wins) and ``global_avg_pool2d`` (not in the mnist_cnn
 profile; no kernel written yet).
 
+Where an op has several ways to run, each is a named variant with a predicate
+(:mod:`fastcnn.registry`), and the op's ``"numba"`` entry is the planner's
+choice among them (:mod:`fastcnn.planner`); the heuristic rules registered here
+are the planner's reproducible fallback.
+
 :func:`warmup` (exposed as ``fastcnn.warmup``) compiles or loads every kernel
 up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
-from fastcnn.kernels import _blas, activations, conv, conv_pool, dense, loss, pooling
+from fastcnn import planner
+from fastcnn.kernels import _blas, activations, conv, conv_im2col, conv_pool, dense, loss, pooling, winograd
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
 __all__ = ["warmup"]
 
-register("conv2d", "numba", conv.conv2d_forward, conv.conv2d_backward)
+CONV_OPS = ("conv2d", "conv2d_relu")
+CONV_POOL_OPS = ("conv2d_maxpool2d", "conv2d_relu_maxpool2d")
+
 if _blas.AVAILABLE:
-    register("conv2d_relu", "numba", conv.conv2d_relu_forward, conv.conv2d_relu_backward)
-    register("dense", "numba", dense.dense_forward, dense.dense_backward)
-    for _op in ("conv2d_maxpool2d", "conv2d_relu_maxpool2d"):
-        register(_op, "numba", getattr(conv_pool, _op + "_forward"), getattr(conv_pool, _op + "_backward"))
+    register("conv2d", "numba:im2col", conv.conv2d_forward, conv.conv2d_backward)
+    register("conv2d_relu", "numba:im2col", conv.conv2d_relu_forward, conv.conv2d_relu_backward)
+    for (_op, _name), _forward in conv_pool.VARIANTS.items():
+        _predicate = None if _name == "numba:im2col" else conv_pool.stride_one
+        register(_op, _name, _forward, getattr(conv_pool, _op + "_backward"), applies=_predicate)
+    for _op, (_forward, _backward) in winograd.VARIANTS.items():
+        register(_op, "numba:winograd", _forward, _backward, applies=winograd.applies)
+    for _name, (_forward, _backward) in dense.VARIANTS.items():
+        register("dense", _name, _forward, _backward)
+    for _op in CONV_OPS:
+        planner.HEURISTICS[_op] = lambda geometry: "numba:im2col"
+    for _op in CONV_POOL_OPS:
+        planner.HEURISTICS[_op] = conv_pool.heuristic
+    planner.HEURISTICS["dense"] = dense.heuristic
+else:  # pragma: no cover - NumPy without a BLAS we can bind: one im2col matrix, NumPy's GEMMs
+    register("conv2d", "numba:im2col", conv_im2col.conv2d_forward, conv_im2col.conv2d_backward)
 register("max_pool2d", "numba", pooling.max_pool2d_forward, pooling.max_pool2d_backward)
 register("avg_pool2d", "numba", pooling.avg_pool2d_forward, pooling.avg_pool2d_backward)
 for _op in ("relu", "leaky_relu", "sigmoid", "softmax", "dropout"):

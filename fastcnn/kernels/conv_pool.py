@@ -28,14 +28,15 @@ import numpy as np
 from numba import prange
 
 from fastcnn.geometry import output_hw
+from fastcnn.registry import Geometry
 from fastcnn.kernels import _blas, _shifted, conv
 from fastcnn.kernels._im2col import direct_image, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels._shifted import frame_rows, pad_image, shifted_gemm
 from fastcnn.kernels.pooling import _index_dtype, max_into
 
-__all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward",
-           "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward"]
+__all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward", "conv2d_relu_maxpool2d_forward",
+           "conv2d_relu_maxpool2d_backward", "VARIANTS", "heuristic", "stride_one"]
 
 
 @kernel
@@ -243,7 +244,24 @@ def _units(K, F, L, itemsize, U, G):
     return max(1, min(conv.BLOCK_BYTES // per_unit, -(-U // G)))
 
 
-def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
+def heuristic(geometry):
+    """The variant fastcnn used before it measured (thresholds tuned on one Xeon): shifted GEMMs
+    from :data:`fastcnn.kernels._shifted.MIN_CHANNELS` input channels at stride 1, the direct
+    loops up to :data:`DIRECT_MAX_K`, im2col blocks otherwise."""
+    KH, KW, C, _ = geometry.w_shape
+    if geometry.stride == (1, 1) and C >= _shifted.MIN_CHANNELS:
+        return "numba:shifted"
+    if geometry.stride == (1, 1) and KH * KW * C <= DIRECT_MAX_K:
+        return "numba:direct"
+    return "numba:im2col"
+
+
+def stride_one(geometry):
+    """Where the shifted and direct forwards apply: stride 1 (any kernel, padding, dtype)."""
+    return geometry.stride == (1, 1)
+
+
+def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, path):
     x = np.ascontiguousarray(x)
     N, H, W, C = x.shape
     KH, KW, _, F = w.shape
@@ -257,7 +275,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
     arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     x3 = x.reshape(N, H, W * C)
-    if tuple(stride) == (1, 1) and C >= _shifted.MIN_CHANNELS:
+    if path == "shifted":
         HP, WP = OH + KH - 1, OW + KW - 1  # the padded frame
         units = max(1, _shifted.ROWS_PER_CALL // (PH * WP))
         frame = scratch(workspace, "frame", (G, frame_rows(HP, WP, KW), C), dtype)  # (G, frame_rows, C)
@@ -265,7 +283,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
         with _blas.blas_single_threaded():
             _shifted_forward_kernel(yp, arg, x3, w2.reshape(KH, KW, C, F), bias, relu, frame, wo, units,
                                     OH, OW, PH, PW, PT, PL)
-    elif K <= DIRECT_MAX_K and tuple(stride) == (1, 1):
+    elif path == "direct":
         HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
         xp = scratch(workspace, "xpad", (G, C * HP * WP), dtype)  # (G, C*HP*WP)
         seg = scratch(workspace, "seg", (G, F, HP * WP), dtype)  # (G, F, HP*WP)
@@ -303,24 +321,48 @@ def _backward(dy, cache, need_dx):
     return conv.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
 
+def _variant(path, relu):
+    def forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+        return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, path)
+
+    name = "conv2d_relu_maxpool2d" if relu else "conv2d_maxpool2d"
+    forward.__name__ = forward.__qualname__ = f"{name}_forward_{path}"
+    forward.__doc__ = f"{name} forward through the {path} path (see the module docstring)."
+    return forward
+
+
+#: (op, variant) -> forward; every variant shares the backward of its op.
+VARIANTS = {(op, "numba:" + path): _variant(path, op.startswith("conv2d_relu"))
+            for op in ("conv2d_maxpool2d", "conv2d_relu_maxpool2d") for path in ("im2col", "shifted", "direct")}
+
+
 def conv2d_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
-    """``max_pool2d(conv2d(x, w, b))`` with pool stride = ``pool_size`` and no pool padding.
+    """``max_pool2d(conv2d(x, w, b))`` with pool stride = ``pool_size`` and no pool padding,
+    through the variant :func:`heuristic` picks.
 
     Shape: x ``(N, H, W, C)``, w ``(KH, KW, C, F)`` -> y ``(N, OH // PH, OW // PW, F)``.
     """
-    return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, False)
+    path = _heuristic_path(x, w, stride, padding, pool_size)
+    return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, False, path)
 
 
 def conv2d_maxpool2d_backward(dy, cache, need_dx=True):
-    """Gradients ``(dx, dw, db)`` of :func:`conv2d_maxpool2d_forward` from the pooled gradient ``dy``."""
+    """Gradients ``(dx, dw, db)`` of :func:`conv2d_maxpool2d_forward` from the pooled gradient ``dy``
+    (im2col blocks, whichever forward made the cache)."""
     return _backward(dy, cache, need_dx)
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
     """``max_pool2d(relu(conv2d(x, w, b)))``, pooled as :func:`conv2d_maxpool2d_forward`."""
-    return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, True)
+    path = _heuristic_path(x, w, stride, padding, pool_size)
+    return _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, True, path)
 
 
 def conv2d_relu_maxpool2d_backward(dy, cache, need_dx=True):
     """Gradients of :func:`conv2d_relu_maxpool2d_forward`; zero where the pooled value is not positive."""
     return _backward(dy, cache, need_dx)
+
+
+def _heuristic_path(x, w, stride, padding, pool_size):
+    geometry = Geometry("conv2d_maxpool2d", x.shape, w.shape, tuple(stride), padding, pool_size, x.dtype.name)
+    return heuristic(geometry).split(":")[1]

@@ -19,7 +19,7 @@ from fastcnn.kernels import _blas
 from fastcnn.kernels._jit import parallel_kernel
 from fastcnn.ops import dense as numpy_dense
 
-__all__ = ["dense_forward", "dense_backward"]
+__all__ = ["dense_forward", "dense_backward", "VARIANTS", "heuristic"]
 
 #: Below this many multiply-adds a GEMM runs whole on the calling thread.
 SPLIT_MIN_MACS = 1 << 18
@@ -66,40 +66,76 @@ def _backward_kernel(dx, dw, dy, x, w, G, sub):
         _blas.gemm(False, True, 1.0, dy, w[i0:i1], 0.0, dx[:, i0:i1])  # dx = dy @ w.T
 
 
-def _split(x, w):
-    """Work groups for a GEMM of these operands, or 0 where it is small enough to run whole."""
-    macs = x.shape[0] * x.shape[1] * w.shape[1]
-    return 0 if macs < SPLIT_MIN_MACS else max(1, int(numba.config.NUMBA_NUM_THREADS))
+def heuristic(geometry):
+    """``numba:split`` from :data:`SPLIT_MIN_MACS` multiply-adds (tuned on one Xeon), else ``numba:blas``."""
+    (N, IN), (_, F) = geometry.x_shape, geometry.w_shape
+    return "numba:blas" if N * IN * F < SPLIT_MIN_MACS else "numba:split"
+
+
+def _groups():
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
 def dense_forward(x, w, b):
-    """``y = x @ w + b``. Shape: x ``(N, IN)``, w ``(IN, F)``, b ``(F,)`` or None -> y ``(N, F)``."""
+    """``y = x @ w + b`` through the variant :func:`heuristic` picks.
+
+    Shape: x ``(N, IN)``, w ``(IN, F)``, b ``(F,)`` or None -> y ``(N, F)``.
+    """
+    if x.shape[0] * x.shape[1] * w.shape[1] < SPLIT_MIN_MACS:
+        return blas_forward(x, w, b)
+    return split_forward(x, w, b)
+
+
+def dense_backward(dy, cache):
+    """Gradients ``(dx, dw, db)`` of :func:`dense_forward`, by the variant that made ``cache``."""
+    return (split_backward if cache[-1] == "split" else blas_backward)(dy, cache)
+
+
+def blas_forward(x, w, b):
+    """``numba:blas``: NumPy's path, one BLAS call (BLAS runs it on the calling thread when small)."""
+    x = np.ascontiguousarray(x)
+    y, (x, w, has_bias) = numpy_dense.dense_forward(x, np.ascontiguousarray(w, dtype=x.dtype), b)
+    return y, (x, w, has_bias, "blas")
+
+
+def blas_backward(dy, cache):
+    """Gradients of :func:`blas_forward`."""
+    x, w, has_bias, _ = cache
+    return numpy_dense.dense_backward(np.ascontiguousarray(dy, dtype=x.dtype), (x, w, has_bias))
+
+
+def split_forward(x, w, b):
+    """``numba:split``: ``y = x @ w + b``, the GEMM split over Numba's threads, BLAS on one thread each."""
     x = np.ascontiguousarray(x)
     dtype = x.dtype
     w = np.ascontiguousarray(w, dtype=dtype)
-    G = _split(x, w)
-    if G == 0:  # BLAS runs a GEMM this small on the calling thread anyway: NumPy's path as is
-        return numpy_dense.dense_forward(x, w, b)
+    G = _groups()
     y = np.empty((x.shape[0], w.shape[1]), dtype=dtype)  # (N, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x, w, bias, G, x.size > w.size)
-    return y, (x, w, b is not None)
+    return y, (x, w, b is not None, "split")
 
 
-def dense_backward(dy, cache):
-    """Gradients ``(dx, dw, db)``; ``db`` is None without bias.
+def split_backward(dy, cache):
+    """Gradients ``(dx, dw, db)`` of :func:`split_forward`; ``db`` is None without bias.
 
     Shape: dy ``(N, F)`` -> dx ``(N, IN)``, dw ``(IN, F)``, db ``(F,)``.
     """
-    x, w, has_bias = cache
+    x, w, has_bias, _ = cache
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    G = _split(x, w)
-    if G == 0:
-        return numpy_dense.dense_backward(dy, cache)
+    G = _groups()
     dx = np.empty(x.shape, dtype=x.dtype)  # (N, IN)
     dw = np.empty(w.shape, dtype=x.dtype)  # (IN, F)
     with _blas.blas_single_threaded():
         sub = _blas.small_gemm_rows(x.shape[0], w.shape[1], x.dtype, WEIGHT_MIN_ROWS)
         _backward_kernel(dx, dw, dy, x, w, G, sub)
     return dx, dw, (dy.sum(axis=0) if has_bias else None)
+
+
+#: variant -> (forward, backward). ``numba:blas`` is NumPy's path (one BLAS call, whatever
+#: threads BLAS runs): the better one for GEMMs too small to split.
+VARIANTS = {
+    "numba:split": (split_forward, split_backward),
+    "numba:blas": (blas_forward, blas_backward),
+}

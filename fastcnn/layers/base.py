@@ -34,10 +34,7 @@ class Layer:
     input_description = "(N, H, W, C)"
 
     def __init__(self, *, impl="auto", name=None):
-        if impl != "auto" and impl not in registry.IMPLS:
-            raise ValueError(
-                f"{type(self).__name__}: unknown impl {impl!r}; expected 'auto' or one of {registry.IMPLS}"
-            )
+        registry.check_impl(impl, owner=type(self).__name__)
         self.impl = impl
         self.name = name
         self.built = False

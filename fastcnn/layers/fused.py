@@ -36,7 +36,7 @@ class ConvReLU:
             return False
         conv, relu = layers
         return (type(conv) is Conv2D and type(relu) is ReLU and conv.built and relu.built
-                and conv.resolved_impl == relu.resolved_impl)
+                and registry.family(conv.resolved_impl) == registry.family(relu.resolved_impl))
 
     def forward(self, x):
         return self.conv.forward_with(self._fn, x)
@@ -69,7 +69,7 @@ class ConvPool:
             return False
         if len(layers) == 3 and type(layers[1]) is not ReLU:
             return False
-        if not all(layer.built for layer in layers) or len({layer.resolved_impl for layer in layers}) != 1:
+        if not all(layer.built for layer in layers) or len({registry.family(layer.resolved_impl) for layer in layers}) != 1:
             return False
         return pool.stride == pool.pool_size and pool._geometry(conv.output_shape[:2]) == ((0, 0), (0, 0))
 

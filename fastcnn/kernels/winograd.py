@@ -1,0 +1,322 @@
+"""Winograd F(2x2, 3x3) convolution for 3x3 kernels at stride 1 (variant ``numba:winograd``).
+
+A 2x2 block of outputs of a 3x3 correlation is computed from the 4x4 input tile
+``d`` that covers it as ``Y = A^T [(G g G^T) * (B^T d B)] A`` (Lavin & Gray,
+2015): 16 multiplications per input channel and filter instead of 36, 2.25x
+fewer. Organized as NNPACK and ncnn do it on CPUs:
+
+1. filter transform ``U[k] = (G g G^T)[k]`` for the 16 positions ``k`` of a 4x4
+   tile, once per call (in float64, rounded once to the input dtype);
+2. per block of tiles sized to stay in cache (:data:`BLOCK_BYTES`), the input
+   transform ``V[t, k] = (B^T d_t B)[k]`` of each tile ``t``, vectorized along
+   the channels (NHWC: a tile's 16 pixels are 16 runs of ``C`` values);
+3. 16 GEMMs per block, ``M[:, k] = V[:, k] @ U[k]``, ``(tiles, C) x (C, F)``,
+   BLAS from inside the kernel on one thread (:mod:`fastcnn.kernels._blas`);
+4. the output transform ``A^T M_t A`` of each tile, with the bias and ReLU
+   applied as it is written (or, fused with a max pool, the image's output
+   pooled by :mod:`fastcnn.kernels.conv_pool`'s epilogue while in cache).
+
+Work is split among a fixed number of groups (``NUMBA_NUM_THREADS``, as in
+:mod:`fastcnn.kernels.conv`), each with its own preallocated buffers: nothing
+is allocated inside the parallel loop, and results do not depend on the thread
+count.
+
+Gradients: the input gradient is itself a 3x3 stride-1 correlation, of ``dy``
+(masked by ``y > 0`` under ReLU) padded by ``2 - p`` on each side with the
+weights flipped and transposed (``w[2-i, 2-j, c, f]`` as ``(3, 3, F, C)``), and
+runs through the same Winograd kernel. The weight and bias gradients use the
+im2col blocks of :mod:`fastcnn.kernels.conv`. Fused with a max pool, the
+backward is :mod:`fastcnn.kernels.conv_pool`'s (im2col).
+
+Error: the transforms add and subtract (``G`` halves), so the rounding is a
+few more operations per output than a direct sum; measured over the agreement
+grid it stays below the float32 and float64 tolerances (docs/ops.md has the figures).
+"""
+
+import numpy as np
+from numba import prange
+
+from fastcnn.geometry import output_hw
+from fastcnn.kernels import _blas, conv, conv_pool
+from fastcnn.kernels._im2col import scratch
+from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
+
+__all__ = ["applies", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
+           "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
+           "BLOCK_BYTES"]
+
+#: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block.
+BLOCK_BYTES = 512 * 1024
+
+#: The filter transform ``G`` (4x3) of F(2x2, 3x3).
+G_MATRIX = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def applies(geometry):
+    """3x3 kernels at stride 1 with at most 2 padding on any side (the input gradient pads by ``2 - p``)."""
+    return (tuple(geometry.w_shape[:2]) == (3, 3) and geometry.stride == (1, 1)
+            and all(0 <= p <= 2 for side in geometry.padding for p in side))
+
+
+def filter_transform(w, dtype):
+    """``U`` ``(16, C, F)``: ``G g G^T`` of every ``(c, f)`` slice of HWIO ``w`` ``(3, 3, C, F)``,
+    computed in float64 and rounded once to ``dtype``."""
+    U = np.einsum("ai,ijcf,bj->abcf", G_MATRIX, np.asarray(w, dtype=np.float64), G_MATRIX, optimize=True)
+    return np.ascontiguousarray(U.reshape(16, w.shape[2], w.shape[3]), dtype=dtype)
+
+
+@inline_kernel
+def _bt(o0, o1, o2, o3, a, b, c, d):
+    # One 4-point input transform B^T [a b c d] along the vectors (vectorized over their length).
+    for t in range(o0.shape[0]):
+        o0[t] = a[t] - c[t]
+        o1[t] = b[t] + c[t]
+        o2[t] = c[t] - b[t]
+        o3[t] = b[t] - d[t]
+
+
+@inline_kernel
+def _at(o0, o1, a, b, c, d):
+    # One 4-point output transform A^T [a b c d].
+    for t in range(o0.shape[0]):
+        o0[t] = a[t] + b[t] + c[t]
+        o1[t] = b[t] - c[t] - d[t]
+
+
+@kernel
+def _load_tile(D, x, n, h0, w0):
+    # D: (16, C) out, the 4x4 input tile at (h0, w0) of image n, zero outside x: (N, H, W*C).
+    _, H, WC = x.shape
+    C = D.shape[1]
+    W = WC // C
+    zero = D.dtype.type(0)
+    rows = D.reshape(4, 4 * C)  # (4, 4*C): tile row r is 4 pixels of C values
+    for r in range(4):
+        h = h0 + r
+        dst = rows[r]
+        if h < 0 or h >= H:
+            for t in range(4 * C):
+                dst[t] = zero
+        elif w0 >= 0 and w0 + 4 <= W:
+            src = x[n, h, w0 * C:(w0 + 4) * C]  # (4*C,)
+            for t in range(4 * C):
+                dst[t] = src[t]
+        else:  # the tile hangs over the left or right edge
+            for s in range(4):
+                w = w0 + s
+                px = dst[s * C:(s + 1) * C]
+                if w < 0 or w >= W:
+                    for c in range(C):
+                        px[c] = zero
+                else:
+                    src = x[n, h, w * C:(w + 1) * C]
+                    for c in range(C):
+                        px[c] = src[c]
+
+
+@kernel
+def _input_transform(V, D, T):
+    # V: (16, C) out = B^T d B of the tile D: (16, C) (row-major 4x4 positions); T: (16, C) scratch.
+    for s in range(4):  # B^T d: combine tile rows, column s
+        _bt(T[s], T[4 + s], T[8 + s], T[12 + s], D[s], D[4 + s], D[8 + s], D[12 + s])
+    for r in range(4):  # (B^T d) B: combine columns, row r
+        _bt(V[4 * r], V[4 * r + 1], V[4 * r + 2], V[4 * r + 3], T[4 * r], T[4 * r + 1], T[4 * r + 2], T[4 * r + 3])
+
+
+@kernel
+def _output_tile(y, Mt, T, b, relu, n, oh0, ow0):
+    # y: (N, OH, OW, F) out, the 2x2 outputs at (oh0, ow0) of image n = A^T m A of Mt: (16, F),
+    # + b (size 0: none), then max(., 0) when relu (NaN passes); T: (16, F) scratch, rows 0..11 used.
+    _, OH, OW, F = y.shape
+    zero = y.dtype.type(0)
+    for s in range(4):  # A^T m: rows 0..1 of T, column s
+        _at(T[s], T[4 + s], Mt[s], Mt[4 + s], Mt[8 + s], Mt[12 + s])
+    for r in range(2):  # (A^T m) A into T[8 + 2r], T[9 + 2r]
+        _at(T[8 + 2 * r], T[9 + 2 * r], T[4 * r], T[4 * r + 1], T[4 * r + 2], T[4 * r + 3])
+    for r in range(2):
+        oh = oh0 + r
+        if oh >= OH:
+            continue
+        for s in range(2):
+            ow = ow0 + s
+            if ow >= OW:
+                continue
+            src, dst = T[8 + 2 * r + s], y[n, oh, ow]  # (F,) each
+            for f in range(F):
+                v = src[f] + b[f] if b.size else src[f]
+                dst[f] = zero if (relu and v <= zero) else v
+
+
+@kernel
+def _tiles(y, x, U, b, relu, D, TC, TF, V, M, t0, t1, n_off, TH, TW, PT, PL):
+    # Tiles t0..t1 (numbered (n, th, tw) row-major over the batch) of the convolution of
+    # x: (N, H, W*C) into y: (N', OH, OW, F) at image n - n_off; U: (16, C, F);
+    # D, TC: (16, C) and TF: (16, F) scratch; V: (>= t1-t0, 16, C), M: (>= t1-t0, 16, F).
+    P = TH * TW
+    for t in range(t0, t1):  # input transforms
+        n, r = t // P, t % P
+        _load_tile(D, x, n, 2 * (r // TW) - PT, 2 * (r % TW) - PL)
+        _input_transform(V[t - t0], D, TC)
+    nt = t1 - t0
+    for k in range(16):  # M[:, k] = V[:, k] @ U[k]: (nt, C) x (C, F), rows strided by 16*C
+        _blas.gemm(False, False, 1.0, V[:nt, k], U[k], 0.0, M[:nt, k])
+    for t in range(t0, t1):  # output transforms
+        n, r = t // P, t % P
+        _output_tile(y, M[t - t0], TF, b, relu, n - n_off, 2 * (r // TW), 2 * (r % TW))
+
+
+@parallel_kernel
+def _forward_kernel(y, x, U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL):
+    # y: (N, OH, OW, F) out; x: (N, H, W*C); U: (16, C, F); b: (F,) or size 0; per group g:
+    # D[g], TC[g]: (16, C), TF[g]: (16, F), V[g]: (block, 16, C), M[g]: (block, 16, F).
+    G, block = V.shape[0], V.shape[1]
+    tiles = x.shape[0] * TH * TW
+    for g in prange(G):
+        lo, hi = g * tiles // G, (g + 1) * tiles // G  # this group's tiles: disjoint outputs
+        for t0 in range(lo, hi, block):
+            _tiles(y, x, U, b, relu, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, hi), 0, TH, TW, PT, PL)
+
+
+@parallel_kernel
+def _pool_forward_kernel(yp, arg, x, U, b, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW):
+    # Fused with a max pool: groups own whole images; each image's convolution goes to
+    # Y[g]: (1, OH, OW, F) (no bias) and is pooled by conv_pool's epilogue (bias and ReLU
+    # after the max) into yp, arg: (N*OPH, OPW, F) out.
+    G, block = V.shape[0], V.shape[1]
+    N = x.shape[0]
+    OPH = yp.shape[0] // N
+    _, OH, OW, F = Y.shape[1:]
+    P = TH * TW
+    none = b[:0]
+    for g in prange(G):
+        for n in range(g * N // G, (g + 1) * N // G):
+            for t0 in range(n * P, (n + 1) * P, block):
+                _tiles(Y[g], x, U, none, False, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, (n + 1) * P), n,
+                       TH, TW, PT, PL)
+            conv_pool._pool_units(yp, arg, Y[g].reshape(OH * OW, F), b, relu, n * OPH, (n + 1) * OPH, OW, PH, PW)
+
+
+def _buffers(workspace, prefix, N, C, F, tiles_per_group, dtype, G):
+    block = max(1, min(BLOCK_BYTES // (16 * (C + F) * dtype.itemsize), tiles_per_group))
+    D = scratch(workspace, prefix + "D", (G, 16, C), dtype)  # (G, 16, C) one input tile
+    TC = scratch(workspace, prefix + "TC", (G, 16, C), dtype)  # (G, 16, C) input transform scratch
+    TF = scratch(workspace, prefix + "TF", (G, 16, F), dtype)  # (G, 16, F) output transform scratch
+    V = scratch(workspace, prefix + "V", (G, block, 16, C), dtype)  # (G, block, 16, C) transformed tiles
+    M = scratch(workspace, prefix + "M", (G, block, 16, F), dtype)  # (G, block, 16, F) their products
+    return D, TC, TF, V, M
+
+
+def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino"):
+    """``y`` ``(N, OH, OW, F)``: the 3x3 stride-1 correlation of NHWC ``x`` whose filter transform is
+    ``U`` ``(16, C, F)``, with ``PT`` rows and ``PL`` columns of zeros before the image (and as
+    many after it as ``OH``, ``OW`` need), plus ``b`` ((F,) or size 0), ReLU'd when ``relu``."""
+    N, H, W, C = x.shape
+    F = U.shape[2]
+    G = conv._groups()
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    D, TC, TF, V, M = _buffers(workspace, prefix, N, C, F, -(-(N * TH * TW) // G), x.dtype, G)
+    y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
+    with _blas.blas_single_threaded():
+        _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
+    return y
+
+
+def _prepare(x, w, b):
+    x = np.ascontiguousarray(x)
+    dtype = x.dtype
+    bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
+    return x, filter_transform(w, dtype), bias
+
+
+def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
+    x, U, bias = _prepare(x, w, b)
+    N, H, W, C = x.shape
+    OH, OW = output_hw((H, W), (3, 3), stride, padding)
+    (PT, _), (PL, _) = padding
+    y = winograd_conv(x, U, bias, OH, OW, PT, PL, relu, workspace)
+    cache = None
+    if need_cache:
+        w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(9 * C, -1)  # (9*C, F)
+        im2col_cache = (x, y if relu else None, w2, b is not None, relu, (3, 3), stride, padding, workspace)
+        cache = (im2col_cache, w)
+    return y, cache
+
+
+def _backward(dy, cache, need_dx):
+    im2col_cache, w = cache
+    x, y, relu, padding, workspace = im2col_cache[0], im2col_cache[1], im2col_cache[4], im2col_cache[7], \
+        im2col_cache[8]
+    _, dw, db = conv._backward(dy, im2col_cache, False)
+    dx = None
+    if need_dx:
+        dtype = x.dtype
+        dy = np.ascontiguousarray(dy, dtype=dtype)
+        if relu:
+            dy = dy * (y > 0)  # a multiply, as relu's backward: NaN/inf in dy propagate
+        (PT, _), (PL, _) = padding
+        U = filter_transform(np.asarray(w)[::-1, ::-1].transpose(0, 1, 3, 2), dtype)  # (16, F, C)
+        dx = winograd_conv(dy, U, np.zeros(0, dtype), x.shape[1], x.shape[2], 2 - PT, 2 - PL, False, workspace,
+                           prefix="winodx")
+    return dx, dw, db
+
+
+def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
+    """``numba:winograd`` forward of conv2d. Shape: as :func:`fastcnn.kernels.conv.conv2d_forward`."""
+    return _forward(x, w, b, stride, padding, workspace, need_cache, False)
+
+
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients ``(dx, dw, db)``: ``dx`` by Winograd, ``dw`` and ``db`` by im2col blocks."""
+    return _backward(dy, cache, need_dx)
+
+
+def conv2d_relu_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
+    """``max(conv2d(x, w, b), 0)``, the ReLU applied in the output transform."""
+    return _forward(x, w, b, stride, padding, workspace, need_cache, True)
+
+
+def conv2d_relu_backward(dy, cache, need_dx=True):
+    """Gradients of :func:`conv2d_relu_forward`; ``dy`` masked with ``y > 0``."""
+    return _backward(dy, cache, need_dx)
+
+
+def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
+    x, U, bias = _prepare(x, w, b)
+    N, H, W, C = x.shape
+    F = U.shape[2]
+    PH, PW = pool_size
+    OH, OW = output_hw((H, W), (3, 3), stride, padding)
+    OPH, OPW = OH // PH, OW // PW
+    (PT, _), (PL, _) = padding
+    dtype, G = x.dtype, conv._groups()
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    D, TC, TF, V, M = _buffers(workspace, "wino", N, C, F, TH * TW, dtype, G)
+    Y = scratch(workspace, "winoY", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
+    yp = np.empty((N * OPH, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
+    arg = np.empty((N * OPH, OPW, F), dtype=conv_pool._index_dtype(PH * PW))  # window index
+    with _blas.blas_single_threaded():
+        _pool_forward_kernel(yp, arg, x.reshape(N, H, W * C), U, bias, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW)
+    cache = None
+    if need_cache:
+        w2 = np.ascontiguousarray(w, dtype=dtype).reshape(9 * C, F)  # (9*C, F)
+        cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (3, 3), stride, padding, workspace)
+    return yp.reshape(N, OPH, OPW, F), cache
+
+
+def conv2d_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+    """``numba:winograd`` forward of conv2d_maxpool2d; its backward is conv_pool's."""
+    return _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, False)
+
+
+def conv2d_relu_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+    """``numba:winograd`` forward of conv2d_relu_maxpool2d; its backward is conv_pool's."""
+    return _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, True)
+
+
+#: op -> (forward, backward) of the ``numba:winograd`` variant.
+VARIANTS = {
+    "conv2d": (conv2d_forward, conv2d_backward),
+    "conv2d_relu": (conv2d_relu_forward, conv2d_relu_backward),
+    "conv2d_maxpool2d": (conv2d_maxpool2d_forward, conv_pool.conv2d_maxpool2d_backward),
+    "conv2d_relu_maxpool2d": (conv2d_relu_maxpool2d_forward, conv_pool.conv2d_relu_maxpool2d_backward),
+}

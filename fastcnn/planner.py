@@ -1,0 +1,303 @@
+"""The planner: which numba variant of an op runs at a given call geometry.
+
+Think of FFTW's planner and its wisdom file, or cuDNN's benchmark mode. Where an
+op has several numba variants (:func:`fastcnn.registry.variants`), its ``"numba"``
+entry asks :func:`choose` at every call; the answer is remembered per geometry
+(op, input and weight shapes, stride, padding, pool size, dtype, and whether a
+backward pass follows), so only the first call of a geometry does any work.
+
+``FASTCNN_PLAN`` says how a geometry is planned:
+
+``measure`` (the default)
+    Time every applicable variant on the call's own arguments (once warm, then
+    a few repetitions within :data:`BUDGET_SECONDS`; the minimum counts), with
+    the backward pass when one follows, and keep the fastest. Choices are
+    written to a JSON file, ``$FASTCNN_CACHE/plans.json`` or
+    ``~/.cache/fastcnn/plans.json``, under a key naming the machine (CPU model,
+    BLAS library and core type, Numba threads) and the library versions, so a
+    second process on the same machine plans nothing and runs exactly the same
+    arithmetic: the same seed gives the same weights. Before timing, the file is
+    read again, and a choice is written under a lock where the first writer wins:
+    two processes planning at once end up with one plan.
+``heuristic``
+    Fixed rules on the geometry (:data:`HEURISTICS`), the same on every machine:
+    the same weights on any machine with the same library versions. The rules
+    hold the thresholds fastcnn used before it measured (tuned on one Xeon,
+    Sapphire Rapids); they never pick Winograd.
+``numba:<variant>``
+    That variant wherever its predicate holds, the heuristic elsewhere.
+
+The first time a process times anything it says so on stderr, once.
+"""
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from fastcnn import registry
+
+__all__ = ["choose", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner", "HEURISTICS",
+           "BUDGET_SECONDS", "REPEATS"]
+
+#: At most this long timing one geometry's variants (the warm-up runs excluded), so
+#: that planning a preset takes a few seconds.
+BUDGET_SECONDS = 0.3
+
+#: Timed repetitions per variant (fewer when the budget runs out; the minimum counts).
+REPEATS = 3
+
+#: op -> rule(geometry) -> variant name: the heuristic mode (set by fastcnn.kernels).
+HEURISTICS = {}
+
+_FORMAT = 1
+
+
+def plan_mode(value=None):
+    """``FASTCNN_PLAN`` (or ``value``) parsed: ``"measure"``, ``"heuristic"`` or a variant name.
+
+    Raises ``ValueError`` for anything else, listing what is accepted.
+    """
+    raw = os.environ.get("FASTCNN_PLAN", "") if value is None else value
+    mode = raw.strip() or "measure"
+    if mode in ("measure", "heuristic"):
+        return mode
+    known = sorted({name for op in registry.ops() for name in registry.variants(op)})
+    if mode in known:
+        return mode
+    raise ValueError(f"FASTCNN_PLAN={raw!r} is not understood; expected 'measure' (the default), 'heuristic' "
+                     f"or one of the variants {known}")
+
+
+def cache_path():
+    """Where the plans are kept: ``$FASTCNN_CACHE/plans.json``, else ``~/.cache/fastcnn/plans.json``."""
+    root = os.environ.get("FASTCNN_CACHE", "").strip() or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                          "fastcnn")
+    return os.path.join(root, "plans.json")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "cpu model", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_key():
+    """The machine and library versions a plan holds for, as one string."""
+    import numba
+
+    import fastcnn
+    from fastcnn.kernels import _blas
+
+    info = _blas._numpy_blas_info()
+    blas = f"{info.get('internal_api', 'none')} {info.get('version', '')} {info.get('architecture', '')}".strip()
+    return (f"{_cpu_model()} | BLAS {blas} | numba threads {numba.config.NUMBA_NUM_THREADS} | "
+            f"fastcnn {fastcnn.__version__} numpy {np.__version__} numba {numba.__version__}")
+
+
+def geometry_key(geometry, train):
+    """A geometry and pass as one string (the plan file's key)."""
+    g = geometry
+
+    def dims(t):
+        return "x".join(map(str, t))
+
+    parts = [g.op, f"x={dims(g.x_shape)}", f"w={dims(g.w_shape)}"]
+    if g.stride is not None:
+        parts.append(f"stride={dims(g.stride)}")
+    if g.padding is not None:
+        parts.append("padding=" + ",".join(dims(p) for p in g.padding))
+    if g.pool_size is not None:
+        parts.append(f"pool={dims(g.pool_size)}")
+    parts += [g.dtype, "train" if train else "infer"]
+    return " ".join(parts)
+
+
+def _time_variant(entry, args, kwargs, train, repeats, deadline):
+    """Seconds of one forward (and backward when ``train``) of ``entry``: min over repetitions."""
+    kw = dict(kwargs)
+    if "workspace" in kw:
+        kw["workspace"] = {}  # its own buffers: the caller's stay as they are
+    y, cache = entry.forward(*args, **kw)  # warm: compiles or loads the kernels, faults the pages in
+    dy = np.ones(y.shape, dtype=y.dtype) if train else None
+    if train:
+        entry.backward(dy, cache)
+    best = float("inf")
+    for rep in range(repeats):
+        start = time.perf_counter()
+        y, cache = entry.forward(*args, **kw)
+        if train:
+            entry.backward(dy, cache)
+        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            break
+    return best
+
+
+class Planner:
+    """Chooses variants, remembers choices in memory and in the plan file at ``path``.
+
+    ``timer(entry, args, kwargs, train, repeats, deadline) -> seconds`` times one
+    variant (tests inject a fake one); ``machine`` overrides :func:`machine_key`.
+    """
+
+    def __init__(self, path=None, *, timer=None, machine=None, budget=BUDGET_SECONDS, repeats=REPEATS,
+                 announce=True):
+        self.path = path or cache_path()
+        self.timer = timer or _time_variant
+        self._machine = machine
+        self.budget = budget
+        self.repeats = repeats
+        self.announce = announce
+        self.announced = False
+        self.memo = {}  # (mode, geometry, train) -> OpImpl
+        self.timings = {}  # geometry key -> {variant: seconds}, what this process measured
+
+    def __repr__(self):
+        return f"Planner({self.path!r}, {len(self.memo)} choices)"
+
+    @property
+    def machine(self):
+        if self._machine is None:
+            self._machine = machine_key()
+        return self._machine
+
+    def choose(self, op, args, kwargs, mode=None):
+        """The :class:`fastcnn.registry.OpImpl` to run for ``forward(*args, **kwargs)`` of ``op``."""
+        geometry = registry.geometry_of(op, args, kwargs)
+        train = bool(kwargs.get("need_cache", True))
+        mode = plan_mode() if mode is None else mode
+        memo_key = (mode, geometry, train)
+        entry = self.memo.get(memo_key)
+        if entry is None:
+            entry = self.memo[memo_key] = registry.get(op, self._choose(op, geometry, train, mode, args, kwargs))
+        return entry
+
+    def _choose(self, op, geometry, train, mode, args, kwargs):
+        candidates = registry.variants(op, geometry)
+        if not candidates:
+            raise ValueError(f"no numba variant of {op!r} applies to {geometry}")
+        if mode not in ("measure", "heuristic") and mode in candidates:
+            return mode
+        if mode != "measure" or len(candidates) == 1:
+            return heuristic(op, geometry, candidates)
+        key = geometry_key(geometry, train)
+        known = self.read().get(self.machine, {}).get(key)  # another process may have planned it
+        if isinstance(known, dict) and known.get("choice") in candidates:
+            return known["choice"]
+        if self.announce and not self.announced:
+            self.announced = True
+            print(f"fastcnn: planning kernels for new layer shapes (timing the variants, FASTCNN_PLAN=measure); "
+                  f"plans are kept in {self.path}", file=sys.stderr, flush=True)
+        deadline = time.perf_counter() + self.budget
+        times = {}
+        for name in candidates:
+            times[name] = float(self.timer(registry.get(op, name), args, kwargs, train, self.repeats, deadline))
+        self.timings[key] = times
+        fastest = min(candidates, key=lambda name: (times[name], candidates.index(name)))
+        return self.record(key, fastest, times)
+
+    # -- the plan file -----------------------------------------------------------------
+    def read(self):
+        """The plan file's content (``{machine: {geometry: {"choice", "seconds"}}}``), or {} when
+        there is none; an unreadable file is ignored with a warning."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            warnings.warn(f"fastcnn: ignoring the unreadable plan file {self.path} ({error}); "
+                          f"it will be replaced", RuntimeWarning, stacklevel=3)
+            return {}
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("plans"), dict):
+            warnings.warn(f"fastcnn: ignoring the plan file {self.path}: not a fastcnn plan file of format "
+                          f"{_FORMAT}; it will be replaced", RuntimeWarning, stacklevel=3)
+            return {}
+        return data["plans"]
+
+    def record(self, key, choice, times):
+        """Write ``choice`` for ``key`` unless the file already has one (the first writer wins);
+        returns the choice that holds."""
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with _locked(self.path + ".lock"):
+                plans = self.read()
+                mine = plans.setdefault(self.machine, {})
+                held = mine.get(key)
+                if isinstance(held, dict) and isinstance(held.get("choice"), str):
+                    return held["choice"]
+                mine[key] = {"choice": choice, "seconds": {k: round(v, 7) for k, v in times.items()}}
+                _write_atomically(self.path, {"format": _FORMAT, "plans": plans})
+        except OSError as error:  # a read-only home: plan in memory only
+            warnings.warn(f"fastcnn: cannot write the plan file {self.path} ({error}); the plan holds for this "
+                          f"process only", RuntimeWarning, stacklevel=3)
+        return choice
+
+
+def heuristic(op, geometry, candidates=None):
+    """The heuristic mode's variant for ``geometry``: the op's rule, where it applies, else the
+    first applicable variant."""
+    candidates = registry.variants(op, geometry) if candidates is None else candidates
+    rule = HEURISTICS.get(op)
+    name = rule(geometry) if rule is not None else None
+    return name if name in candidates else candidates[0]
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive advisory lock on ``path`` (POSIX); a no-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_atomically(path, data):
+    fd, tmp = tempfile.mkstemp(prefix=".plans-", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+_PLANNERS = {}
+
+
+def default_planner():
+    """The process's planner for the current ``$FASTCNN_CACHE``."""
+    path = cache_path()
+    planner = _PLANNERS.get(path)
+    if planner is None:
+        planner = _PLANNERS[path] = Planner(path)
+    return planner
+
+
+def choose(op, args, kwargs):
+    """The variant entry the ``"numba"`` dispatcher of ``op`` runs for this call."""
+    return default_planner().choose(op, args, kwargs)
