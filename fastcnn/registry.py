@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 __all__ = ["OpImpl", "Geometry", "register", "get", "resolve", "default_impl", "ops", "implementations",
-           "variants", "family", "check_impl", "geometry_of", "IMPLS"]
+           "variants", "applicable", "family", "check_impl", "geometry_of", "IMPLS"]
 
 #: Known implementation families, slowest first.
 IMPLS = ("reference", "numpy", "numba")
@@ -221,6 +221,14 @@ def variants(op, geometry=None):
     _load()
     return [name for name, entry in _REGISTRY.get(op, {}).items()
             if ":" in name and (geometry is None or entry.applies(geometry))]
+
+
+def applicable(op, args, kwargs, names=None):
+    """Of ``names`` (default: every implementation of ``op``), those that may run
+    ``forward(*args, **kwargs)``: families always, variants where their predicate holds."""
+    names = implementations(op) if names is None else names
+    geometry = geometry_of(op, args, kwargs) if any(":" in name for name in names) else None
+    return [name for name in names if ":" not in name or _REGISTRY[op][name].applies(geometry)]
 
 
 def default_impl():

@@ -18,7 +18,7 @@ import pytest
 
 from fastcnn import parallel, registry
 from fastcnn.kernels import (_blas, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim,
-                             pooling, warmup)
+                             pooling, warmup, winograd)
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
 
@@ -117,7 +117,7 @@ PARALLEL_KERNELS = [
     (conv_im2col, "_im2col_kernel"), (conv_im2col, "_col2im_kernel"),
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
     (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_shifted_forward_kernel"),
-    (conv_pool, "_backward_kernel"),
+    (conv_pool, "_backward_kernel"), (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
 ]
@@ -157,6 +157,12 @@ def batch_parallel_outputs(dtype):
             grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
+    for op, (forward, backward) in winograd.VARIANTS.items():  # over tiles; over images when pooled
+        kw = dict(pool_size=(2, 3)) if "pool" in op else {}
+        y, cache = forward(x5, w5, b, stride=(1, 1), padding=same, **kw)
+        grads = backward(rng.standard_normal(y.shape).astype(dtype), cache)
+        for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
+            out[f"winograd {op} {key}"] = array
     for N, F in ((7, 130), (400, 5)):  # forward split by columns (the weights larger), by rows (the input)
         xd = rng.standard_normal((N, 300)).astype(dtype)  # (N, IN)
         wd = rng.standard_normal((300, F)).astype(dtype)  # (IN, F)
@@ -177,7 +183,7 @@ def batch_parallel_outputs(dtype):
 def test_parallel_kernel_list_is_complete():
     found = {
         (module, name)
-        for module in (activations, conv, conv_im2col, conv_pool, dense, pooling, loss, optim)
+        for module in (activations, conv, conv_im2col, conv_pool, dense, pooling, loss, optim, winograd)
         for name, value in vars(module).items()
         if isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get("parallel")
     }
@@ -346,17 +352,16 @@ def test_gemms_cut_into_small_calls_match_the_reference(monkeypatch, dtype, op, 
 def test_dense_weight_gradient_cut_into_small_calls_matches_the_reference(monkeypatch, dtype):
     """``dw = x.T @ dy`` in calls of 7 rows (300 input features over 2 groups: remainders)."""
     monkeypatch.setattr(_blas, "small_gemm_rows", lambda K, N, dtype, least: 7)
-    monkeypatch.setattr(dense, "SPLIT_MIN_MACS", 0)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((9, 300)).astype(dtype)
     w = rng.standard_normal((300, 5)).astype(dtype)
     b = rng.standard_normal(5).astype(dtype)
-    ref = registry.get("dense", "reference")
-    y, cache = dense.dense_forward(x, w, b)
+    ref, split = registry.get("dense", "reference"), registry.get("dense", "numba:split")
+    y, cache = split.forward(x, w, b)
     y_ref, cache_ref = ref.forward(x, w, b)
     assert_close(y, y_ref, dtype=dtype, name="y")
     dy = rng.standard_normal(y.shape).astype(dtype)
-    for name, got, want in zip(("dx", "dw", "db"), dense.dense_backward(dy, cache), ref.backward(dy, cache_ref)):
+    for name, got, want in zip(("dx", "dw", "db"), split.backward(dy, cache), ref.backward(dy, cache_ref)):
         assert_close(got, want, dtype=dtype, name=name)
 
 
@@ -374,10 +379,9 @@ SHIFTED_GRID = [
 @pytest.mark.parametrize("kind", ["normal", "ties"])
 @pytest.mark.parametrize("case", SHIFTED_GRID)
 @pytest.mark.parametrize("op", ["conv2d_maxpool2d", "conv2d_relu_maxpool2d"])
-def test_shifted_gemm_forward_matches_the_reference(monkeypatch, op, case, kind, dtype):
-    """The fused conv + pool forward as shifted GEMMs (forced for any channel count here)
+def test_shifted_gemm_forward_matches_the_reference(op, case, kind, dtype):
+    """The fused conv + pool forward as shifted GEMMs (the variant, at any channel count)
     against the reference layers, then its backward from that forward's cache."""
-    monkeypatch.setattr(_shifted, "MIN_CHANNELS", 1)
     N, H, W, C, F, kernel, padding, pool = case
     rng = np.random.default_rng(3)
     x = rng.standard_normal((N, H, W, C))
@@ -387,7 +391,7 @@ def test_shifted_gemm_forward_matches_the_reference(monkeypatch, op, case, kind,
         x, w, b = np.round(x), np.round(w), np.round(b)
     x, w, b = (a.astype(dtype) for a in (x, w, b))
     kwargs = dict(stride=(1, 1), padding=padding, pool_size=pool)
-    fast, ref = registry.get(op, "numba"), registry.get(op, "reference")
+    fast, ref = registry.get(op, "numba:shifted"), registry.get(op, "reference")
     y, cache = fast.forward(x, w, b, **kwargs)
     y_ref, cache_ref = ref.forward(x, w, b, **kwargs)
     assert_close(y, y_ref, dtype=dtype, name="y")
@@ -398,8 +402,9 @@ def test_shifted_gemm_forward_matches_the_reference(monkeypatch, op, case, kind,
         assert_close(got, want, dtype=dtype, name=name)
 
 
-def test_shifted_gemm_forward_is_the_default_from_16_channels(monkeypatch):
-    """A 32-channel conv + pool takes the shifted path without any setting (the kernel runs)."""
+def test_shifted_gemm_forward_is_the_heuristic_from_16_channels(monkeypatch):
+    """A 32-channel conv + pool takes the shifted path under the heuristic plan (the kernel runs)."""
+    monkeypatch.setenv("FASTCNN_PLAN", "heuristic")
     calls = []
     kernel = conv_pool._shifted_forward_kernel
     monkeypatch.setattr(conv_pool, "_shifted_forward_kernel", lambda *a: calls.append(1) or kernel(*a))
@@ -407,7 +412,7 @@ def test_shifted_gemm_forward_is_the_default_from_16_channels(monkeypatch):
     x = rng.standard_normal((2, 10, 10, 32)).astype(np.float32)
     w = rng.standard_normal((3, 3, 32, 8)).astype(np.float32)
     kwargs = dict(stride=(1, 1), padding=((1, 1), (1, 1)), pool_size=(2, 2))
-    y, _ = conv_pool.conv2d_relu_maxpool2d_forward(x, w, None, **kwargs)
+    y, _ = registry.get("conv2d_relu_maxpool2d", "numba").forward(x, w, None, **kwargs)
     y_ref, _ = registry.get("conv2d_relu_maxpool2d", "reference").forward(x, w, None, **kwargs)
     assert calls == [1]
     assert_close(y, y_ref, dtype=np.float32, name="y")
@@ -489,7 +494,7 @@ def _kernel_dispatchers():
     from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
 
     found = {}
-    for module in (activations, conv, conv_im2col, conv_pool, dense, _im2col, _shifted, optim, pooling):
+    for module in (activations, conv, conv_im2col, conv_pool, dense, _im2col, _shifted, optim, pooling, winograd):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:

@@ -25,6 +25,31 @@ def impl_params(*op_names):
     return [pytest.param(op, impl, id=f"{op}-{impl}") for op in op_names for impl in fast_impls(op)]
 
 
+def applicable_impls(op, args, kwargs, names=None):
+    """The non-reference implementations (default ``names``) whose predicate holds for this call."""
+    return registry.applicable(op, args, kwargs, fast_impls(op) if names is None else names)
+
+
+def conv_case_params(op_names, grid, pool=False, impls=fast_impls):
+    """(op, impl, case) for every case of ``grid`` each implementation applies to (a variant
+    only where its predicate holds: Winograd at 3x3 stride 1, for example)."""
+    params = []
+    for op in op_names:
+        for case in grid:
+            args, kwargs = conv_case(np.random.default_rng(0), *case)
+            if pool:
+                kwargs["pool_size"] = pool_of(args, kwargs)
+            for impl in registry.applicable(op, args, kwargs, impls(op)):
+                params.append(pytest.param(op, impl, case, id=f"{op}-{impl}-{case}"))
+    return params
+
+
+def pool_of(args, kwargs):
+    """The pool of the fused conv + pool tests: windows that leave rows/columns uncovered where the shape allows."""
+    OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
+    return (min(2, OH), min(3, OW))
+
+
 def make_input(rng, shape, kind="normal", contiguous=True):
     """float64 test data; ``contiguous=False`` returns a strided view with the same values."""
     if kind == "normal":
@@ -115,8 +140,7 @@ def conv_case(rng, N, H, W, C, F, kernel, stride, padding, bias, kind="normal", 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
-@pytest.mark.parametrize("case", CONV_GRID)
-@pytest.mark.parametrize("op,impl", impl_params(*CONV_OPS))
+@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, CONV_GRID))
 def test_conv2d_agrees(op, impl, case, contiguous, dtype):
     rng = np.random.default_rng(0)
     args, kwargs = conv_case(rng, *case, contiguous=contiguous)
@@ -125,22 +149,21 @@ def test_conv2d_agrees(op, impl, case, contiguous, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])
-@pytest.mark.parametrize("case", CONV_GRID)
-@pytest.mark.parametrize("op,impl", impl_params(*CONV_POOL_OPS))
+@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_POOL_OPS, CONV_GRID, pool=True))
 def test_conv2d_maxpool2d_agrees(op, impl, case, kind, dtype):
     """Fused convolution (+ ReLU) + max pool against the reference layers; ties go to the first maximum."""
     args, kwargs = conv_case(np.random.default_rng(4), *case, kind=kind)
     if kind == "ties":
         args = (args[0], np.round(args[1]), args[2])  # integer inputs and weights: many equal outputs
-    OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
-    pool = (min(2, OH), min(3, OW))  # windows that leave rows/columns uncovered, where the shape allows
-    compare(op, impl, args, dict(kwargs, pool_size=pool), dtype)
+    compare(op, impl, args, dict(kwargs, pool_size=pool_of(args, kwargs)), dtype)
 
 
-@pytest.mark.parametrize("op,impl", [(op, impl) for op in CONV_OPS for impl in registry.implementations(op)])
-def test_conv2d_without_dx_gives_the_same_weight_gradients(op, impl):
+@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, [(2, 7, 7, 2, 3, 3, 2, "same", True),
+                                                                     (2, 7, 7, 2, 3, 3, 1, "same", True)],
+                                                         impls=registry.implementations))
+def test_conv2d_without_dx_gives_the_same_weight_gradients(op, impl, case):
     fn = registry.get(op, impl)
-    args, kwargs = conv_case(np.random.default_rng(9), 2, 7, 7, 2, 3, 3, 2, "same", True)
+    args, kwargs = conv_case(np.random.default_rng(9), *case)
     y, cache = fn.forward(*args, **kwargs)
     dy = np.random.default_rng(10).standard_normal(y.shape)
     dx, dw, db = fn.backward(dy, cache)
@@ -152,15 +175,17 @@ def test_conv2d_without_dx_gives_the_same_weight_gradients(op, impl):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("case", [CONV_GRID[1], CONV_GRID[3], CONV_GRID[8]])
-@pytest.mark.parametrize("op,impl", [(op, impl) for op in CONV_OPS for impl in registry.implementations(op)])
+@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, [CONV_GRID[1], CONV_GRID[3], CONV_GRID[8]],
+                                                         impls=registry.implementations))
 def test_conv2d_workspace_and_inference_hints(monkeypatch, op, impl, case, dtype):
     """Reused scratch buffers and the chunked no-cache forward change no result."""
     import fastcnn.kernels.conv
     import fastcnn.kernels.conv_im2col
+    import fastcnn.kernels.winograd
 
     monkeypatch.setattr(fastcnn.kernels.conv_im2col, "INFERENCE_CHUNK_ROWS", 7)  # many small chunks
     monkeypatch.setattr(fastcnn.kernels.conv, "BLOCK_BYTES", 7 * 8)  # blocks of a few rows
+    monkeypatch.setattr(fastcnn.kernels.winograd, "BLOCK_BYTES", 16 * 7 * 8)  # blocks of a few tiles
     fn = registry.get(op, impl)
     rng = np.random.default_rng(11)
     workspace = {}
@@ -179,9 +204,9 @@ def test_conv2d_workspace_and_inference_hints(monkeypatch, op, impl, case, dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("op,impl", impl_params(*CONV_OPS))
-def test_conv2d_all_zero_input(op, impl, dtype):
-    args, kwargs = conv_case(np.random.default_rng(1), 2, 6, 6, 2, 3, 3, 1, "same", True, kind="zeros")
+@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, [(2, 6, 6, 2, 3, 3, 1, "same", True)]))
+def test_conv2d_all_zero_input(op, impl, case, dtype):
+    args, kwargs = conv_case(np.random.default_rng(1), *case, kind="zeros")
     compare(op, impl, args, kwargs, dtype)
 
 
@@ -334,11 +359,11 @@ def test_conv2d_agrees_hypothesis(config, kind, contiguous, dtype, seed):
     OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
     assert OH >= 1 and OW >= 1
     for op in CONV_OPS:
-        for impl in fast_impls(op):
+        for impl in applicable_impls(op, args, kwargs):
             compare(op, impl, args, kwargs, dtype, seed)
     pool = (1 + seed % min(OH, 3), 1 + seed // 3 % min(OW, 3))  # 1 to 3, at most the output size
     for op in CONV_POOL_OPS:
-        for impl in fast_impls(op):
+        for impl in applicable_impls(op, args, dict(kwargs, pool_size=pool)):
             compare(op, impl, args, dict(kwargs, pool_size=pool), dtype, seed)
 
 
@@ -411,7 +436,7 @@ DRAWN_CASES = {
 @given(data=st.data(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 99))
 def test_other_ops_agree_hypothesis(op, data, dtype, seed):
     args, kwargs = data.draw(DRAWN_CASES[op], label="case")
-    for impl in fast_impls(op):
+    for impl in applicable_impls(op, args, kwargs):
         compare(op, impl, args, kwargs, dtype, seed)
 
 

@@ -4,13 +4,15 @@ Kernels are ``cache=True``: the first process compiles them (seconds) and
 writes the machine code next to the sources (or under ``NUMBA_CACHE_DIR``);
 later processes load it (milliseconds). :func:`warmup` calls every public
 wrapper on tiny arrays, so whichever of the two applies happens here rather than
-inside the first step. Signatures match the ones training uses: C-contiguous
+inside the first step. The convolution and dense variants come from the
+registry (every registered variant, where its predicate holds). Signatures match the ones training uses: C-contiguous
 writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 """
 
 import numpy as np
 
-from fastcnn.kernels import _shifted, activations, conv, conv_pool, dense, loss, optim, pooling
+from fastcnn import registry
+from fastcnn.kernels import _shifted, activations, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -22,26 +24,27 @@ def _run_dtype(dtype):
     w = rng.standard_normal((3, 3, 3, 2)).astype(dtype)  # (KH, KW, C, F)
     b = np.zeros(2, dtype=dtype)  # (F,)
     geometry = dict(stride=(1, 1), padding=((1, 1), (1, 1)))
-    for forward, backward in ((conv.conv2d_forward, conv.conv2d_backward),
-                              (conv.conv2d_relu_forward, conv.conv2d_relu_backward)):
-        y, cache = forward(x, w, b, **geometry)
-        backward(np.ones_like(y), cache)
-        forward(x, w, None, **geometry, need_cache=False)
-
-    x16 = rng.standard_normal((2, 5, 5, _shifted.MIN_CHANNELS)).astype(dtype)  # the shifted-GEMM forward
+    x16 = rng.standard_normal((2, 5, 5, _shifted.MIN_CHANNELS)).astype(dtype)  # row-major im2col blocks
     w16 = rng.standard_normal((3, 3, _shifted.MIN_CHANNELS, 2)).astype(dtype)
-    for w_ in (w, w[:, :, :1], w16):  # row-major and transposed im2col blocks, shifted GEMMs
-        for forward, backward in ((conv_pool.conv2d_maxpool2d_forward, conv_pool.conv2d_maxpool2d_backward),
-                                  (conv_pool.conv2d_relu_maxpool2d_forward,
-                                   conv_pool.conv2d_relu_maxpool2d_backward)):
-            xi = x16 if w_ is w16 else np.ascontiguousarray(x[..., :w_.shape[2]])
-            y, cache = forward(xi, np.ascontiguousarray(w_), b, **geometry, pool_size=(2, 2))
-            backward(np.ones_like(y), cache)
-            forward(xi, np.ascontiguousarray(w_), None, **geometry, pool_size=(2, 2), need_cache=False)
+    x1 = np.ascontiguousarray(x[..., :1])  # one channel: transposed im2col blocks
+    w1 = np.ascontiguousarray(w[:, :, :1])
+    # Every variant of every convolution op (from the registry), where its predicate holds.
+    for op in registry.ops():
+        if not op.startswith("conv2d"):
+            continue
+        extra = dict(pool_size=(2, 2)) if op.endswith("maxpool2d") else {}
+        for xi, wi in ((x, w), (x1, w1), (x16, w16)):
+            for name in registry.applicable(op, (xi, wi, b), dict(geometry, **extra), registry.variants(op)):
+                entry = registry.get(op, name)
+                y, cache = entry.forward(xi, wi, b, **geometry, **extra)
+                entry.backward(np.ones_like(y), cache)
+                entry.forward(xi, wi, None, **geometry, **extra, need_cache=False)
     for shape in ((2, 3, 2), (2, 600, 300)):  # run whole, and split over the threads
         xd = rng.standard_normal(shape[:2]).astype(dtype)  # (N, IN)
-        y, cache = dense.dense_forward(xd, rng.standard_normal(shape[1:]).astype(dtype), np.zeros(shape[2], dtype))
-        dense.dense_backward(np.ones_like(y), cache)
+        wd = rng.standard_normal(shape[1:]).astype(dtype)  # (IN, F)
+        for name in registry.variants("dense"):
+            y, cache = registry.get("dense", name).forward(xd, wd, np.zeros(shape[2], dtype))
+            registry.get("dense", name).backward(np.ones_like(y), cache)
 
     pool = dict(pool_size=(2, 2), stride=(2, 2), padding=((0, 1), (0, 1)))
     for forward, backward in (

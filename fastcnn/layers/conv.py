@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from fastcnn import registry
 from fastcnn.geometry import check_padding_spec, output_hw, pair, resolve_padding
 from fastcnn.init import check_initializer
 from fastcnn.layers.base import Layer
@@ -23,7 +24,8 @@ class Conv2D(Layer):
         the bottom/right (TensorFlow and PyTorch semantics).
     use_bias : bool, default True
     kernel_initializer : str, default "glorot_uniform" (see ``fastcnn.init``)
-    impl : "auto", "reference", "numpy" or "numba"
+    impl : "auto", "reference", "numpy", "numba" or a numba variant ("numba:im2col",
+        "numba:winograd", ...: see ``fastcnn.registry.implementations("conv2d")``)
 
     Shape:
         input (N, H, W, C) -> output (N, OH, OW, filters);
@@ -95,11 +97,22 @@ class Conv2D(Layer):
         """Forward through ``fn``, a registry entry with conv2d's signature (conv2d or a fused op
         starting with it; ``extra`` are the fused op's own arguments, such as ``pool_size``)."""
         pads = self._geometry(x.shape[1:3])
+        if ":" in fn.impl:  # one variant asked for: it must apply
+            self._check_variant(fn, x, pads, extra)
         y, self._cache = fn.forward(
             x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads,
             workspace=self._workspace, need_cache=self.training, **extra,
         )
         return y
+
+    def _check_variant(self, fn, x, pads, extra):
+        args = (x, self.params["weight"], None)
+        kwargs = dict(stride=self.stride, padding=pads, **extra)
+        if not fn.applies(registry.geometry_of(fn.op, args, kwargs)):
+            (KH, KW), (SH, SW) = self.kernel_size, self.stride
+            others = registry.applicable(fn.op, args, kwargs, registry.variants(fn.op))
+            raise ValueError(f"{self._label()}: impl {fn.impl!r} does not apply to this convolution (kernel "
+                             f"{KH}x{KW}, stride {SH}x{SW}, padding {pads}); variants that do: {others}")
 
     def backward_with(self, fn, dy):
         """Backward through ``fn`` (the entry the last forward used); writes ``grads``."""

@@ -1,0 +1,266 @@
+"""The planner (fastcnn/planner.py) and the variant registry, with injected timings: no test here times anything.
+
+Choice logic (fastest wins, ties to the first registered), the plan file (keyed by
+machine and geometry, written atomically, first writer wins, a corrupt file ignored
+with a warning), ``FASTCNN_PLAN`` parsing, the heuristic and forced modes, and the
+layers' ``impl="numba:<variant>"``.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import layers as L
+from fastcnn import planner, registry
+from fastcnn.testing import assert_close
+
+SAME = ((1, 1), (1, 1))
+
+
+def conv_call(C=3, k=3, stride=(1, 1), padding=SAME, N=2, pool=None, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, 8, 8, C)).astype(dtype)
+    w = rng.standard_normal((k, k, C, 4)).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding)
+    if pool:
+        kwargs["pool_size"] = pool
+    return (x, w, np.zeros(4, dtype)), kwargs
+
+
+def fake_timer(seconds, calls=None):
+    """A timer that reports ``seconds[variant]`` and records what it was asked to time."""
+    def timer(entry, args, kwargs, train, repeats, deadline):
+        if calls is not None:
+            calls.append((entry.op, entry.impl, train))
+        return seconds[entry.impl]
+    return timer
+
+
+def refuse(*args):
+    raise AssertionError("the planner timed a variant where it should not")
+
+
+@pytest.fixture
+def plans(tmp_path):
+    return str(tmp_path / "plans.json")
+
+
+# -- FASTCNN_PLAN ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, mode", [("", "measure"), ("  ", "measure"), ("measure", "measure"),
+                                         ("heuristic", "heuristic"), (" numba:winograd ", "numba:winograd")])
+def test_plan_mode_parses(value, mode):
+    assert planner.plan_mode(value) == mode
+
+
+@pytest.mark.parametrize("bad", ["fast", "numba", "numba:nope", "Heuristic"])
+def test_plan_mode_rejects_anything_else_with_the_accepted_values(bad):
+    with pytest.raises(ValueError, match=rf"FASTCNN_PLAN='{bad}' is not understood; expected 'measure' .*"
+                                         r"'heuristic' or one of the variants \[.*'numba:winograd'"):
+        planner.plan_mode(bad)
+
+
+def test_a_bad_plan_setting_fails_at_the_first_call(monkeypatch):
+    monkeypatch.setenv("FASTCNN_PLAN", "fastest")
+    args, kwargs = conv_call()
+    with pytest.raises(ValueError, match="FASTCNN_PLAN='fastest' is not understood"):
+        registry.get("conv2d", "numba").forward(*args, **kwargs)
+
+
+# -- choosing ---------------------------------------------------------------------------
+
+def test_measure_keeps_the_fastest_variant_and_writes_it(plans):
+    calls = []
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}, calls), machine="m")
+    args, kwargs = conv_call()
+    assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+    assert calls == [("conv2d", "numba:im2col", True), ("conv2d", "numba:winograd", True)]
+    p.choose("conv2d", args, kwargs, mode="measure")  # remembered: not timed again
+    assert len(calls) == 2
+    with open(plans) as f:
+        data = json.load(f)
+    key = planner.geometry_key(registry.geometry_of("conv2d", args, kwargs), True)
+    assert key == "conv2d x=2x8x8x3 w=3x3x3x4 stride=1x1 padding=1x1,1x1 float32 train"
+    assert data == {"format": 1, "plans": {"m": {key: {"choice": "numba:winograd",
+                                                      "seconds": {"numba:im2col": 2.0, "numba:winograd": 1.0}}}}}
+    assert [name for name in os.listdir(os.path.dirname(plans)) if not name.startswith("plans.json")] == []
+
+
+def test_measure_times_only_the_variants_that_apply(plans):
+    calls = []
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:shifted": 3.0, "numba:direct": 2.0},
+                                               calls), machine="m")
+    args, kwargs = conv_call(k=5, padding=((2, 2), (2, 2)), pool=(2, 2))  # 5x5: no Winograd
+    assert p.choose("conv2d_relu_maxpool2d", args, kwargs, mode="measure").impl == "numba:im2col"
+    assert [impl for _, impl, _ in calls] == ["numba:im2col", "numba:shifted", "numba:direct"]
+    calls.clear()
+    args, kwargs = conv_call(stride=(2, 2))  # one variant applies: nothing to time
+    assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"
+    assert calls == []
+
+
+def test_ties_go_to_the_first_registered_variant(plans):
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:winograd": 1.0}), machine="m")
+    args, kwargs = conv_call()
+    assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"
+
+
+def test_inference_and_training_are_planned_apart(plans):
+    calls = []
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:winograd": 2.0}, calls), machine="m")
+    args, kwargs = conv_call()
+    p.choose("conv2d", args, kwargs, mode="measure")
+    p.choose("conv2d", args, dict(kwargs, need_cache=False), mode="measure")
+    assert [train for _, _, train in calls] == [True, True, False, False]
+
+
+def test_a_second_process_reads_the_plan_and_times_nothing(plans):
+    args, kwargs = conv_call()
+    first = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}), machine="m")
+    first.choose("conv2d", args, kwargs, mode="measure")
+    second = planner.Planner(plans, timer=refuse, machine="m")
+    assert second.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+
+
+def test_plans_are_keyed_by_machine_and_shape(plans):
+    args, kwargs = conv_call()
+    planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}), machine="m").choose(
+        "conv2d", args, kwargs, mode="measure")
+    calls = []
+    other = planner.Planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:winograd": 2.0}, calls),
+                            machine="another CPU")
+    assert other.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"
+    args3, _ = conv_call(N=3)
+    assert other.choose("conv2d", args3, kwargs, mode="measure").impl == "numba:im2col"
+    assert len(calls) == 4  # both shapes timed on the other machine
+    with open(plans) as f:
+        data = json.load(f)["plans"]
+    assert set(data) == {"m", "another CPU"} and len(data["another CPU"]) == 2
+
+
+def test_the_first_writer_wins(plans):
+    """Two processes planned the same geometry at once: the second adopts the first's choice."""
+    args, kwargs = conv_call()
+    slow = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}), machine="m")
+    fast = planner.Planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:winograd": 2.0}), machine="m")
+    key = planner.geometry_key(registry.geometry_of("conv2d", args, kwargs), True)
+    assert fast.record(key, "numba:im2col", {"numba:im2col": 1.0}) == "numba:im2col"
+    assert slow.record(key, "numba:winograd", {"numba:winograd": 1.0}) == "numba:im2col"
+    assert slow.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"  # re-read before timing
+
+
+def test_the_machine_key_names_cpu_blas_and_versions():
+    key = planner.machine_key()
+    assert f"fastcnn {fastcnn.__version__}" in key and "BLAS" in key and f"numpy {np.__version__}" in key
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "plans": {}}), json.dumps([1, 2])])
+def test_a_corrupt_plan_file_is_ignored_with_a_warning_and_replaced(plans, content):
+    with open(plans, "w") as f:
+        f.write(content)
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}), machine="m")
+    args, kwargs = conv_call()
+    with pytest.warns(RuntimeWarning, match=r"fastcnn: ignoring .*plan file .*plans\.json.* replaced"):
+        assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+    with open(plans) as f:
+        assert json.load(f)["format"] == 1
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(plans, monkeypatch):
+    args, kwargs = conv_call()
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}), machine="m")
+    p.choose("conv2d", args, kwargs, mode="measure")
+    with open(plans) as f:
+        before = f.read()
+
+    def broken_dump(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(planner.json, "dump", broken_dump)
+    with pytest.raises(KeyboardInterrupt):
+        p.record("another key", "numba:im2col", {})
+    with open(plans) as f:
+        assert f.read() == before
+    assert sorted(os.listdir(os.path.dirname(plans))) == ["plans.json", "plans.json.lock"]
+
+
+def test_planning_is_announced_once_on_stderr(plans, capsys):
+    p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}), machine="m")
+    for N in (1, 2):
+        args, kwargs = conv_call(N=N)
+        p.choose("conv2d", args, kwargs, mode="measure")
+    err = capsys.readouterr().err
+    assert err.count("fastcnn: planning kernels") == 1 and plans in err
+
+
+def test_heuristic_and_forced_modes_time_nothing(plans):
+    p = planner.Planner(plans, timer=refuse, machine="m")
+    args, kwargs = conv_call(C=16, pool=(2, 2))
+    assert p.choose("conv2d_relu_maxpool2d", args, kwargs, mode="heuristic").impl == "numba:shifted"
+    args1, kwargs1 = conv_call(C=1, pool=(2, 2))
+    assert p.choose("conv2d_relu_maxpool2d", args1, kwargs1, mode="heuristic").impl == "numba:direct"
+    assert p.choose("conv2d_relu_maxpool2d", args1, kwargs1, mode="numba:winograd").impl == "numba:winograd"
+    args5, kwargs5 = conv_call(k=5)  # Winograd does not apply: the heuristic's choice
+    assert p.choose("conv2d", args5, kwargs5, mode="numba:winograd").impl == "numba:im2col"
+    assert not os.path.exists(plans)
+
+
+def test_dense_heuristic_splits_large_gemms_only(plans):
+    p = planner.Planner(plans, timer=refuse, machine="m")
+    small = (np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), None)
+    large = (np.zeros((64, 600), np.float32), np.zeros((600, 128), np.float32), None)
+    assert p.choose("dense", small, {}, mode="heuristic").impl == "numba:blas"
+    assert p.choose("dense", large, {}, mode="heuristic").impl == "numba:split"
+
+
+# -- the registry's variants and the layers ----------------------------------------------
+
+def test_implementations_list_the_variants_after_the_families():
+    assert registry.implementations("conv2d")[:3] == ["reference", "numpy", "numba"]
+    assert {"numba:im2col", "numba:winograd"} <= set(registry.implementations("conv2d"))
+    assert {"numba:im2col", "numba:shifted", "numba:direct", "numba:winograd"} <= set(
+        registry.variants("conv2d_relu_maxpool2d"))
+    assert registry.variants("relu") == []
+
+
+def test_variants_filter_by_their_predicates():
+    args, kwargs = conv_call(stride=(2, 2), pool=(2, 2))
+    assert registry.applicable("conv2d_maxpool2d", args, kwargs, registry.variants("conv2d_maxpool2d")) == [
+        "numba:im2col"]
+    args, kwargs = conv_call(padding=((3, 3), (3, 3)))  # more padding than Winograd's input gradient allows
+    assert "numba:winograd" not in registry.applicable("conv2d", args, kwargs)
+
+
+def test_the_dispatcher_backward_needs_a_cache():
+    args, kwargs = conv_call()
+    fn = registry.get("conv2d", "numba")
+    y, cache = fn.forward(*args, **kwargs, need_cache=False)
+    assert cache is None
+    with pytest.raises(ValueError, match="backward after a forward with need_cache=False"):
+        fn.backward(np.ones_like(y), cache)
+
+
+def test_a_layer_takes_a_variant():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    layer = L.Conv2D(4, 3, padding="same", impl="numba:winograd")
+    twin = L.Conv2D(4, 3, padding="same", impl="reference")
+    y = layer(x)
+    twin.build(x.shape[1:], x.dtype)
+    twin.params = {k: v.copy() for k, v in layer.params.items()}
+    assert layer.resolved_impl == "numba:winograd" and repr(layer).endswith("impl='numba:winograd')")
+    assert_close(y, twin(x), dtype=np.float32)
+
+
+def test_a_variant_that_does_not_apply_is_a_clear_error():
+    x = np.zeros((1, 6, 6, 3), np.float32)
+    with pytest.raises(ValueError, match=r"Conv2D: impl 'numba:winograd' does not apply to this convolution "
+                                         r"\(kernel 5x5, stride 1x1"):
+        L.Conv2D(4, 5, impl="numba:winograd")(x)
+    with pytest.raises(ValueError, match=r"op 'conv2d' has no 'numba:shifted' implementation"):
+        L.Conv2D(4, 3, impl="numba:shifted")(x)
+    with pytest.raises(ValueError, match=r"Conv2D: unknown impl 'numba:'; expected 'auto' or one of"):
+        L.Conv2D(4, 3, impl="numba:")
