@@ -1,8 +1,11 @@
 """Every registered implementation of every hot op, on the shapes of the three presets.
 
 One pytest-benchmark group per (op, direction, shape), one row per
-implementation the registry holds, so a newly registered variant is timed here
-without editing this file. The reference runs only where one call is
+implementation the registry holds, numba variants included where their
+predicates hold (``numba`` itself is the planner's choice among them), so a
+newly registered variant is timed here without editing this file. The
+convolution rows count the direct convolution's FLOPs whatever the variant:
+their "% of matmul peak" is an effective rate, above 100% possible for Winograd. The reference runs only where one call is
 estimated to take under ``REFERENCE_BUDGET_S`` seconds; elsewhere its row is
 skipped with the estimate as the reason, ``extra_info["reference"]`` says so,
 and the ground truth is the float64 NumPy path instead.
@@ -233,11 +236,18 @@ CASES = [*conv_cases(BATCH), *fused_cases(BATCH), *pool_cases(BATCH), *dense_cas
          *elementwise_cases(BATCH)]
 
 
+def impl_rank(impl):
+    """Families in IMPL_ORDER, each family's variants right after it."""
+    return IMPL_ORDER.index(registry.family(impl)), impl
+
+
 def params():
     out = []
     for case in CASES:
         impls = registry.implementations(case.op)
-        for impl in sorted(impls, key=IMPL_ORDER.index):
+        if registry.variants(case.op):  # each variant where its predicate holds
+            impls = registry.applicable(case.op, *case.make(np.random.default_rng(0)), impls)
+        for impl in sorted(impls, key=impl_rank):
             marks = ()
             if impl == "reference" and not case.reference_runs:
                 marks = pytest.mark.skip(
