@@ -286,18 +286,24 @@ def _write_atomically(path, data):
         raise
 
 
-_PLANNERS = {}
+_PLANNERS = {}  # $FASTCNN_CACHE -> Planner
+_MODES = {}  # $FASTCNN_PLAN -> parsed mode
 
 
 def default_planner():
     """The process's planner for the current ``$FASTCNN_CACHE``."""
-    path = cache_path()
-    planner = _PLANNERS.get(path)
+    root = os.environ.get("FASTCNN_CACHE", "")
+    planner = _PLANNERS.get(root)
     if planner is None:
-        planner = _PLANNERS[path] = Planner(path)
+        planner = _PLANNERS[root] = Planner(cache_path())
     return planner
 
 
 def choose(op, args, kwargs):
-    """The variant entry the ``"numba"`` dispatcher of ``op`` runs for this call."""
-    return default_planner().choose(op, args, kwargs)
+    """The variant entry the ``"numba"`` dispatcher of ``op`` runs for this call (a few dict
+    lookups once the geometry has been planned)."""
+    raw = os.environ.get("FASTCNN_PLAN", "")
+    mode = _MODES.get(raw)
+    if mode is None:
+        mode = _MODES[raw] = plan_mode(raw)
+    return default_planner().choose(op, args, kwargs, mode)
