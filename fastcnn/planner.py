@@ -27,6 +27,11 @@ backward pass follows), so only the first call of a geometry does any work.
 ``numba:<variant>``
     That variant wherever its predicate holds, the heuristic elsewhere.
 
+Machine-dependent numbers are planned the same way (:func:`tuned`): whether
+float32 GEMMs are cut into calls small enough for OpenBLAS's unpacked kernels
+(:func:`fastcnn.kernels._blas.small_gemm_mnk`) is timed under ``measure`` and
+follows the BLAS core type (AVX-512 cores, as tuned on one Xeon) otherwise.
+
 The first time a process times anything it says so on stderr, once.
 """
 
@@ -42,7 +47,7 @@ import numpy as np
 
 from fastcnn import registry
 
-__all__ = ["choose", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner", "HEURISTICS",
+__all__ = ["choose", "tuned", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner", "HEURISTICS",
            "BUDGET_SECONDS", "REPEATS"]
 
 #: At most this long timing one geometry's variants (the warm-up runs excluded), so
@@ -237,7 +242,7 @@ class Planner:
                 plans = self.read()
                 mine = plans.setdefault(self.machine, {})
                 held = mine.get(key)
-                if isinstance(held, dict) and isinstance(held.get("choice"), str):
+                if isinstance(held, dict) and "choice" in held:
                     return held["choice"]
                 mine[key] = {"choice": choice, "seconds": {k: round(v, 7) for k, v in times.items()}}
                 _write_atomically(self.path, {"format": _FORMAT, "plans": plans})
@@ -245,6 +250,20 @@ class Planner:
             warnings.warn(f"fastcnn: cannot write the plan file {self.path} ({error}); the plan holds for this "
                           f"process only", RuntimeWarning, stacklevel=3)
         return choice
+
+
+def tuned(name, measure, rule, planner=None):
+    """A machine-dependent number: under ``FASTCNN_PLAN=measure`` ``measure() -> (value, timings)``,
+    run once per machine and kept in the plan file as ``"tuning <name>"``; otherwise ``rule()``."""
+    if plan_mode() != "measure":
+        return rule()
+    planner = planner or default_planner()
+    key = f"tuning {name}"
+    known = planner.read().get(planner.machine, {}).get(key)
+    if isinstance(known, dict) and "choice" in known:
+        return known["choice"]
+    value, times = measure()
+    return planner.record(key, value, times)
 
 
 def heuristic(op, geometry, candidates=None):

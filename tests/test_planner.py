@@ -264,3 +264,29 @@ def test_a_variant_that_does_not_apply_is_a_clear_error():
         L.Conv2D(4, 3, impl="numba:shifted")(x)
     with pytest.raises(ValueError, match=r"Conv2D: unknown impl 'numba:'; expected 'auto' or one of"):
         L.Conv2D(4, 3, impl="numba:")
+
+
+def test_a_tuned_number_is_measured_once_per_machine_and_kept(plans, monkeypatch):
+    monkeypatch.setenv("FASTCNN_PLAN", "measure")
+    p = planner.Planner(plans, timer=refuse, machine="m")
+    measured = []
+
+    def measure():
+        measured.append(1)
+        return 100**3, {"whole": 2.0, "cut": 1.0}
+
+    assert planner.tuned("small_gemm_mnk", measure, lambda: 0, planner=p) == 100**3
+    again = planner.Planner(plans, timer=refuse, machine="m")
+    assert planner.tuned("small_gemm_mnk", measure, lambda: 0, planner=again) == 100**3
+    assert measured == [1]
+    with open(plans) as f:
+        assert json.load(f)["plans"]["m"]["tuning small_gemm_mnk"]["choice"] == 100**3
+    monkeypatch.setenv("FASTCNN_PLAN", "heuristic")  # the fixed rule, nothing measured or read
+    assert planner.tuned("small_gemm_mnk", refuse, lambda: 7, planner=again) == 7
+
+
+def test_the_small_gemm_probe_decides_between_its_two_values():
+    from fastcnn.kernels import _blas
+
+    value, seconds = _blas._measure_small_gemm(repeats=1)
+    assert value in (0, 100**3) and set(seconds) == {"whole", "cut"}

@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - a hard dependency, but stay importable
     threadpoolctl = None
 
-__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_rows", "gemm", "blas_single_threaded", "ROW_MAJOR",
+__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_mnk", "small_gemm_rows", "gemm", "blas_single_threaded", "ROW_MAJOR",
            "NO_TRANS", "TRANS"]
 
 #: CBLAS enums (cblas.h).
@@ -67,7 +67,8 @@ def _numpy_blas_library():
     return _numpy_blas_info().get("filepath")
 
 
-#: OpenBLAS core types whose SGEMM has the AVX-512 "small matrix" kernels.
+#: OpenBLAS core types whose SGEMM has the AVX-512 "small matrix" kernels (the heuristic
+#: plan's rule, tuned on one Xeon; the measuring plan times it instead: :func:`small_gemm_mnk`).
 _SMALL_KERNEL_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -135,15 +136,67 @@ _WIDTH, _SET_THREADS, _GET_THREADS, REASON = _bind()
 #: True when :func:`gemm` can be called from kernels.
 AVAILABLE = _WIDTH is not None
 
-#: float32 GEMMs of at most this ``M*N*K`` skip operand packing (:func:`_small_gemm_mnk`).
-SMALL_GEMM_MNK = _small_gemm_mnk() if AVAILABLE else 0
+#: float32 GEMMs of at most this ``M*N*K`` are issued as separate calls (:func:`small_gemm_mnk`);
+#: None until first needed, then decided by the planner.
+SMALL_GEMM_MNK = None if AVAILABLE else 0
+
+#: The measured decision's GEMM: vgg_mini conv2's block, ``(2048, 288) x (288, 32)``, whole
+#: against cut into calls of 100**3 multiply-adds (108 rows).
+_PROBE = (2048, 288, 32)
+
+
+def _measure_small_gemm(repeats=5):
+    """``(mnk, seconds)``: 100**3 when cutting the probe GEMM into small calls beats one call by 5%
+    or more on this machine, else 0 (one BLAS thread, as inside the kernels)."""
+    import time
+
+    M, K, N = _PROBE
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    c = np.empty((M, N), dtype=np.float32)
+    sub = 100**3 // (K * N)
+
+    def whole():
+        np.matmul(a, b, out=c)
+
+    def cut():
+        for s0 in range(0, M, sub):
+            np.matmul(a[s0:s0 + sub], b, out=c[s0:s0 + sub])
+
+    best = {}
+    with blas_single_threaded():
+        for name, fn in (("whole", whole), ("cut", cut)):
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            best[name] = min(times)
+    return (100**3 if best["cut"] < 0.95 * best["whole"] else 0), best
+
+
+def small_gemm_mnk():
+    """:data:`SMALL_GEMM_MNK`, deciding it on first use: ``FASTCNN_SMALL_GEMM_MNK`` if set, else the
+    planner's decision (``FASTCNN_PLAN=measure``: :func:`_measure_small_gemm`, kept in the plan
+    file; otherwise :func:`_small_gemm_mnk`'s fixed rule)."""
+    global SMALL_GEMM_MNK
+    if SMALL_GEMM_MNK is None:
+        if os.environ.get("FASTCNN_SMALL_GEMM_MNK", "").strip():
+            SMALL_GEMM_MNK = _small_gemm_mnk()
+        else:
+            from fastcnn import planner
+
+            SMALL_GEMM_MNK = int(planner.tuned("small_gemm_mnk", _measure_small_gemm, _small_gemm_mnk))
+    return SMALL_GEMM_MNK
 
 
 def small_gemm_rows(K, N, dtype, least):
     """Rows per call that keep a float32 GEMM ``(rows, K) x (K, N)`` within
     :data:`SMALL_GEMM_MNK`, or ``2**62`` (one call) when that is fewer than ``least``
     rows, for float64, or without small kernels."""
-    rows = SMALL_GEMM_MNK // (K * N) if np.dtype(dtype) == np.float32 and K * N else 0
+    rows = small_gemm_mnk() // (K * N) if np.dtype(dtype) == np.float32 and K * N else 0
     return rows if rows >= least else 1 << 62
 
 
