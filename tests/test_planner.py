@@ -290,3 +290,40 @@ def test_the_small_gemm_probe_decides_between_its_two_values():
 
     value, seconds = _blas._measure_small_gemm(repeats=1)
     assert value in (0, 100**3) and set(seconds) == {"whole", "cut"}
+
+
+#: Train a small model with the measuring planner and print a digest of the weights and the plan.
+TRAIN = """
+import hashlib, sys
+import numpy as np
+import fastcnn as fc
+from fastcnn import layers as L
+model = fc.Sequential([L.Conv2D(4, 3, padding="same"), L.ReLU(), L.Conv2D(4, 3, padding="same"), L.ReLU(),
+                       L.MaxPool2D(2), L.Flatten(), L.Dense(3)], input_shape=(6, 6, 2), seed=0)
+model.compile(optimizer=fc.optim.Adam(1e-2), loss="softmax_cross_entropy")
+rng = np.random.default_rng(1)
+x, y = rng.standard_normal((8, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, size=8)
+for _ in range(3):
+    model.train_on_batch(x, y)
+digest = hashlib.sha256(b"".join(w.tobytes() for _, w in sorted(model.get_weights().items()))).hexdigest()
+print(digest)
+"""
+
+
+def test_training_with_the_measuring_planner_is_reproducible_across_processes(tmp_path):
+    """The first process plans (timing real kernels) and writes the plan; the second reads it,
+    times nothing, and trains to the same weights bit for bit."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTCNN_PLAN="measure", FASTCNN_CACHE=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", TRAIN], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert "fastcnn: planning kernels" in runs[0].stderr
+    assert "planning" not in runs[1].stderr  # nothing left to plan
+    assert runs[0].stdout == runs[1].stdout
+    with open(tmp_path / "plans.json") as f:
+        (machine, plans), = json.load(f)["plans"].items()
+    assert any(key.startswith("conv2d_relu x=8x6x6x2") for key in plans)
