@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import (_blas, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim,
+from fastcnn.kernels import (_blas, _blockgemm, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim,
                              pooling, warmup, winograd)
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
@@ -72,7 +72,7 @@ def test_parallel_pool_backward_equals_serial(restore_threads, dtype, pool_size,
 
 def cut_gemms(monkeypatch, rows=3):
     """Every cut GEMM of conv and conv_pool in calls of ``rows`` rows (at the test shapes a
-    block is one call otherwise: see ``conv.forward_gemm_rows``)."""
+    block is one call otherwise: see ``_blockgemm.forward_gemm_rows``)."""
     calls = []
 
     def small_gemm_rows(K, F, dtype, least):
@@ -424,9 +424,9 @@ def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):
     assert _blas.small_gemm_rows(576, 64, np.float32, 16) == 27
     assert _blas.small_gemm_rows(576, 64, np.float32, 32) >= 2**62  # fewer than `least` rows: one call a block
     assert _blas.small_gemm_rows(288, 32, np.float64, 16) >= 2**62  # the small kernels are SGEMM's
-    assert conv.forward_gemm_rows(288, 32, np.float32) == 108
-    assert conv.forward_gemm_rows(288, 64, np.float32) >= 2**62  # more filters than FORWARD_CUT_MAX_F
-    assert conv.backward_gemm_rows(288, 64, np.float32) == (54, 54)
+    assert _blockgemm.forward_gemm_rows(288, 32, np.float32) == 108
+    assert _blockgemm.forward_gemm_rows(288, 64, np.float32) >= 2**62  # more filters than FORWARD_CUT_MAX_F
+    assert _blockgemm.backward_gemm_rows(288, 64, np.float32) == (54, 54)
     monkeypatch.setattr(_blas, "SMALL_GEMM_MNK", 0)
     assert _blas.small_gemm_rows(288, 32, np.float32, 16) >= 2**62
 
@@ -494,7 +494,8 @@ def _kernel_dispatchers():
     from fastcnn.kernels import _jit  # noqa: F401  (the modules below hold every kernel)
 
     found = {}
-    for module in (activations, conv, conv_im2col, conv_pool, dense, _im2col, _shifted, optim, pooling, winograd):
+    for module in (activations, conv, conv_im2col, conv_pool, dense, _blockgemm, _im2col, _shifted, optim, pooling,
+                   winograd):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:
@@ -558,11 +559,12 @@ def test_warmup_runs_and_validates_dtypes():
 #: print the kernel signatures that were compiled (or loaded) after warmup returned.
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
-from fastcnn.kernels import _im2col, _shifted, activations, conv, conv_pool, dense, loss, optim, pooling
+from fastcnn.kernels import (_blockgemm, _im2col, _shifted, activations, conv, conv_pool, dense, loss, optim, pooling,
+                             winograd)
 
 def signatures():
     return {(m.__name__, d.py_func.__qualname__, sig)
-            for m in (activations, conv, conv_pool, dense, _im2col, _shifted, loss, optim, pooling)
+            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, optim, pooling, winograd)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}

@@ -199,12 +199,12 @@ def test_conv2d_without_dx_gives_the_same_weight_gradients(op, impl, case):
                                                          impls=registry.implementations))
 def test_conv2d_workspace_and_inference_hints(monkeypatch, op, impl, case, dtype):
     """Reused scratch buffers and the chunked no-cache forward change no result."""
-    import fastcnn.kernels.conv
+    import fastcnn.kernels._blockgemm
     import fastcnn.kernels.conv_im2col
     import fastcnn.kernels.winograd
 
     monkeypatch.setattr(fastcnn.kernels.conv_im2col, "INFERENCE_CHUNK_ROWS", 7)  # many small chunks
-    monkeypatch.setattr(fastcnn.kernels.conv, "BLOCK_BYTES", 7 * 8)  # blocks of a few rows
+    monkeypatch.setattr(fastcnn.kernels._blockgemm, "BLOCK_BYTES", 7 * 8)  # blocks of a few rows
     monkeypatch.setattr(fastcnn.kernels.winograd, "BLOCK_BYTES", 16 * 7 * 8)  # blocks of a few tiles
     fn = registry.get(op, impl)
     rng = np.random.default_rng(11)

@@ -29,7 +29,7 @@ from numba import prange
 
 from fastcnn.geometry import output_hw
 from fastcnn.registry import Geometry
-from fastcnn.kernels import _blas, _shifted, conv
+from fastcnn.kernels import _blas, _blockgemm, _shifted
 from fastcnn.kernels._im2col import direct_image, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels._shifted import frame_rows, pad_image, shifted_gemm
@@ -181,7 +181,7 @@ def _forward_kernel(yp, arg, x, w2, b, relu, kmajor, ws, wo, units, sub, OH, OW,
                 else:
                     im2col_rows(cols[t:t + L], x, r, r + L, OH, OW, KH, KW, SH, SW, PT, PL)
             out = wo[g, :rows]  # (rows, F)
-            conv.forward_gemm(out, cols, colsT, kmajor, w2, sub)
+            _blockgemm.forward_gemm(out, cols, colsT, kmajor, w2, sub)
             _pool_units(yp, arg, out, b, relu, u0, u1, OW, PH, PW)
 
 
@@ -201,7 +201,7 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, ne
     one = dyp.dtype.type(1)
     for g in prange(G):
         n0, n1 = g * N // G, (g + 1) * N // G  # whole images: dx writes stay disjoint
-        conv.start_group(dx, dw_part, db_part, g, n0, n1, need_dx)
+        _blockgemm.start_group(dx, dw_part, db_part, g, n0, n1, need_dx)
         dw = dw_part[g]
         for u0 in range(n0 * OPH, n1 * OPH, units):
             u1 = min(u0 + units, n1 * OPH)
@@ -226,7 +226,7 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, ne
             runs = np.empty(u1 - u0, dtype=np.int64)  # each unit's first convolution row
             for u in range(u0, u1):
                 runs[u - u0] = (u // OPH * OH + u % OPH * PH) * OW
-            conv.block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, runs, L, kmajor, need_dx,
+            _blockgemm.block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, runs, L, kmajor, need_dx,
                                 sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
@@ -239,9 +239,9 @@ DIRECT_MAX_K = 32
 
 
 def _units(K, F, L, itemsize, U, G):
-    """Pooling rows per block: about conv.BLOCK_BYTES of im2col, no more than a group's share."""
+    """Pooling rows per block: about _blockgemm.BLOCK_BYTES of im2col, no more than a group's share."""
     per_unit = L * max(K, F) * itemsize
-    return max(1, min(conv.BLOCK_BYTES // per_unit, -(-U // G)))
+    return max(1, min(_blockgemm.BLOCK_BYTES // per_unit, -(-U // G)))
 
 
 def heuristic(geometry):
@@ -269,7 +269,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, p
     (SH, SW), ((PT, _), (PL, _)) = stride, padding
     OH, OW = output_hw((H, W), (KH, KW), stride, padding)
     OPH, OPW = OH // PH, OW // PW
-    K, U, G, dtype = KH * KW * C, N * OPH, conv._groups(), x.dtype
+    K, U, G, dtype = KH * KW * C, N * OPH, _blockgemm.groups(), x.dtype
     w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
@@ -295,8 +295,8 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, p
         ws = scratch(workspace, "cols", (G, rows, K), dtype)  # (G, rows, K)
         wo = scratch(workspace, "out", (G, rows, F), dtype)  # (G, rows, F)
         with _blas.blas_single_threaded():
-            _forward_kernel(yp, arg, x3, w2, bias, relu, conv._kmajor(KW, C), ws, wo, units,
-                            conv.forward_gemm_rows(K, F, dtype), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
+            _forward_kernel(yp, arg, x3, w2, bias, relu, _blockgemm.kmajor(KW, C), ws, wo, units,
+                            _blockgemm.forward_gemm_rows(K, F, dtype), OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     cache = None
     if need_cache:
         cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace)
@@ -308,17 +308,17 @@ def _backward(dy, cache, need_dx):
     N, H, W, C = x.shape
     K, F = w2.shape
     U, OPW, _ = yp.shape
-    G, dtype = conv._groups(), x.dtype
+    G, dtype = _blockgemm.groups(), x.dtype
     dyp = np.ascontiguousarray(dy, dtype=dtype).reshape(U, OPW, F)  # (N*OPH, OPW, F)
     units = _units(K, F, PH * OW, dtype.itemsize, U, G)
     rows = units * PH * OW
-    ws, wdy, ones, dw_part, db_part, dx = conv.backward_buffers(workspace, G, rows, rows, K, F, has_bias, need_dx,
+    ws, wdy, ones, dw_part, db_part, dx = _blockgemm.backward_buffers(workspace, G, rows, rows, K, F, has_bias, need_dx,
                                                                 x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), np.ascontiguousarray(w2.T), relu,
-                         conv._kmajor(KW, C), need_dx, ws, wdy, ones, units, *conv.backward_gemm_rows(K, F, dtype),
+                         _blockgemm.kmajor(KW, C), need_dx, ws, wdy, ones, units, *_blockgemm.backward_gemm_rows(K, F, dtype),
                          OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
-    return conv.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
+    return _blockgemm.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
 
 def _variant(path, relu):

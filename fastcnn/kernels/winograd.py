@@ -37,7 +37,7 @@ import numpy as np
 from numba import prange
 
 from fastcnn.geometry import output_hw
-from fastcnn.kernels import _blas, conv, conv_pool
+from fastcnn.kernels import _blas, _blockgemm, conv, conv_pool
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 
@@ -212,7 +212,7 @@ def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino"):
     many after it as ``OH``, ``OW`` need), plus ``b`` ((F,) or size 0), ReLU'd when ``relu``."""
     N, H, W, C = x.shape
     F = U.shape[2]
-    G = conv._groups()
+    G = _blockgemm.groups()
     TH, TW = -(-OH // 2), -(-OW // 2)
     D, TC, TF, V, M = _buffers(workspace, prefix, N, C, F, -(-(N * TH * TW) // G), x.dtype, G)
     y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
@@ -288,7 +288,7 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
     OH, OW = output_hw((H, W), (3, 3), stride, padding)
     OPH, OPW = OH // PH, OW // PW
     (PT, _), (PL, _) = padding
-    dtype, G = x.dtype, conv._groups()
+    dtype, G = x.dtype, _blockgemm.groups()
     TH, TW = -(-OH // 2), -(-OW // 2)
     D, TC, TF, V, M = _buffers(workspace, "wino", N, C, F, TH * TW, dtype, G)
     Y = scratch(workspace, "winoY", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
