@@ -22,6 +22,9 @@ threads in use, so results are bit-identical at any ``set_num_threads``.
 ``max(y, 0)`` in the epilogue and masks ``dy`` with ``y > 0`` per block in
 backward, so neither the pre-activation nor a separate ReLU pass exists.
 
+This is the ``numba:im2col`` variant of ``conv2d`` and ``conv2d_relu``; the
+shared block machinery lives in :mod:`fastcnn.kernels._blockgemm`.
+
 Without a usable BLAS (:data:`fastcnn.kernels._blas.AVAILABLE` false) the
 previous implementation, one im2col matrix and NumPy GEMMs
 (:mod:`fastcnn.kernels.conv_im2col`), is used, and ``conv2d_relu`` is not

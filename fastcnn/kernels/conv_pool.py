@@ -15,9 +15,13 @@ same GEMMs as :mod:`fastcnn.kernels.conv`, recomputing im2col from the input.
 Neither direction stores or re-reads the convolution output: at the mnist_cnn
 conv2 shape that is 9.4 MB written and read three times less per step.
 
-With a stride of 1 and 16 input channels or more the forward skips im2col
-altogether: shifted GEMMs over a zero-padded copy of each image
-(:mod:`fastcnn.kernels._shifted`), pooled from the full-width rows they produce.
+The forward comes in three registry variants (:data:`VARIANTS`), all with the
+same backward: ``numba:im2col`` (any geometry), ``numba:shifted`` (stride 1:
+shifted GEMMs over a zero-padded copy of each image, :mod:`fastcnn.kernels._shifted`,
+pooled from the full-width rows they produce; no im2col at all) and
+``numba:direct`` (stride 1: direct loops on a planar copy, for a small
+``KH*KW*C``). The planner picks one per geometry; :func:`heuristic` holds the
+thresholds used before it measured.
 
 Only pools with stride equal to their size and no padding are fused (every
 preset's); a convolution row or column that no window covers is computed and
