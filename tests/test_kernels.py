@@ -18,7 +18,7 @@ import pytest
 
 from fastcnn import parallel, registry
 from fastcnn.kernels import (_blas, _blockgemm, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim,
-                             pooling, warmup, winograd)
+                             pooling, warmup, winograd, winograd4)
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
 
@@ -118,6 +118,7 @@ PARALLEL_KERNELS = [
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
     (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_shifted_forward_kernel"),
     (conv_pool, "_backward_kernel"), (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
+    (winograd4, "_forward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
 ]
@@ -157,12 +158,12 @@ def batch_parallel_outputs(dtype):
             grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
-    for op, (forward, backward) in winograd.VARIANTS.items():  # over tiles; over images when pooled
+    for op, (forward, backward) in [*winograd.VARIANTS.items(), *winograd4.VARIANTS.items()]:  # tiles; pooled: images
         kw = dict(pool_size=(2, 3)) if "pool" in op else {}
         y, cache = forward(x5, w5, b, stride=(1, 1), padding=same, **kw)
         grads = backward(rng.standard_normal(y.shape).astype(dtype), cache)
         for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
-            out[f"winograd {op} {key}"] = array
+            out[f"winograd {forward.__module__} {op} {key}"] = array
     for N, F in ((7, 130), (400, 5)):  # forward split by columns (the weights larger), by rows (the input)
         xd = rng.standard_normal((N, 300)).astype(dtype)  # (N, IN)
         wd = rng.standard_normal((300, F)).astype(dtype)  # (IN, F)
@@ -183,7 +184,7 @@ def batch_parallel_outputs(dtype):
 def test_parallel_kernel_list_is_complete():
     found = {
         (module, name)
-        for module in (activations, conv, conv_im2col, conv_pool, dense, pooling, loss, optim, winograd)
+        for module in (activations, conv, conv_im2col, conv_pool, dense, pooling, loss, optim, winograd, winograd4)
         for name, value in vars(module).items()
         if isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get("parallel")
     }
@@ -495,7 +496,7 @@ def _kernel_dispatchers():
 
     found = {}
     for module in (activations, conv, conv_im2col, conv_pool, dense, _blockgemm, _im2col, _shifted, optim, pooling,
-                   winograd):
+                   winograd, winograd4):
         for name, value in vars(module).items():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:
@@ -560,11 +561,12 @@ def test_warmup_runs_and_validates_dtypes():
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
 from fastcnn.kernels import (_blockgemm, _im2col, _shifted, activations, conv, conv_pool, dense, loss, optim, pooling,
-                             winograd)
+                             winograd, winograd4)
 
 def signatures():
     return {(m.__name__, d.py_func.__qualname__, sig)
-            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, optim, pooling, winograd)
+            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, optim, pooling, winograd,
+                      winograd4)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}

@@ -18,7 +18,8 @@ up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
 from fastcnn import planner
-from fastcnn.kernels import _blas, activations, conv, conv_im2col, conv_pool, dense, loss, pooling, winograd
+from fastcnn.kernels import (_blas, activations, conv, conv_im2col, conv_pool, dense, loss, pooling, winograd,
+                             winograd4)
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -35,6 +36,8 @@ if _blas.AVAILABLE:
         register(_op, _name, _forward, getattr(conv_pool, _op + "_backward"), applies=_predicate)
     for _op, (_forward, _backward) in winograd.VARIANTS.items():
         register(_op, "numba:winograd", _forward, _backward, applies=winograd.applies)
+    for _op, (_forward, _backward) in winograd4.VARIANTS.items():
+        register(_op, "numba:winograd4", _forward, _backward, applies=winograd4.applies)
     for _name, (_forward, _backward) in dense.VARIANTS.items():
         register("dense", _name, _forward, _backward)
     for _op in CONV_OPS:
