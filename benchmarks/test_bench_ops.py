@@ -5,7 +5,8 @@ implementation the registry holds, numba variants included where their
 predicates hold (``numba`` itself is the planner's choice among them), so a
 newly registered variant is timed here without editing this file. The
 convolution rows count the direct convolution's FLOPs whatever the variant:
-their "% of matmul peak" is an effective rate, above 100% possible for Winograd. The reference runs only where one call is
+their "% of matmul peak" is an effective rate, above 100% possible for Winograd.
+The reference runs only where one call is
 estimated to take under ``REFERENCE_BUDGET_S`` seconds; elsewhere its row is
 skipped with the estimate as the reason, ``extra_info["reference"]`` says so,
 and the ground truth is the float64 NumPy path instead.

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from fastcnn import parallel, registry
-from fastcnn.kernels import (_blas, _blockgemm, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense, loss, optim,
-                             pooling, warmup, winograd, winograd4)
+from fastcnn.kernels import (_blas, _blockgemm, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense,
+                             loss, optim, pooling, warmup, winograd, winograd4)
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
 
@@ -565,8 +565,8 @@ from fastcnn.kernels import (_blockgemm, _im2col, _shifted, activations, conv, c
 
 def signatures():
     return {(m.__name__, d.py_func.__qualname__, sig)
-            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, optim, pooling, winograd,
-                      winograd4)
+            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, optim, pooling,
+                      winograd, winograd4)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}

@@ -35,7 +35,8 @@ try:
 except ImportError:  # pragma: no cover - a hard dependency, but stay importable
     threadpoolctl = None
 
-__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_mnk", "small_gemm_rows", "gemm", "blas_single_threaded", "ROW_MAJOR",
+__all__ = ["AVAILABLE", "REASON", "SMALL_GEMM_MNK", "small_gemm_mnk", "small_gemm_rows", "gemm", "blas_single_threaded",
+           "ROW_MAJOR",
            "NO_TRANS", "TRANS"]
 
 #: CBLAS enums (cblas.h).

@@ -320,7 +320,8 @@ def _backward(dy, cache, need_dx):
                                                                 x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), np.ascontiguousarray(w2.T), relu,
-                         _blockgemm.kmajor(KW, C), need_dx, ws, wdy, ones, units, *_blockgemm.backward_gemm_rows(K, F, dtype),
+                         _blockgemm.kmajor(KW, C), need_dx, ws, wdy, ones, units,
+                         *_blockgemm.backward_gemm_rows(K, F, dtype),
                          OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     return _blockgemm.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 
