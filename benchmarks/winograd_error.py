@@ -1,4 +1,4 @@
-"""Max relative error of numba:winograd against a float64 truth (forward and dx), per dtype.
+"""Max relative error of the Winograd variants against a float64 truth (forward and dx), per dtype.
 
 Run: PYTHONPATH=. python benchmarks/winograd_error.py (docs/ops.md quotes its output).
 """
@@ -26,13 +26,14 @@ for label, grid, truth_impl in (("grid", cases, "reference"), ("presets", preset
             y64, c64 = ref.forward(*args, **kwargs)
             dy = np.random.default_rng(seed + 1).standard_normal(y64.shape)
             dx64 = ref.backward(dy, c64)[0]
-            for dtype in (np.float32, np.float64):
-                fn = registry.get("conv2d", "numba:winograd")
+            for variant, dtype in [(v, d) for v in ("numba:winograd", "numba:winograd4")
+                                   for d in (np.float32, np.float64)]:
+                fn = registry.get("conv2d", variant)
                 a = [t if t is None else t.astype(dtype) for t in args]
                 y, c = fn.forward(*a, **kwargs)
                 dx = fn.backward(dy.astype(dtype), c)[0]
                 for what, got, want in (("forward", y, y64), ("dx", dx, dx64)):
-                    key = (label, np.dtype(dtype).name, what)
+                    key = (variant, label, np.dtype(dtype).name, what)
                     worst[key] = max(worst.get(key, 0.0), max_rel_error(got, want))
 for key in sorted(worst):
     print(key, f"{worst[key]:.2e}")

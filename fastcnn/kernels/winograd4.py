@@ -15,7 +15,11 @@ has the measured float32 error, within the agreement tolerance. Transforms
     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 
 Registered for ``conv2d`` and ``conv2d_relu`` (forward and input gradient by
-Winograd, weight gradient by im2col blocks).
+Winograd, weight gradient by im2col blocks), not for the ops fused with a max
+pool: ``G``'s constants (1/6, 1/24) are not exact in binary, so outputs that
+are exactly equal (integer data) come out a rounding apart, and the pool's
+first-maximum rule then picks another window element than the reference: it
+fails the tie tests. (F(2x2, 3x3)'s halves are exact there.)
 """
 
 import numpy as np
