@@ -30,12 +30,16 @@ def conv_call(C=3, k=3, stride=(1, 1), padding=SAME, N=2, pool=None, dtype=np.fl
     return (x, w, np.zeros(4, dtype)), kwargs
 
 
+#: What the fake timer reports for a variant it was given no time for: slower than any given.
+SLOW = 10.0
+
+
 def fake_timer(seconds, calls=None):
-    """A timer that reports ``seconds[variant]`` and records what it was asked to time."""
+    """A timer that reports ``seconds[variant]`` (:data:`SLOW` for others) and records what it timed."""
     def timer(entry, args, kwargs, train, repeats, deadline):
         if calls is not None:
             calls.append((entry.op, entry.impl, train))
-        return seconds[entry.impl]
+        return seconds.get(entry.impl, SLOW)
     return timer
 
 
@@ -77,15 +81,15 @@ def test_measure_keeps_the_fastest_variant_and_writes_it(plans):
     p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}, calls), machine="m")
     args, kwargs = conv_call()
     assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
-    assert calls == [("conv2d", "numba:im2col", True), ("conv2d", "numba:winograd", True)]
+    assert calls == [("conv2d", name, True) for name in ("numba:im2col", "numba:winograd", "numba:winograd4")]
     p.choose("conv2d", args, kwargs, mode="measure")  # remembered: not timed again
-    assert len(calls) == 2
+    assert len(calls) == 3
     with open(plans) as f:
         data = json.load(f)
     key = planner.geometry_key(registry.geometry_of("conv2d", args, kwargs), True)
     assert key == "conv2d x=2x8x8x3 w=3x3x3x4 stride=1x1 padding=1x1,1x1 float32 train"
-    assert data == {"format": 1, "plans": {"m": {key: {"choice": "numba:winograd",
-                                                      "seconds": {"numba:im2col": 2.0, "numba:winograd": 1.0}}}}}
+    seconds = {"numba:im2col": 2.0, "numba:winograd": 1.0, "numba:winograd4": SLOW}
+    assert data == {"format": 1, "plans": {"m": {key: {"choice": "numba:winograd", "seconds": seconds}}}}
     assert [name for name in os.listdir(os.path.dirname(plans)) if not name.startswith("plans.json")] == []
 
 
@@ -114,7 +118,7 @@ def test_inference_and_training_are_planned_apart(plans):
     args, kwargs = conv_call()
     p.choose("conv2d", args, kwargs, mode="measure")
     p.choose("conv2d", args, dict(kwargs, need_cache=False), mode="measure")
-    assert [train for _, _, train in calls] == [True, True, False, False]
+    assert [train for _, _, train in calls] == [True] * 3 + [False] * 3
 
 
 def test_a_second_process_reads_the_plan_and_times_nothing(plans):
@@ -135,7 +139,7 @@ def test_plans_are_keyed_by_machine_and_shape(plans):
     assert other.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"
     args3, _ = conv_call(N=3)
     assert other.choose("conv2d", args3, kwargs, mode="measure").impl == "numba:im2col"
-    assert len(calls) == 4  # both shapes timed on the other machine
+    assert len(calls) == 6  # both shapes timed on the other machine (3 variants each)
     with open(plans) as f:
         data = json.load(f)["plans"]
     assert set(data) == {"m", "another CPU"} and len(data["another CPU"]) == 2
