@@ -79,13 +79,14 @@ def _forward_kernel(y, x, w2, b, relu, kmajor, ws, block, sub, OH, OW, KH, KW, S
 
 
 @parallel_kernel
-def _backward_kernel(dx, dw_part, db_part, dy, y, x, wT, relu, kmajor, need_dx, ws, ws_dy, ones, block, sub_w,
+def _backward_kernel(dx, dw_part, db_part, dy, y, x, wT, relu, kmajor, need_dx, ws, ws_dy, ones, runs, block, sub_w,
                      sub_x, OH, OW, KH, KW, SH, SW, PT, PL):
     # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out, one
     # partial sum per group; db_part: (G, 1, F) out (size 0 without bias); dy: (M, F);
     # y: (M, F) the forward output (read only when relu); x: (N, H, W*C); wT: (F, K);
     # ws: (G, block, K) im2col / dcols buffers; ws_dy: (G, block, F) masked dy;
-    # ones: (1, block) of ones (db = ones @ dy, a GEMM too).
+    # ones: (1, block) of ones (db = ones @ dy, a GEMM too); runs: (G, 1) scratch, the
+    # block's first row (nothing is allocated inside the parallel loop).
     N = x.shape[0]
     F = dy.shape[1]
     G, _, K = ws.shape
@@ -108,7 +109,8 @@ def _backward_kernel(dx, dw_part, db_part, dy, y, x, wT, relu, kmajor, need_dx, 
                         dst[f] = src[f] * (one if ys[f] > zero else zero)
             else:
                 dyb = dy[r0:r1]
-            block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, np.array([r0]), rows, kmajor, need_dx,
+            runs[g, 0] = r0
+            block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, runs[g], rows, kmajor, need_dx,
                            sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
@@ -149,7 +151,8 @@ def _backward(dy, cache, need_dx):
                                                              has_bias, need_dx, x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dy2, y2, x.reshape(N, H, W * C), np.ascontiguousarray(w2.T), relu,
-                         kmajor(KW, C), need_dx, ws, ws_dy, ones, block, *backward_gemm_rows(K, F, dtype),
+                         kmajor(KW, C), need_dx, ws, ws_dy, ones, np.empty((G, 1), dtype=np.int64), block,
+                         *backward_gemm_rows(K, F, dtype),
                          OH, OW, KH, KW, SH, SW, PT, PL)
     return finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
 

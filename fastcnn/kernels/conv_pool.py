@@ -190,12 +190,13 @@ def _forward_kernel(yp, arg, x, w2, b, relu, kmajor, ws, wo, units, sub, OH, OW,
 
 
 @parallel_kernel
-def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, need_dx, ws, wdy, ones, units, sub_w,
-                     sub_x, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
+def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, need_dx, ws, wdy, ones, runs, units,
+                     sub_w, sub_x, OH, OW, PH, PW, KH, KW, SH, SW, PT, PL):
     # dx: (N, H, W*C) out (size 0 when not needed); dw_part: (G, K, F) out; db_part:
     # (G, 1, F) out (size 0 without bias); dyp, yp, arg: (U, OPW, F) the pooled
     # gradient, output and window indices; ws: (G, units*PH*OW, K); wdy: (G, units*PH*OW, F)
-    # the blocks' gradient at the convolution output; ones: (1, units*PH*OW); wT: (F, K).
+    # the blocks' gradient at the convolution output; ones: (1, units*PH*OW); wT: (F, K);
+    # runs: (G, units) scratch, each unit's first convolution row.
     N = x.shape[0]
     U, OPW, F = dyp.shape
     OPH = U // N
@@ -227,11 +228,10 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, ne
                                 dst[f] = v if a[f] == k else zero
                     for col in range(OPW * PW, OW):  # a column no window covers
                         dyb[base + i * OW + col] = zero
-            runs = np.empty(u1 - u0, dtype=np.int64)  # each unit's first convolution row
             for u in range(u0, u1):
-                runs[u - u0] = (u // OPH * OH + u % OPH * PH) * OW
-            _blockgemm.block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, runs, L, kmajor, need_dx,
-                                sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
+                runs[g, u - u0] = (u // OPH * OH + u % OPH * PH) * OW
+            _blockgemm.block_backward(dx, dw, db_part[g], dyb, x, wT, ws[g], ones, runs[g, :u1 - u0], L, kmajor,
+                                      need_dx, sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
 #: Forward passes with a stride of 1 and at most this inner dimension
@@ -316,11 +316,11 @@ def _backward(dy, cache, need_dx):
     dyp = np.ascontiguousarray(dy, dtype=dtype).reshape(U, OPW, F)  # (N*OPH, OPW, F)
     units = _units(K, F, PH * OW, dtype.itemsize, U, G)
     rows = units * PH * OW
-    ws, wdy, ones, dw_part, db_part, dx = _blockgemm.backward_buffers(workspace, G, rows, rows, K, F, has_bias, need_dx,
-                                                                x.shape, dtype)
+    ws, wdy, ones, dw_part, db_part, dx = _blockgemm.backward_buffers(workspace, G, rows, rows, K, F, has_bias,
+                                                                      need_dx, x.shape, dtype)
     with _blas.blas_single_threaded():
         _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), np.ascontiguousarray(w2.T), relu,
-                         _blockgemm.kmajor(KW, C), need_dx, ws, wdy, ones, units,
+                         _blockgemm.kmajor(KW, C), need_dx, ws, wdy, ones, np.empty((G, units), dtype=np.int64), units,
                          *_blockgemm.backward_gemm_rows(K, F, dtype),
                          OH, OW, PH, PW, KH, KW, SH, SW, PT, PL)
     return _blockgemm.finish_backward(dx, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, need_dx)
