@@ -21,7 +21,7 @@ import pytest
 from fastcnn.testing import assert_close, max_rel_error
 
 from benchmarks import _presets
-from benchmarks._common import BATCH, PRESET_LAYERS, PRESETS, THREADS, model_gflop, run_info
+from benchmarks._common import BATCH, PRESET_LAYERS, THREADS, TORCH_PRESETS, model_gflop, run_info
 from benchmarks.test_bench_models import PREDICT_BATCHES, TRAIN_ROUNDS, predict_group, train_group
 
 torch = pytest.importorskip("torch")
@@ -138,7 +138,7 @@ def record(benchmark, group, preset, n, training):
     )
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", TORCH_PRESETS)
 def test_torch_train_step(benchmark, preset):
     model, net, names, flat = peer(preset)
     x, y = _presets.batch(BATCH)
@@ -181,7 +181,7 @@ def test_torch_train_step(benchmark, preset):
 
 
 @pytest.mark.parametrize("n", PREDICT_BATCHES)
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", TORCH_PRESETS)
 def test_torch_predict(benchmark, preset, n):
     _, net, _, _ = peer(preset)
     net.eval()
