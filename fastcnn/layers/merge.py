@@ -34,8 +34,8 @@ class _Merge(Layer):
     def __call__(self, xs):
         from fastcnn import graph
 
-        if isinstance(xs, (list, tuple)) and xs and all(graph.is_symbolic(x) for x in xs):
-            return graph.call_layer(self, list(xs))
+        if graph.is_symbolic(xs):
+            return graph.call_layer(self, list(xs) if isinstance(xs, (list, tuple)) else xs)
         if not isinstance(xs, (list, tuple)) or len(xs) < 2:
             raise ValueError(f"{self._label()} must be called on a list of two or more arrays, received {type(xs).__name__}")
         xs = [self.check_input(x) for x in xs]
