@@ -426,9 +426,9 @@ class Model:
         """Backward through the training plan from the output gradient ``dy``; writes every layer's grads.
 
         A tensor read by several layers gets the sum of their gradients: the first
-        arrival is kept and later ones are added into it **in place** when it is an
-        array of its own (not the incoming gradient itself or a view of it, and not
-        handed to another input too, as ``Add`` hands one array to all its inputs);
+        arrival is kept and later ones are added into it **in place** when it is a
+        writeable array of its own (not the incoming gradient itself or a view of it,
+        and not handed to another input too, as ``Add`` hands one array to all its inputs);
         otherwise the first sum allocates one new array, which later arrivals reuse.
         """
         n = len(self.layers) + 1
@@ -444,8 +444,8 @@ class Model:
                     continue
                 if grads[t] is None:
                     grads[t] = g
-                    owned[t] = not (np.may_share_memory(g, d)
-                                    or any(other is g for j, other in enumerate(dins) if j != k))
+                    owned[t] = g.flags.writeable and not (
+                        np.may_share_memory(g, d) or any(other is g for j, other in enumerate(dins) if j != k))
                 elif owned[t]:
                     grads[t] += g
                 else:

@@ -236,3 +236,20 @@ def test_batchnorm_layer_modes_and_initial_state():
     bn.eval()
     np.testing.assert_allclose(bn(x), (x - 0.5 * mean[:, None]) / np.sqrt(0.5 + 0.5 * var[:, None] + 1e-3),
                                rtol=1e-12)
+
+
+def test_a_tensor_read_twice_by_one_add_gets_both_gradients():
+    """Add hands one array to both of its inputs: summing them must not add into it in place."""
+    x = fc.Input((4,))
+    h = L.Dense(3)(x)
+    model = fc.Model(x, L.Dense(2)(L.Add()([h, h])), seed=5, dtype=np.float64).compile("sgd")
+    twin = fc.Sequential([L.Dense(3), L.Dense(2)], input_shape=(4,), seed=5, dtype=np.float64).compile("sgd")
+    w = model.get_weights()
+    # Dense(2) on h + h is Dense(2) with doubled weights on h
+    twin.set_weights({"layers.0.weight": w["layers.0.weight"], "layers.0.bias": w["layers.0.bias"],
+                      "layers.1.weight": 2 * w["layers.2.weight"], "layers.1.bias": w["layers.2.bias"]})
+    xs, ys = np.random.default_rng(6).standard_normal((5, 4)), np.array([0, 1, 1, 0, 1])
+    assert abs(model.train_on_batch(xs, ys) - twin.train_on_batch(xs, ys)) < 1e-12
+    g, g_twin = model.layers[0].grads, twin.layers[0].grads
+    assert_close(g["weight"], g_twin["weight"], name="first Dense weight gradient")
+    assert_close(g["bias"], g_twin["bias"], name="first Dense bias gradient")

@@ -37,7 +37,9 @@ class _Merge(Layer):
         if graph.is_symbolic(xs):
             return graph.call_layer(self, list(xs) if isinstance(xs, (list, tuple)) else xs)
         if not isinstance(xs, (list, tuple)) or len(xs) < 2:
-            raise ValueError(f"{self._label()} must be called on a list of two or more arrays, received {type(xs).__name__}")
+            raise ValueError(
+                f"{self._label()} must be called on a list of two or more arrays, received {type(xs).__name__}"
+            )
         xs = [self.check_input(x) for x in xs]
         if not self.built:
             self.build([x.shape[1:] for x in xs], xs[0].dtype)
