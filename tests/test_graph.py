@@ -174,15 +174,15 @@ def test_batchnorm_folding_equals_unfolded_and_follows_weight_changes(dtype, dat
     assert "BatchNormalization" in [type(step).__name__ for step in model.inference_steps()]
 
 
-def test_dense_batchnorm_folding():
-    x = fc.Input((6,))
-    y = L.Dense(3)(L.BatchNormalization()(L.Dense(5)(x)))
-    model = fc.Model(x, y, seed=2, dtype=np.float64).compile("sgd")
+def test_dense_batchnorm_folding_in_a_sequential():
+    model = fc.Sequential([L.Dense(5), L.BatchNormalization(), L.Dense(3)], input_shape=(6,), seed=2,
+                          dtype=np.float64).compile("sgd")
     rng = np.random.default_rng(3)
     xs = rng.standard_normal((16, 6))
     model.train_on_batch(xs, rng.integers(0, 3, 16))
     assert [type(s).__name__ for s in model.inference_steps()] == ["Dense", "Dense"]
     assert_close(model.predict(xs), model.predict(xs, fold=False), name="dense fold")
+    assert model.summary_string().endswith("Trainable params: 63\nNon-trainable params: 10")
 
 
 def test_summary_counts_non_trainable_state_and_shows_inputs():
