@@ -118,6 +118,3 @@ PRESET_LAYERS = {
 }
 
 PRESETS = tuple(PRESET_LAYERS)
-#: Presets with a PyTorch twin in test_bench_torch.py (resnet_mini has none yet: its
-#: BatchNormalization and residual graph need a twin network of their own).
-TORCH_PRESETS = ("tutorial_cnn", "mnist_cnn", "vgg_mini")
