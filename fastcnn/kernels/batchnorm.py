@@ -1,9 +1,10 @@
 """Batch normalization as Numba kernels over ``(M, C)`` rows, parallel over blocks of rows.
 
 NumPy's path makes ~6 full passes with temporaries (centre, square, scale,
-shift) in each direction; here the forward is two reading passes (sums, then
-squared deviations) and one writing pass, the backward one reading and one
-writing pass, with no full-size temporary. Per-channel sums are accumulated
+shift) in each direction; here the forward is one reading pass (the sums of
+``d`` and ``d^2`` for ``d = x - shift``, ``shift`` one sample of the channel, so
+the variance ``E[d^2] - E[d]^2`` does not cancel) and one writing pass, the
+backward one reading and one writing pass, with no full-size temporary. Per-channel sums are accumulated
 in float64 (deliberately promoted: float32 partial sums over ``N * H * W``
 rows would lose digits) in fixed blocks of :data:`BLOCK_ROWS` rows, then
 added in block order: results do not depend on the thread count.
@@ -22,30 +23,24 @@ BLOCK_ROWS = 256
 
 
 @parallel_kernel
-def _stats_kernel(partial, x, mean):
-    # partial: (G, C) float64 scratch; x: (M, C); mean: (C,) float64 out, then
-    # partial holds each block's sum of squared deviations. Returns nothing:
-    # the caller reads mean and sums partial for the variance.
+def _stats_kernel(partial, x, shift):
+    # partial: (G, 2, C) float64 out: per block of rows, sum(x - shift) and sum((x - shift)^2);
+    # x: (M, C); shift: (C,) float64, one sample of each channel, so that the
+    # differences are of the order of the spread and E[d^2] - E[d]^2 does not cancel.
+    # Accumulators are local arrays, not partial itself: LLVM then vectorizes over C.
     M, C = x.shape
     G = partial.shape[0]
     for g in prange(G):
-        for c in range(C):
-            partial[g, c] = 0.0
+        s1 = np.zeros(C, dtype=np.float64)
+        s2 = np.zeros(C, dtype=np.float64)
         for m in range(g * BLOCK_ROWS, min(M, (g + 1) * BLOCK_ROWS)):
             for c in range(C):
-                partial[g, c] += x[m, c]
-    for c in range(C):
-        total = 0.0
-        for g in range(G):
-            total += partial[g, c]
-        mean[c] = total / M
-    for g in prange(G):
+                d = x[m, c] - shift[c]
+                s1[c] += d
+                s2[c] += d * d
         for c in range(C):
-            partial[g, c] = 0.0
-        for m in range(g * BLOCK_ROWS, min(M, (g + 1) * BLOCK_ROWS)):
-            for c in range(C):
-                d = x[m, c] - mean[c]
-                partial[g, c] += d * d
+            partial[g, 0, c] = s1[c]
+            partial[g, 1, c] = s2[c]
 
 
 @parallel_kernel
@@ -66,14 +61,16 @@ def _grad_sums_kernel(partial, dy, x, mean, inv_std):
     M, C = x.shape
     G = partial.shape[0]
     for g in prange(G):
-        for c in range(C):
-            partial[g, 0, c] = 0.0
-            partial[g, 1, c] = 0.0
+        s1 = np.zeros(C, dtype=np.float64)
+        s2 = np.zeros(C, dtype=np.float64)
         for m in range(g * BLOCK_ROWS, min(M, (g + 1) * BLOCK_ROWS)):
             for c in range(C):
                 d = dy[m, c]
-                partial[g, 0, c] += d
-                partial[g, 1, c] += d * ((x[m, c] - mean[c]) * inv_std[c])
+                s1[c] += d
+                s2[c] += d * ((x[m, c] - mean[c]) * inv_std[c])
+        for c in range(C):
+            partial[g, 0, c] = s1[c]
+            partial[g, 1, c] = s2[c]
 
 
 @parallel_kernel
@@ -109,11 +106,12 @@ def batch_norm_forward(x, gamma, beta, mean=None, var=None, *, epsilon):
     M = rows.shape[0]
     training = mean is None
     if training:
-        partial = np.empty((_blocks(M), C), dtype=np.float64)  # (G, C)
-        mean64 = np.empty(C, dtype=np.float64)  # (C,)
-        _stats_kernel(partial, rows, mean64)
-        var64 = partial.sum(axis=0) / M
-        mean, var = mean64.astype(dtype), var64.astype(dtype)
+        partial = np.empty((_blocks(M), 2, C), dtype=np.float64)  # (G, 2, C)
+        shift = rows[0].astype(np.float64)  # (C,)
+        _stats_kernel(partial, rows, shift)
+        sums = partial.sum(axis=0) / M  # (2, C): E[d], E[d^2] with d = x - shift
+        mean = (shift + sums[0]).astype(dtype)
+        var = np.maximum(sums[1] - sums[0] * sums[0], 0.0).astype(dtype)
     else:
         mean, var = np.asarray(mean, dtype=dtype), np.asarray(var, dtype=dtype)
     scale, shift = batch_norm_fold(gamma, beta, mean, var, epsilon, dtype)
