@@ -37,13 +37,13 @@ class BasicBlock(nn.Module):
         super().__init__()
         pad = nn.ZeroPad2d((0, 1, 0, 1)) if stride == 2 else nn.ZeroPad2d(1)
         self.conv1 = nn.Sequential(pad, nn.Conv2d(c_in, filters, 3, stride=stride, bias=False))
-        self.bn1 = nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01)  # Keras momentum 0.99
+        self.bn1 = nn.BatchNorm2d(filters, eps=1e-3, momentum=0.1)  # fastcnn/Keras momentum 0.9
         self.conv2 = nn.Conv2d(filters, filters, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01)
+        self.bn2 = nn.BatchNorm2d(filters, eps=1e-3, momentum=0.1)
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != filters:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, filters, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01))
+                                          nn.BatchNorm2d(filters, eps=1e-3, momentum=0.1))
 
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -55,7 +55,7 @@ class ResNetMini(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(16, eps=1e-3, momentum=0.01), nn.ReLU())
+                                  nn.BatchNorm2d(16, eps=1e-3, momentum=0.1), nn.ReLU())
         blocks, c_in = [], 16
         for stage, filters in enumerate((16, 32, 64)):
             for block in range(2):

@@ -15,7 +15,7 @@ from fastcnn.graph import Input
 from fastcnn.model import Model, Sequential
 from fastcnn.optim import SGD, Adam
 
-__all__ = ["tutorial_cnn", "mnist_cnn", "vgg_mini", "resnet_mini", "PRESETS"]
+__all__ = ["tutorial_cnn", "mnist_cnn", "vgg_mini", "resnet_mini", "residual_block", "PRESETS"]
 
 
 def _compiled(layers, optimizer, *, seed, impl, input_shape, dtype):
@@ -68,11 +68,18 @@ def vgg_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, dt
     return _compiled(layers, Adam(lr=1e-3), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype)
 
 
-def _conv_bn(x, filters, kernel_size, stride, impl):
+#: BatchNormalization momentum of resnet_mini: PyTorch's default (its momentum=0.1). With
+#: Keras's 0.99 the moving statistics average the last ~100 steps and lag the weights in a
+#: short run: after one Fashion-MNIST epoch the test accuracy was 79.9% with them and 88.0%
+#: with statistics re-estimated from 16 batches at the final weights.
+RESNET_BN_MOMENTUM = 0.9
+
+
+def _conv_bn(x, filters, kernel_size, stride, impl, momentum=RESNET_BN_MOMENTUM):
     """Conv2D ("same", no bias: BatchNormalization's beta is the offset) then BatchNormalization."""
     x = L.Conv2D(filters, kernel_size, stride=stride, padding="same", use_bias=False,
                  kernel_initializer="he_normal", impl=impl)(x)
-    return L.BatchNormalization(impl=impl)(x)
+    return L.BatchNormalization(momentum=momentum, impl=impl)(x)
 
 
 def residual_block(x, filters, stride=1, impl="auto"):
@@ -98,14 +105,21 @@ def resnet_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10,
     and 3 with stride 2 and a 1x1 strided conv-BN shortcut (28 -> 14 -> 7);
     GlobalAvgPool2D; Dense(num_classes). Convolutions have no bias (each is
     followed by a BatchNormalization, which at inference is folded into it) and
-    He-normal weights. 176,090 weights for 28x28x1, of which 1,120 are the
-    non-trainable moving statistics.
+    He-normal weights; BatchNormalization momentum 0.9 (:data:`RESNET_BN_MOMENTUM`).
+    176,090 weights for 28x28x1, of which 1,120 are the non-trainable moving
+    statistics.
 
     Training recipe (Fashion-MNIST): ``Adam(1e-3)`` (compiled here), batch 128,
     3 epochs, inputs scaled to [0, 1], no augmentation::
 
         model = fc.models.resnet_mini(seed=0)
         model.fit(x_train, y_train, epochs=3, batch_size=128, validation_data=(x_test, y_test))
+
+    Measured so far (AMD EPYC, 2 cores shared with other jobs): one epoch of
+    this recipe with BatchNormalization momentum 0.99 reached 79.9% test
+    accuracy (88.0% with the BN statistics re-estimated), which led to the
+    momentum of 0.9; the issue's target, 91.5% within 3 epochs, is not yet
+    verified.
 
     A cosine learning-rate schedule and AdamW (``fastcnn.optim``, where
     available) and random crops/flips (augmentation layers in front of the
