@@ -150,7 +150,7 @@ class Model:
         self._fuse = bool(fuse)
         self.fold = True
         self._plan = None  # the training plan, once built
-        self._inference_plans = {}  # fold -> plan; cleared whenever weights or state may change
+        self._inference_plans = {}  # fold -> (plan, frees); cleared whenever weights or state may change
         self._shapes = None  # per-sample shape of every tensor
 
     # -- construction -----------------------------------------------------------------
@@ -187,7 +187,6 @@ class Model:
 
     def _replan(self):
         self._plan = build_plan(self.layers, self._inputs_of, self._output, fuse=self._fuse)
-        self._last_use = self._release_points(self._plan)
         self._inference_plans = {}
 
     def _inference(self, fold=None):
