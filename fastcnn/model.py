@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from fastcnn import losses, metrics as metrics_lib, optim, registry
+from fastcnn import losses, metrics as metrics_lib, optim, parallel, registry
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax, fused
@@ -314,6 +314,7 @@ class Sequential:
             out = step.forward(out)
         return out
 
+    @parallel.adaptive("train")  # the thread count: see fastcnn.parallel
     def _train_step(self, x, y):
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
@@ -475,6 +476,7 @@ class Sequential:
                 break
         return dict(logs)
 
+    @parallel.adaptive("infer")
     def _infer(self, x):
         """Logits of ``x`` in the current mode, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
         step = self._inference_pass()
