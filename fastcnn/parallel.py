@@ -358,7 +358,7 @@ def adaptive(kind):
 
     One tuner per ``(self, kind, x.shape)``. A fixed policy (:func:`thread_policy`)
     just applies its count; calls nested in an adaptive call run on the count
-    chosen for the outer one.
+    chosen for the outer one. The count in force before the call is restored after it.
     """
     def decorate(method):
         @functools.wraps(method)
@@ -378,6 +378,7 @@ def adaptive(kind):
             if tuner is None:
                 tuner = tuners[key] = _Tuner((n, 1))
             chosen = tuner.choose()
+            before = numba.get_num_threads()
             _apply(chosen)
             _local.active = True
             start = time.perf_counter()
@@ -385,6 +386,8 @@ def adaptive(kind):
                 out = method(self, x, *args, **kwargs)
             finally:
                 _local.active = False
+                if chosen != before:  # kernels called directly keep the count they had
+                    _apply(before)
             tuner.record(chosen, time.perf_counter() - start)
             return out
 
