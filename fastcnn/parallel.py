@@ -211,6 +211,16 @@ def _affinity_count():
         return os.cpu_count() or 1
 
 
+_QUOTA = []
+
+
+def _quota():
+    """:func:`cpu_quota`, read once per process (it opens a dozen files: milliseconds on a busy machine)."""
+    if not _QUOTA:
+        _QUOTA.append(cpu_quota())
+    return _QUOTA[0]
+
+
 def default_num_threads():
     """Threads fastcnn uses at most unless told otherwise.
 
@@ -218,10 +228,11 @@ def default_num_threads():
     (:func:`cpu_quota`) rounded **up** (a 1.5-CPU quota gives 2: two threads
     get 1.5 CPUs of work done per period, one thread only 1; when the second
     thread does not pay, :func:`adaptive` drops to one), at most
-    :func:`max_num_threads`, at least 1.
+    :func:`max_num_threads`, at least 1. The affinity mask is read at each call,
+    the quota once per process.
     """
     n = _affinity_count()
-    quota = cpu_quota()
+    quota = _quota()
     if quota is not None:
         n = min(n, math.ceil(quota))
     return max(1, min(n, max_num_threads()))
@@ -264,7 +275,6 @@ def reset_num_threads():
     """Forget :func:`set_num_threads`: back to ``FASTCNN_THREADS`` if set, else the adaptive choice."""
     global _fixed
     _fixed = None
-    _TUNERS.clear()
 
 
 def _apply(n):
@@ -358,7 +368,8 @@ def adaptive(kind):
 
     One tuner per ``(self, kind, x.shape)``. A fixed policy (:func:`thread_policy`)
     just applies its count; calls nested in an adaptive call run on the count
-    chosen for the outer one. The count in force before the call is restored after it.
+    chosen for the outer one. The count chosen stays in force after the call
+    (:func:`get_num_threads` reports it).
     """
     def decorate(method):
         @functools.wraps(method)
@@ -378,16 +389,13 @@ def adaptive(kind):
             if tuner is None:
                 tuner = tuners[key] = _Tuner((n, 1))
             chosen = tuner.choose()
-            before = numba.get_num_threads()
-            _apply(chosen)
+            _apply(chosen)  # and left there: setting it back after each call would cost more than the choice
             _local.active = True
             start = time.perf_counter()
             try:
                 out = method(self, x, *args, **kwargs)
             finally:
                 _local.active = False
-                if chosen != before:  # kernels called directly keep the count they had
-                    _apply(before)
             tuner.record(chosen, time.perf_counter() - start)
             return out
 

@@ -78,14 +78,14 @@ def test_no_cgroup_files_means_no_limit(tmp_path):
 ])
 def test_default_num_threads_from_affinity_and_quota(monkeypatch, cpus, quota, expected):
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    monkeypatch.setattr(parallel, "cpu_quota", lambda: quota)
+    monkeypatch.setattr(parallel, "_quota", lambda: quota)
     monkeypatch.setattr(parallel, "max_num_threads", lambda: 8)
     assert parallel.default_num_threads() == expected
 
 
 def test_default_num_threads_never_exceeds_numba_threads(monkeypatch):
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.setattr(parallel, "cpu_quota", lambda: None)
+    monkeypatch.setattr(parallel, "_quota", lambda: None)
     assert parallel.default_num_threads() == parallel.max_num_threads()
 
 
@@ -180,11 +180,13 @@ def test_results_do_not_depend_on_the_thread_counts_chosen(monkeypatch):
     assert np.array_equal(p1, p2)
 
 
-def test_adaptive_restores_the_thread_count_it_found(monkeypatch):
+def test_adaptive_leaves_the_count_it_chose(monkeypatch):
     monkeypatch.setattr(parallel, "_Tuner", Alternating)
     model = models.tutorial_cnn(seed=0)
     x = np.zeros((4, 28, 28, 1), dtype=np.float32)
-    before = numba.get_num_threads()
+    counts = []
     for _ in range(3):
         model.train_on_batch(x, np.zeros(4, dtype=np.int64))
-        assert numba.get_num_threads() == before
+        counts.append(parallel.get_num_threads())
+    ceiling = parallel.default_num_threads()
+    assert counts == [ceiling, 1, ceiling]
