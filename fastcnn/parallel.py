@@ -117,6 +117,7 @@ def set_num_threads(n):
     global _fixed
     _fixed = int(n)
     numba.set_num_threads(int(n))
+    _local.numba_applied = int(n)
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(limits=int(n), user_api="blas")
     _blas_applied[0] = int(n)
@@ -262,13 +263,23 @@ def _env_threads():
     return n
 
 
+#: ``[time, ceiling]``: :func:`default_num_threads` as last read by :func:`thread_policy`.
+_CEILING = [-math.inf, None]
+#: Seconds :func:`thread_policy` keeps the ceiling before reading the affinity mask again.
+CEILING_TTL = 1.0
+
+
 def thread_policy():
     """``("fixed", n)`` when the count was fixed (:func:`set_num_threads`, ``FASTCNN_THREADS=n``),
-    else ``("adaptive", ceiling)`` with ``ceiling = default_num_threads()``."""
+    else ``("adaptive", ceiling)`` with ``ceiling = default_num_threads()`` (re-read at most
+    every :data:`CEILING_TTL` seconds: this runs before every step)."""
     fixed = _fixed if _fixed is not None else _env_threads()
     if fixed is not None:
         return "fixed", fixed
-    return "adaptive", default_num_threads()
+    now = time.monotonic()
+    if now - _CEILING[0] > CEILING_TTL:
+        _CEILING[:] = [now, default_num_threads()]
+    return "adaptive", _CEILING[1]
 
 
 def reset_num_threads():
@@ -278,9 +289,16 @@ def reset_num_threads():
 
 
 def _apply(n):
-    """Numba (this thread) and BLAS on ``n`` threads; cheap when nothing changes."""
-    if numba.get_num_threads() != n:
+    """Numba (this thread) and BLAS on ``n`` threads; nearly free when nothing changes.
+
+    What was last set is remembered (per thread for Numba, whose count is
+    thread-local) instead of asked for: asking Numba takes a lock. A count set
+    with ``numba.set_num_threads`` directly is therefore not seen; use
+    :func:`set_num_threads`.
+    """
+    if getattr(_local, "numba_applied", None) != n:
         numba.set_num_threads(n)
+        _local.numba_applied = n
     if _blas_applied[0] != n:
         _blas_applied[0] = n
         setter = _blas_setter()
@@ -314,43 +332,44 @@ class _Tuner:
     each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
     candidate with the lowest median of its last :data:`SAMPLES` durations runs,
     and the other one runs once whenever the time spent since its last trial
-    reaches :data:`PROBE_EVERY` times its median.
+    reaches :data:`PROBE_EVERY` times its median. (Two candidates; the choice is
+    recomputed when a duration is recorded, so :meth:`choose` is a few comparisons.)
     """
 
     def __init__(self, candidates):
         self.candidates = tuple(candidates)
         self.times = {n: collections.deque(maxlen=SAMPLES) for n in self.candidates}
+        self.medians = {n: math.inf for n in self.candidates}
         self.warm = False
+        self.ready = False  # every candidate has SAMPLES durations
+        self.best, self.other = self.candidates[0], self.candidates[-1]
         self.since_probe = 0.0
         self.probing = False
 
-    def best(self):
-        return min(self.candidates, key=lambda n: (_median(self.times[n]), self.candidates.index(n)))
-
     def choose(self):
         self.probing = False
+        if self.ready:
+            if self.since_probe >= PROBE_EVERY * self.medians[self.other]:
+                self.probing = True
+                return self.other
+            return self.best
         if not self.warm:
             return self.candidates[0]
-        short = [n for n in self.candidates if len(self.times[n]) < SAMPLES]
-        if short:
-            return min(short, key=lambda n: len(self.times[n]))
-        best = self.best()
-        others = [n for n in self.candidates if n != best]
-        other = min(others, key=lambda n: _median(self.times[n]))
-        if self.since_probe >= PROBE_EVERY * _median(self.times[other]):
-            self.probing = True
-            return other
-        return best
+        return min(self.candidates, key=lambda n: len(self.times[n]))
 
     def record(self, n, seconds):
         if not self.warm:
             self.warm = True
             return
         self.times[n].append(seconds)
+        self.medians[n] = _median(self.times[n])
         if self.probing:
             self.since_probe = 0.0
         else:
             self.since_probe += seconds
+        self.ready = all(len(t) == SAMPLES for t in self.times.values())
+        first, second = self.candidates[0], self.candidates[-1]
+        self.best, self.other = (second, first) if self.medians[second] < self.medians[first] else (first, second)
 
 
 def _median(values):
