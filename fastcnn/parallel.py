@@ -323,6 +323,8 @@ def _blas_setter():
 PROBE_EVERY = 50
 #: Durations kept per count (their median decides).
 SAMPLES = 3
+#: Tuners kept per model (one per kind of call and input shape).
+MAX_TUNERS = 64
 
 
 class _Tuner:
@@ -406,6 +408,8 @@ def adaptive(kind):
             key = (kind, getattr(x, "shape", None), n)
             tuner = tuners.get(key)
             if tuner is None:
+                if len(tuners) >= MAX_TUNERS:  # a stream of new shapes: start over rather than grow
+                    tuners.clear()
                 tuner = tuners[key] = _Tuner((n, 1))
             chosen = tuner.choose()
             _apply(chosen)  # and left there: setting it back after each call would cost more than the choice

@@ -190,3 +190,15 @@ def test_adaptive_leaves_the_count_it_chose(monkeypatch):
         counts.append(parallel.get_num_threads())
     ceiling = parallel.default_num_threads()
     assert counts == [ceiling, 1, ceiling]
+
+
+def test_tuners_per_model_stay_bounded():
+    class Owner:
+        @parallel.adaptive("call")
+        def run(self, x):
+            return x.shape[0]
+
+    owner = Owner()
+    for n in range(1, 3 * parallel.MAX_TUNERS):
+        assert owner.run(np.zeros((n, 1))) == n
+    assert 0 < len(parallel._TUNERS[owner]) <= parallel.MAX_TUNERS
