@@ -321,6 +321,10 @@ def _blas_setter():
 #: Re-time the count not in use once the time spent since its last trial reaches
 #: this many times its own (median) duration: at most 1/PROBE_EVERY of the run is spent on it.
 PROBE_EVERY = 50
+#: ... or, once the count in use has become :data:`CHANGED` times faster or slower than
+#: when the two were last compared, as soon as that time reaches PROBE_SOON times it.
+PROBE_SOON = 10
+CHANGED = 1.5
 #: Durations kept per count (their median decides).
 SAMPLES = 3
 #: Tuners kept per model (one per kind of call and input shape).
@@ -334,7 +338,10 @@ class _Tuner:
     each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
     candidate with the lowest median of its last :data:`SAMPLES` durations runs,
     and the other one runs once whenever the time spent since its last trial
-    reaches :data:`PROBE_EVERY` times its median. (Two candidates; the choice is
+    reaches :data:`PROBE_EVERY` times its median, or :data:`PROBE_SOON` times
+    once the count in use has become :data:`CHANGED` times faster or slower than
+    at the last comparison (the load changed: then that one trial replaces the
+    other count's stale durations). (Two candidates; the choice is
     recomputed when a duration is recorded, so :meth:`choose` is a few comparisons.)
     """
 
@@ -347,11 +354,21 @@ class _Tuner:
         self.best, self.other = self.candidates[0], self.candidates[-1]
         self.since_probe = 0.0
         self.probing = False
+        self.reference = math.inf
 
     def choose(self):
         self.probing = False
         if self.ready:
-            if self.since_probe >= PROBE_EVERY * self.medians[self.other]:
+            other = self.medians[self.other]
+            due = self.since_probe >= PROBE_EVERY * other
+            if not due and self.since_probe >= PROBE_SOON * other:
+                # The count in use got much faster or slower since the other was last timed:
+                # the machine changed, and the other's durations are stale.
+                ratio = self.medians[self.best] / self.reference
+                if not 1 / CHANGED < ratio < CHANGED:
+                    due = True
+                    self.times[self.other].clear()  # this trial alone stands for the other count
+            if due:
                 self.probing = True
                 return self.other
             return self.best
@@ -369,9 +386,13 @@ class _Tuner:
             self.since_probe = 0.0
         else:
             self.since_probe += seconds
-        self.ready = all(len(t) == SAMPLES for t in self.times.values())
         first, second = self.candidates[0], self.candidates[-1]
+        before = self.best
         self.best, self.other = (second, first) if self.medians[second] < self.medians[first] else (first, second)
+        if not self.ready:
+            self.ready = all(len(t) == SAMPLES for t in self.times.values())
+        if self.probing or not self.ready or self.best != before:
+            self.reference = self.medians[self.best]  # the level the comparison was made at
 
 
 def _median(values):
