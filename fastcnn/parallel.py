@@ -59,6 +59,7 @@ import time
 import weakref
 
 import numba  # noqa: E402
+from numba.np.ufunc import parallel as _numba_parallel  # noqa: E402
 
 
 def _choose_threading_layer():
@@ -117,7 +118,6 @@ def set_num_threads(n):
     global _fixed
     _fixed = int(n)
     numba.set_num_threads(int(n))
-    _local.numba_applied = int(n)
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(limits=int(n), user_api="blas")
     _blas_applied[0] = int(n)
@@ -291,14 +291,13 @@ def reset_num_threads():
 def _apply(n):
     """Numba (this thread) and BLAS on ``n`` threads; nearly free when nothing changes.
 
-    What was last set is remembered (per thread for Numba, whose count is
-    thread-local) instead of asked for: asking Numba takes a lock. A count set
-    with ``numba.set_num_threads`` directly is therefore not seen; use
-    :func:`set_num_threads`.
+    Numba's count (thread-local) is read through the pool's own C getter once
+    the pool runs: ``numba.get_num_threads`` takes a lock first.
     """
-    if getattr(_local, "numba_applied", None) != n:
+    getter = getattr(_numba_parallel, "_get_num_threads", None)
+    current = getter() if getter is not None else None
+    if current != n:
         numba.set_num_threads(n)
-        _local.numba_applied = n
     if _blas_applied[0] != n:
         _blas_applied[0] = n
         setter = _blas_setter()
