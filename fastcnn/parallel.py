@@ -124,7 +124,8 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the Numba kernels use in the calling thread (BLAS is set to match by :func:`set_num_threads`)."""
+    """Threads the Numba kernels use in the calling thread (BLAS is set to match by :func:`set_num_threads`);
+    under the adaptive policy, the count the last model step or inference pass chose."""
     return int(numba.get_num_threads())
 
 
@@ -292,27 +293,29 @@ def _apply(n):
     """Numba (this thread) and BLAS on ``n`` threads; nearly free when nothing changes.
 
     Numba's count (thread-local) is read through the pool's own C getter once
-    the pool runs: ``numba.get_num_threads`` takes a lock first.
+    the pool runs (``numba.get_num_threads`` takes a lock first); OpenBLAS's
+    through its own getter. Without those, what this module last set is assumed.
     """
     getter = getattr(_numba_parallel, "_get_num_threads", None)
     current = getter() if getter is not None else None
     if current != n:
         numba.set_num_threads(n)
-    if _blas_applied[0] != n:
-        _blas_applied[0] = n
-        setter = _blas_setter()
-        if setter is not None:
-            setter(n)
-        elif threadpoolctl is not None:
-            threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    get_blas, set_blas = _blas_functions()
+    if get_blas is not None and set_blas is not None:
+        if get_blas() != n:
+            set_blas(n)
+    elif _blas_applied[0] != n and threadpoolctl is not None:
+        threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    _blas_applied[0] = n
 
 
-def _blas_setter():
+def _blas_functions():
+    """OpenBLAS's ``(get, set)`` thread-count functions as NumPy loaded it, or ``(None, None)``."""
     try:
         from fastcnn.kernels import _blas
     except ImportError:  # pragma: no cover - numba present but kernels unavailable
-        return None
-    return _blas._SET_THREADS
+        return None, None
+    return _blas._GET_THREADS, _blas._SET_THREADS
 
 
 # -- adaptive: time the ceiling and one thread, keep the faster -----------------------------

@@ -189,6 +189,7 @@ def test_adaptive_leaves_the_count_it_chose(monkeypatch):
     for _ in range(3):
         model.train_on_batch(x, np.zeros(4, dtype=np.int64))
         counts.append(parallel.get_num_threads())
+        assert set(parallel.blas_num_threads().values()) == {counts[-1]}  # BLAS follows
     ceiling = parallel.default_num_threads()
     assert counts == [ceiling, 1, ceiling]
 
