@@ -6,7 +6,8 @@ Python loop, started before the first benchmark here and killed after the last
 (a module fixture; each spinner also stops by itself after
 :data:`LOAD_MAX_S`). Each cell is run three ways, back to back under the same
 load: fastcnn's default (the adaptive thread count of
-:func:`fastcnn.parallel.adaptive`), fastcnn fixed to one thread, and PyTorch
+:func:`fastcnn.parallel.adaptive`), fastcnn fixed to one thread, fastcnn fixed
+to ``THREADS`` threads (the default before the adaptive policy), and PyTorch
 with ``THREADS`` threads (skipped when PyTorch is not installed).
 
 The default is warmed up with as many untimed calls as its tuner needs for its
@@ -41,8 +42,8 @@ LOAD_PROCESSES = len(os.sched_getaffinity(0))
 #: No spinner outlives this many seconds, whatever happens to this process.
 LOAD_MAX_S = 60 if SMALL else 1800
 #: Rows of each cell, in the order they run.
-VARIANTS = ("default", "one-thread", "torch")
-IMPL_OF = {"default": "numba", "one-thread": "numba-1", "torch": "torch"}
+VARIANTS = ("default", "one-thread", "all-threads", "torch")
+IMPL_OF = {"default": "numba", "one-thread": "numba-1", "all-threads": "numba-all", "torch": "torch"}
 
 _SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
@@ -75,7 +76,7 @@ def record(benchmark, preset, task, n, variant, torch=False):
     benchmark.extra_info.update(
         kind="contention", preset=preset, batch=n, task=task, variant=variant, load_processes=LOAD_PROCESSES,
         gflop=model_gflop(PRESET_LAYERS[preset], n, training=task == "train_on_batch"), gemm_like=True,
-        dtype="float32", thread_policy="fixed 1" if variant == "one-thread" else "%s %d" % parallel.thread_policy(),
+        dtype="float32", thread_policy="%s %d" % parallel.thread_policy(),
     )
 
 
@@ -87,6 +88,8 @@ def policy(request):
     parallel.reset_num_threads()
     if variant == "one-thread":
         parallel.set_num_threads(1)
+    elif variant == "all-threads":
+        parallel.set_num_threads(min(THREADS, parallel.max_num_threads()))
     yield variant
     parallel.set_num_threads(before)  # Numba and BLAS as the session set them
     parallel.reset_num_threads()
