@@ -112,6 +112,7 @@ class Sequential:
         self.metadata = {}  # free-form JSON-serializable notes saved with the model (e.g. the dataset)
         self._fuse = bool(fuse)
         self.steps = list(layers)  # the plan one pass runs; fused steps are set by build()
+        self._dist = None  # set by fastcnn.distributed while a data-parallel fit/evaluate runs
         if input_shape is not None:
             self.build(input_shape)
 
@@ -318,16 +319,31 @@ class Sequential:
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
         A non-finite loss returns before the backward pass: the weights are untouched.
+        In a data-parallel fit (``self._dist``, see :mod:`fastcnn.distributed`) ``x`` is
+        this rank's slice of the batch; the loss gradient is scaled by the slice's share
+        of the batch, each step's gradients are summed over the ranks as soon as backward
+        has produced them, and the loss returned is the whole batch's.
         """
+        dist = self._dist
+        if dist is not None and x.shape[0] == 0:
+            return dist.empty_step(self)  # a last batch smaller than the number of ranks
         out = x
         for step in self.steps:
             out = step.forward(out)
         loss, dlogits = self._loss_op.forward(out, y)
-        if not math.isfinite(loss):
+        if dist is not None:
+            dlogits = dist.begin_backward(loss, dlogits, out, y)
+        elif not math.isfinite(loss):
             return loss, out
         d = dlogits
         for step in reversed(self.steps):
             d = step.backward(d)
+            if dist is not None:
+                dist.on_backward(step)
+        if dist is not None:
+            loss = dist.end_backward()
+            if not math.isfinite(loss):
+                return loss, out
         self.optimizer.step(self.params())
         return loss, out
 
@@ -351,7 +367,7 @@ class Sequential:
         return loss
 
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose="auto", initial_epoch=0):
+            callbacks=None, verbose="auto", initial_epoch=0, distributed=False):
         """Train for ``epochs`` epochs; returns a :class:`fastcnn.callbacks.History`.
 
         Parameters
@@ -377,6 +393,10 @@ class Sequential:
             2 one line per epoch.
         initial_epoch : int, default 0
             Epoch to start at (for resuming a run).
+        distributed : bool, default False
+            Train data-parallel on every MPI process (``mpiexec -n N python
+            script.py``; needs the ``[mpi]`` extra): ``batch_size`` is the global
+            batch. Same as :func:`fastcnn.distributed.fit`.
 
         Raises
         ------
@@ -384,6 +404,12 @@ class Sequential:
             If a batch gives a NaN or infinite loss, unless a
             :class:`~fastcnn.callbacks.TerminateOnNaN` callback is given.
         """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    validation_data=validation_data, validation_split=validation_split,
+                                    callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
         self._check_compiled("fit")
         verbose = _check_verbose(verbose, "fit")
         epochs = _check_positive_int(epochs, "epochs", "fit")
@@ -445,10 +471,11 @@ class Sequential:
         logs = {}
         for batch in range(steps):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
+            lo, hi = (start, stop) if self._dist is None else self._dist.shard(start, stop)
             if order is None:
-                xb, yb = x[start:stop], y[start:stop]
+                xb, yb = x[lo:hi], y[lo:hi]
             else:
-                idx = order[start:stop]
+                idx = order[lo:hi]
                 xb, yb = x[idx], y[idx]
             hooks.on_train_batch_begin(batch)
             loss, logits = self._train_step(xb, yb)
@@ -468,7 +495,7 @@ class Sequential:
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
             if track_accuracy:
-                correct += metrics_lib.count_correct(logits, yb)
+                correct += metrics_lib.count_correct(logits, yb) if self._dist is None else self._dist.batch_correct
                 logs["accuracy"] = correct / seen
             hooks.on_train_batch_end(batch, logs)
             if self.stop_training:
@@ -490,22 +517,38 @@ class Sequential:
                       for step in self.steps)
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
-    def _evaluate(self, x, y, batch_size):
-        N = x.shape[0]
+    def _evaluate_sums(self, x, y, batch_size):
+        """``(sum of per-batch loss x batch size, correct predictions)`` over ``(x, y)``."""
         total_loss, correct = 0.0, 0
-        for start in range(0, N, batch_size):
+        for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = self._infer(xb)
             loss, _ = self._loss_op.forward(out, yb)
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
+        return total_loss, correct
+
+    def _evaluate(self, x, y, batch_size):
+        N = x.shape[0]
+        if self._dist is None:
+            total_loss, correct = self._evaluate_sums(x, y, batch_size)
+        else:  # each rank evaluates its share of the batches; the sums are added up
+            total_loss, correct = self._dist.evaluate_sums(self, x, y, batch_size)
         logs = {"loss": total_loss / N}
         if "accuracy" in self.metrics:
             logs["accuracy"] = correct / N
         return logs
 
-    def evaluate(self, x, y, batch_size=None, verbose=0):
-        """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``."""
+    def evaluate(self, x, y, batch_size=None, verbose=0, distributed=False):
+        """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``.
+
+        ``distributed=True``: every MPI process evaluates its share of the batches and
+        all receive the totals (:func:`fastcnn.distributed.evaluate`).
+        """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            return _distributed.evaluate(self, x, y, batch_size=batch_size, verbose=verbose)
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,

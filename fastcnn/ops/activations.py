@@ -86,13 +86,34 @@ def flatten_backward(dy, shape):
     return dy.reshape(shape)
 
 
-def dropout_bits(rng, size):
-    """``size`` 32-bit draws for dropout masks: the halves of ``ceil(size / 2)`` raw 64-bit
-    draws, low half first (docs/ops.md). Half the cost of one ``rng.random()`` per element."""
-    raw = rng.bit_generator.random_raw((size + 1) // 2)  # (ceil(size / 2),) uint64
+def dropout_bits(rng, size, offset=0, total=None):
+    """``size`` 32-bit draws for dropout masks: the halves of ``ceil(total / 2)`` raw 64-bit
+    draws, low half first (docs/ops.md), from position ``offset`` on. Half the cost of one
+    ``rng.random()`` per element. ``total`` (default ``size``) draws are consumed either way."""
+    total = size if total is None else total
+    raw = rng.bit_generator.random_raw((total + 1) // 2)  # (ceil(total / 2),) uint64
     if sys.byteorder == "little":
-        return raw.view(np.uint32)[:size]
-    return np.stack([raw & 0xFFFFFFFF, raw >> 32], axis=-1).astype(np.uint32).reshape(-1)[:size]
+        return raw.view(np.uint32)[offset:offset + size]
+    bits = np.stack([raw & 0xFFFFFFFF, raw >> 32], axis=-1).astype(np.uint32).reshape(-1)
+    return bits[offset:offset + size]
+
+
+def dropout_span(shape, rows):
+    """``(offset, total)`` of the draws of an input of ``shape`` (see :func:`dropout_bits`).
+
+    ``rows=None``: the input is the whole batch, ``(0, prod(shape))``. ``rows=(start,
+    total_rows)``: the input holds rows ``[start, start + N)`` of a batch of ``total_rows``
+    rows (data-parallel training, :mod:`fastcnn.distributed`); the mask is drawn for the
+    whole batch, as one process would, and these rows of it are used.
+    """
+    size = int(np.prod(shape))
+    if rows is None:
+        return 0, size
+    start, total_rows = (int(r) for r in rows)
+    if not 0 <= start <= start + shape[0] <= total_rows:
+        raise ValueError(f"dropout: rows=({start}, {total_rows}) cannot hold a batch of {shape[0]} rows")
+    per_row = int(np.prod(shape[1:]))
+    return start * per_row, total_rows * per_row
 
 
 def dropout_threshold(rate):
@@ -100,16 +121,17 @@ def dropout_threshold(rate):
     return np.uint32(min(round(rate * 2**32), 2**32 - 1))
 
 
-def dropout_forward(x, *, rate, rng):
+def dropout_forward(x, *, rate, rng, rows=None):
     """Inverted dropout: keep each element with probability ``1 - rate``, scale by ``1/(1-rate)``.
 
     The mask is one 32-bit draw per element, C order (:func:`dropout_bits`), kept
     where ``bits >= round(rate * 2**32)``: every implementation drops the same
-    elements for the same seed.
+    elements for the same seed. ``rows=(start, total_rows)``: ``x`` is a slice of a
+    larger batch and gets that slice of the batch's mask (:func:`dropout_span`).
     """
     if rate == 0:
         return x, None
-    keep = (dropout_bits(rng, x.size) >= dropout_threshold(rate)).reshape(x.shape)
+    keep = (dropout_bits(rng, x.size, *dropout_span(x.shape, rows)) >= dropout_threshold(rate)).reshape(x.shape)
     scale = x.dtype.type(1.0 / (1.0 - rate))
     mask = keep * scale  # (x.shape), x.dtype: 0 or 1/(1-rate)
     mask = mask.astype(x.dtype, copy=False)
