@@ -217,6 +217,7 @@ class Context:
         sys.stderr.write(f"fastcnn.distributed: {self.label} failed: {message}; ending all ranks (MPI_Abort)\n")
         sys.stderr.flush()
         self.world.Abort(code)
+        os._exit(code)  # MPICH's MPI_Abort may return before the launcher ends this process
 
     def __repr__(self):
         return f"Context(rank={self.rank}, size={self.size}, local_size={self.local_size}, timeout={self.timeout:g})"

@@ -1,0 +1,97 @@
+"""The script tests/test_distributed.py runs under ``mpiexec``: ``python _mpi_worker.py SCENARIO CONFIG_JSON``.
+
+Also imported by the test for the model and the data, so both sides build the same.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import fastcnn as fc
+from fastcnn import layers as L
+
+N_TRAIN, N_VAL = 300, 90
+#: 300 = 4 batches of 64 and one of 44: with 3 ranks the last batch splits 14/15/15.
+BATCH = 64
+
+
+def data():
+    """Synthetic 12x12 images whose class is readable from their brightest quadrant (learnable)."""
+    rng = np.random.default_rng(42)
+    x = rng.random((N_TRAIN + N_VAL, 12, 12, 1), dtype=np.float32) * np.float32(0.5)
+    y = rng.integers(0, 4, N_TRAIN + N_VAL)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 2)
+        x[i, 6 * r:6 * r + 6, 6 * c:6 * c + 6] += np.float32(0.5)
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
+
+
+def model(seed=7, units=16):
+    """Conv -> ReLU -> pool -> Dropout -> Dense -> ReLU -> Dropout -> Dense: both dropout kinds, fused conv+pool."""
+    m = fc.Sequential([
+        L.Conv2D(4, 3), L.ReLU(), L.MaxPool2D(2), L.Dropout(0.25), L.Flatten(),
+        L.Dense(units), L.ReLU(), L.Dropout(0.5), L.Dense(4),
+    ], input_shape=(12, 12, 1), seed=seed)
+    return m.compile(fc.optim.Adam(1e-2))
+
+
+class _Fault(fc.callbacks.Callback):
+    """On rank 1, at the second batch: raise, SIGKILL itself or hang."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def on_train_batch_end(self, batch, logs=None):
+        if fc.distributed.rank() != 1 or batch != 1:
+            return
+        if self.kind == "raise":
+            raise ValueError("injected failure on rank 1")
+        if self.kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "hang":
+            time.sleep(60)
+
+
+def train(cfg):
+    """Distributed fit (+ checkpoints in a per-rank directory) and evaluate; results to cfg['out']."""
+    context = fc.distributed.init()
+    out = cfg["out"]
+    workdir = os.path.join(out, f"rank{context.rank}")
+    os.makedirs(workdir, exist_ok=True)
+    os.chdir(workdir)  # relative checkpoint paths: a rank that wrote one would leave it here
+    (x, y), (xv, yv) = data()
+    m = model(seed=cfg.get("seed", 7))
+    if cfg.get("resume") and context.rank == 0:
+        m.load(cfg["resume"])  # rank 0 alone: the others receive its state at start-up
+    history = m.fit(x, y, epochs=cfg["epochs"], batch_size=BATCH, validation_data=(xv, yv), verbose=2,
+                    callbacks=[fc.callbacks.ModelCheckpoint("ckpt-{epoch}.npz")],
+                    initial_epoch=cfg.get("initial_epoch", 0), distributed=True)
+    logs = fc.distributed.evaluate(m, xv, yv, batch_size=16)
+    np.savez(os.path.join(out, f"weights-{context.rank}.npz"), **m.get_weights())
+    result = {"history": history.history, "evaluate": logs, "stats": m.distributed_stats,
+              "threads": fc.get_num_threads(), "size": context.size}
+    with open(os.path.join(out, f"result-{context.rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def fault(cfg):
+    (x, y), _ = data()
+    m = model()
+    m.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[_Fault(cfg["kind"])], distributed=True)
+    print(f"rank {fc.distributed.rank()} finished")
+
+
+def mismatch(cfg):
+    fc.distributed.init()
+    (x, y), _ = data()
+    m = model(units=17 if fc.distributed.rank() == 1 else 16)
+    m.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, distributed=True)
+
+
+if __name__ == "__main__":
+    {"train": train, "fault": fault, "mismatch": mismatch}[sys.argv[1]](json.loads(sys.argv[2]))
