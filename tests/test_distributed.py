@@ -125,21 +125,26 @@ def test_importing_fastcnn_never_imports_mpi4py():
 
 
 @pytest.mark.parametrize("impl", registry.implementations("dropout"))
-def test_dropout_rows_take_their_slice_of_the_whole_batch_mask(impl):
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937])  # jumps over rows / draws them
+def test_dropout_rows_take_their_slice_of_the_whole_batch_mask(impl, bit_generator):
     fn = registry.get("dropout", impl)
     x = np.random.default_rng(1).standard_normal((7, 3, 5)).astype(np.float32)
-    full, _ = fn.forward(x, rate=0.4, rng=np.random.default_rng(3))
-    for start, stop in [(0, 3), (3, 7), (2, 2), (6, 7)]:
-        rng = np.random.default_rng(3)
+
+    def generator():
+        return np.random.Generator(bit_generator(3))
+
+    full, _ = fn.forward(x, rate=0.4, rng=generator())
+    for start, stop in [(0, 3), (3, 7), (2, 2), (6, 7), (1, 4)]:  # even and odd offsets into the raw draws
+        rng = generator()
         y, cache = fn.forward(x[start:stop], rate=0.4, rng=rng, rows=(start, 7))
         np.testing.assert_array_equal(y, full[start:stop])
-        expected = np.random.default_rng(3)
+        expected = generator()
         expected.bit_generator.random_raw((x.size + 1) // 2)  # the whole batch's draw was consumed
         assert rng.bit_generator.state == expected.bit_generator.state
         dy = np.ones_like(y)
         np.testing.assert_array_equal(fn.backward(dy, cache), (y != 0) * np.float32(1 / 0.6))
     with pytest.raises(ValueError, match=r"rows=\(5, 7\) cannot hold a batch of 3 rows"):
-        fn.forward(x[:3], rate=0.4, rng=np.random.default_rng(3), rows=(5, 7))
+        fn.forward(x[:3], rate=0.4, rng=generator(), rows=(5, 7))
 
 
 def test_launched_reads_the_launcher_environment(monkeypatch):

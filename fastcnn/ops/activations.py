@@ -89,13 +89,35 @@ def flatten_backward(dy, shape):
 def dropout_bits(rng, size, offset=0, total=None):
     """``size`` 32-bit draws for dropout masks: the halves of ``ceil(total / 2)`` raw 64-bit
     draws, low half first (docs/ops.md), from position ``offset`` on. Half the cost of one
-    ``rng.random()`` per element. ``total`` (default ``size``) draws are consumed either way."""
+    ``rng.random()`` per element.
+
+    ``total`` (default ``size``) draws are consumed either way. When they are more than
+    the ``size`` wanted (one rank's slice of a batch) and the bit generator can jump
+    (PCG64, NumPy's default), it jumps over the draws of the other rows instead of
+    making them: the cost stays that of the slice however large the batch.
+    """
     total = size if total is None else total
-    raw = rng.bit_generator.random_raw((total + 1) // 2)  # (ceil(total / 2),) uint64
+    bitgen = rng.bit_generator
+    if total != size and type(bitgen).__name__ in _JUMPING:
+        first, stop = offset // 2, (offset + size + 1) // 2  # raw draws holding the slice
+        saved = bitgen.state
+        bitgen.advance(first)
+        raw = bitgen.random_raw(stop - first)  # (ceil(size / 2) or one more,) uint64
+        bitgen.advance((total + 1) // 2 - stop)
+        state = bitgen.state  # advance() drops a buffered 32-bit half; random_raw never uses it
+        state["has_uint32"], state["uinteger"] = saved["has_uint32"], saved["uinteger"]
+        bitgen.state = state
+        offset -= 2 * first
+    else:
+        raw = bitgen.random_raw((total + 1) // 2)  # (ceil(total / 2),) uint64
     if sys.byteorder == "little":
         return raw.view(np.uint32)[offset:offset + size]
     bits = np.stack([raw & 0xFFFFFFFF, raw >> 32], axis=-1).astype(np.uint32).reshape(-1)
     return bits[offset:offset + size]
+
+
+#: Bit generators whose ``advance(n)`` equals ``n`` calls of ``random_raw`` (NumPy documents it).
+_JUMPING = ("PCG64", "PCG64DXSM")
 
 
 def dropout_span(shape, rows):
