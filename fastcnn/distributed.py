@@ -78,7 +78,7 @@ from fastcnn.errors import FastCNNError
 
 __all__ = [
     "DistributedError", "DEFAULT_BUCKET_BYTES", "DEFAULT_TIMEOUT", "launched", "init", "rank", "size",
-    "is_root", "fit", "evaluate", "abort_on_error",
+    "is_root", "fit", "evaluate", "measure_allreduce", "abort_on_error",
 ]
 
 #: Gradient bucket size: the first bucket (the last layers) starts its allreduce once
@@ -423,7 +423,7 @@ class DataParallel:
     optimizer step (wait). A rank whose slice is empty runs :meth:`empty_step`.
     """
 
-    def __init__(self, context, model, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    def __init__(self, context, model, bucket_bytes=DEFAULT_BUCKET_BYTES, progress_thread=None):
         if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"distributed: `bucket_bytes` must be a positive int, received {bucket_bytes!r}")
         self.context = context
@@ -442,6 +442,10 @@ class DataParallel:
         self.in_flight_seconds = 0.0  # bucket allreduces, start to observed completion, summed
         self.backward_seconds = 0.0
         self.last_step = None
+        if progress_thread is None:
+            progress_thread = os.environ.get("FASTCNN_MPI_PROGRESS_THREAD", "1") != "0"
+        multiple = self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
+        self._progress = _ProgressThread(self.comm, self.MPI) if progress_thread and multiple and self.size > 1 else None
 
     def _plan(self, bucket_bytes):
         """Buckets of gradients in reverse layer order; which backward step fills and starts which."""
@@ -512,6 +516,8 @@ class DataParallel:
             self._started[b] = time.perf_counter()
             self._done[b] = 0.0
             self._requests[b] = self.comm.Iallreduce(self.MPI.IN_PLACE, self.buckets[b], op=self.MPI.SUM)
+            if self._progress is not None:
+                self._progress.active.set()
         self._poll()
 
     def _poll(self):
@@ -527,6 +533,8 @@ class DataParallel:
         pending = [self._requests[b] for b in range(len(self.buckets)) if not self._done[b]]
         self.context.wait(pending + [self._sums_request], "the gradient allreduce")
         t_end = time.perf_counter()
+        if self._progress is not None:
+            self._progress.active.clear()
         for b in range(len(self.buckets)):
             if not self._done[b]:
                 self._done[b] = t_end
@@ -582,10 +590,17 @@ class DataParallel:
         for _ in range(repeats):
             self.context.allreduce(np.zeros(1, dtype=np.float64), "sum", "a barrier")
             start = time.perf_counter()
-            requests = [self.comm.Iallreduce(self.MPI.IN_PLACE, b.copy(), op=self.MPI.SUM) for b in self.buckets]
+            buffers = [b.copy() for b in self.buckets]  # referenced until the requests complete
+            requests = [self.comm.Iallreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM) for b in buffers]
             self.context.wait(requests, "the allreduce measurement")
             times.append(time.perf_counter() - start)
         return float(np.median(times))
+
+    def close(self):
+        """Stop the progress thread."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
     def summary(self):
         """Communication statistics of the fit so far (``model.distributed_stats``)."""
@@ -603,11 +618,53 @@ class DataParallel:
             "backward_ms_per_step": 1e3 * self.backward_seconds / steps,
             "allreduce_in_flight_ms_per_step": 1e3 * in_flight,
             "exposed_ms_per_step": 1e3 * exposed,
+            "progress_thread": self._progress is not None,
             "last_step": self.last_step,
         }
 
     def __repr__(self):
         return f"DataParallel(rank={self.rank}, size={self.size}, buckets={self.bucket_bytes})"
+
+
+class _ProgressThread:
+    """Drives MPICH's progress engine while backward computes.
+
+    MPICH moves a non-blocking collective forward only inside MPI calls. The
+    backward hook polls between steps, but one step (a convolution's backward)
+    can last milliseconds with no MPI call, and a large bucket needs many
+    progress calls. While a bucket is in flight this thread calls ``Iprobe``
+    (which runs the progress engine and matches nothing: fastcnn's communicator
+    carries collectives only) every :attr:`interval` seconds; the Numba kernels
+    release the GIL, so it runs while they compute, as Horovod's background
+    thread does. Needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default); disable with
+    ``FASTCNN_MPI_PROGRESS_THREAD=0``.
+    """
+
+    interval = 100e-6
+    TAG = 7919  # never sent
+
+    def __init__(self, comm, MPI):
+        import threading
+
+        self.comm, self.MPI = comm, MPI
+        self.active = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fastcnn-mpi-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        source = self.MPI.ANY_SOURCE
+        while True:
+            self.active.wait()
+            if self._closed:
+                return
+            self.comm.Iprobe(source, self.TAG)
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._closed = True
+        self.active.set()
+        self._thread.join()
 
 
 class _AgreeOnStop(Callback):
@@ -655,6 +712,7 @@ def _attached(model, dp, record_stats):
         yield
     finally:
         model._dist = None
+        dp.close()
         for layer in dp.random_layers:
             layer.batch_rows = None
         if record_stats:
@@ -699,6 +757,15 @@ def fit(model, x, y, epochs=1, batch_size=32, *, callbacks=None, verbose="auto",
         with _attached(model, dp, True), quiet:
             return model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=user_callbacks,
                              verbose=verbose, **kwargs)
+
+
+def measure_allreduce(model, repeats=5, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    """Median seconds of one step's gradient allreduces with nothing to overlap them with
+    (the buckets back to back); call on every rank. The exposed time of a fit
+    (``model.distributed_stats``) is the part of this that backward did not hide."""
+    context = init()
+    with abort_on_error():
+        return DataParallel(context, model, bucket_bytes).measure_allreduce(repeats)
 
 
 def evaluate(model, x, y, batch_size=None, verbose=0, *, timeout=None):
