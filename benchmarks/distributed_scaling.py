@@ -37,7 +37,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = os.environ.get("FASTCNN_BENCH_SMALL", "").strip() not in ("", "0")
-CONFIGS = ((1, 1), (1, 2), (2, 1))  # (ranks, threads per rank)
+#: (ranks, threads per rank, progress thread): the last row shows what the progress thread hides.
+CONFIGS = ((1, 1, True), (1, 2, True), (2, 1, True), (2, 1, False))
 PRESETS = ("mnist_cnn", "vgg_mini")
 #: Per-message latency of the network model (TCP over 10/25 GbE, MPI on top).
 LATENCY_S = 25e-6
@@ -80,7 +81,7 @@ def worker(preset, threads, batch, steps, distributed, out):
         Path(out).write_text(json.dumps(result))
 
 
-def run(preset, ranks, threads, batch, steps, timeout=900):
+def run(preset, ranks, threads, batch, steps, progress=True, timeout=900):
     """One configuration in fresh process(es); returns the result dict."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
@@ -89,7 +90,8 @@ def run(preset, ranks, threads, batch, steps, timeout=900):
         if ranks > 1:
             args = [mpiexec(), "-n", str(ranks)] + args
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                   FASTCNN_MPI_PROGRESS_THREAD="1" if progress else "0")
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -99,8 +101,8 @@ def run(preset, ranks, threads, batch, steps, timeout=900):
 def measure(presets=PRESETS, batch=64, steps=20):
     results = []
     for preset in presets:
-        for ranks, threads in CONFIGS:
-            results.append(run(preset, ranks, threads, batch, steps))
+        for ranks, threads, progress in CONFIGS:
+            results.append(run(preset, ranks, threads, batch, steps, progress))
     return results
 
 
@@ -120,13 +122,15 @@ def scaling_table(results, markdown=False):
         cores = r["ranks"] * r["threads"]
         efficiency = r["images_per_s"] / (cores * base[r["preset"]])
         stats = r.get("stats")
-        comm = ["-", "-", "-"] if stats is None else [
-            f"{r['allreduce_alone_ms']:.2f}", f"{stats['allreduce_in_flight_ms_per_step']:.2f}",
-            f"{stats['exposed_ms_per_step']:.2f}"]
-        rows.append([r["preset"], f"{r['ranks']} x {r['threads']}", f"{r['images_per_s']:,.0f}", f"{efficiency:.0%}",
-                     f"{r['step_ms']:.1f}"] + comm)
+        comm = ["-", "-", "-", "-"] if stats is None else [
+            f"{r['allreduce_alone_ms']:.1f}", f"{stats['allreduce_in_flight_ms_per_step']:.1f}",
+            f"{stats['exposed_ms_per_step']:.1f}", f"{stats['exposed_ms_median']:.1f}"]
+        config = f"{r['ranks']} x {r['threads']}"
+        if stats is not None and not stats["progress_thread"]:
+            config += " (no progress thread)"
+        rows.append([r["preset"], config, f"{r['images_per_s']:,.0f}", f"{efficiency:.0%}", f"{r['step_ms']:.1f}"] + comm)
     headers = ["preset", "ranks x threads", "img/s", "efficiency", "step ms", "allreduce alone ms",
-               "in flight ms", "exposed ms"]
+               "in flight ms", "exposed ms (mean)", "exposed ms (median)"]
     return _table(headers, rows, markdown)
 
 
@@ -138,7 +142,8 @@ def profile_lines(results):
         if not stats or not stats.get("last_step"):
             continue
         step = stats["last_step"]
-        lines.append(f"{r['preset']}, 2 ranks x 1 thread, batch {r['batch']}: backward {step['backward_ms']:.1f} ms "
+        thread = "progress thread" if stats["progress_thread"] else "no progress thread"
+        lines.append(f"{r['preset']}, 2 ranks x 1 thread ({thread}), batch {r['batch']}: backward {step['backward_ms']:.1f} ms "
                      f"(from the loss), then the wait before the optimizer step {step['wait_ms']:.2f} ms")
         for i, b in enumerate(step["buckets"]):
             lines.append(f"  bucket {i}: {b['bytes'] / 1e6:.2f} MB, Iallreduce started at {b['start_ms']:.1f} ms, "
@@ -150,7 +155,8 @@ def network_table(results, markdown=False, latency=LATENCY_S):
     """Ring-allreduce time per step across machines against the measured compute time per step."""
     lines = []
     for preset in dict.fromkeys(r["preset"] for r in results):
-        runs = {(r["ranks"], r["threads"]): r for r in results if r["preset"] == preset}
+        runs = {(r["ranks"], r["threads"]): r for r in results if r["preset"] == preset and (
+            "stats" not in r or r["stats"]["progress_thread"])}
         nbytes = 4 * runs[(1, 1)]["params"]
         compute_ms = runs[(1, 2)]["step_ms"]  # one 2-core machine per rank, the batch of the runs per rank
         batch = runs[(1, 2)]["batch"]

@@ -442,6 +442,7 @@ class DataParallel:
         self.in_flight_seconds = 0.0  # bucket allreduces, start to observed completion, summed
         self.backward_seconds = 0.0
         self.last_step = None
+        self._exposed = []  # seconds per step
         if progress_thread is None:
             progress_thread = os.environ.get("FASTCNN_MPI_PROGRESS_THREAD", "1") != "0"
         multiple = self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
@@ -515,10 +516,13 @@ class DataParallel:
         for b in self._starts.get(id(step), ()):
             self._started[b] = time.perf_counter()
             self._done[b] = 0.0
-            self._requests[b] = self.comm.Iallreduce(self.MPI.IN_PLACE, self.buckets[b], op=self.MPI.SUM)
+            request = self.comm.Iallreduce(self.MPI.IN_PLACE, self.buckets[b], op=self.MPI.SUM)
             if self._progress is not None:
-                self._progress.active.set()
-        self._poll()
+                self._progress.add(b, request)  # the thread tests it from now until end_backward
+            else:
+                self._requests[b] = request
+        if self._progress is None:
+            self._poll()
 
     def _poll(self):
         """Test the buckets in flight: MPICH progresses non-blocking collectives only inside MPI calls."""
@@ -529,17 +533,22 @@ class DataParallel:
     def end_backward(self):
         """Wait for every bucket and the loss sum; returns the batch's loss (over all ranks)."""
         t_wait = time.perf_counter()
+        if self._progress is not None:
+            pending, done = self._progress.take()
+            for b, t in done.items():
+                self._done[b] = t
+            for b, request in pending.items():
+                self._requests[b] = request
         self._poll()
         pending = [self._requests[b] for b in range(len(self.buckets)) if not self._done[b]]
         self.context.wait(pending + [self._sums_request], "the gradient allreduce")
         t_end = time.perf_counter()
-        if self._progress is not None:
-            self._progress.active.clear()
         for b in range(len(self.buckets)):
             if not self._done[b]:
                 self._done[b] = t_end
         self.steps += 1
         self.exposed_seconds += t_end - t_wait
+        self._exposed.append(t_end - t_wait)
         self.backward_seconds += t_wait - self._t0
         self.in_flight_seconds += sum(d - s for s, d in zip(self._started, self._done))
         self.last_step = {
@@ -618,6 +627,7 @@ class DataParallel:
             "backward_ms_per_step": 1e3 * self.backward_seconds / steps,
             "allreduce_in_flight_ms_per_step": 1e3 * in_flight,
             "exposed_ms_per_step": 1e3 * exposed,
+            "exposed_ms_median": 1e3 * float(np.median(self._exposed)) if self._exposed else 0.0,
             "progress_thread": self._progress is not None,
             "last_step": self.last_step,
         }
@@ -627,38 +637,55 @@ class DataParallel:
 
 
 class _ProgressThread:
-    """Drives MPICH's progress engine while backward computes.
+    """Tests the buckets in flight while backward computes, as Horovod's background thread does.
 
-    MPICH moves a non-blocking collective forward only inside MPI calls. The
-    backward hook polls between steps, but one step (a convolution's backward)
-    can last milliseconds with no MPI call, and a large bucket needs many
-    progress calls. While a bucket is in flight this thread calls ``Iprobe``
-    (which runs the progress engine and matches nothing: fastcnn's communicator
-    carries collectives only) every :attr:`interval` seconds; the Numba kernels
-    release the GIL, so it runs while they compute, as Horovod's background
-    thread does. Needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default); disable with
-    ``FASTCNN_MPI_PROGRESS_THREAD=0``.
+    MPICH moves a non-blocking collective forward only inside MPI calls, and a
+    large bucket needs many of them; one backward step (a convolution's) can
+    last milliseconds without any. From a bucket's start until
+    :meth:`DataParallel.end_backward` takes them back, this thread owns the
+    requests and tests them every :attr:`interval` seconds: the Numba kernels
+    release the GIL, so it runs while they compute, and it records when each
+    bucket completed. Needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default); disable
+    with ``FASTCNN_MPI_PROGRESS_THREAD=0`` (the hook then polls between steps).
     """
 
-    interval = 100e-6
-    TAG = 7919  # never sent
+    interval = 200e-6
 
     def __init__(self, comm, MPI):
         import threading
 
         self.comm, self.MPI = comm, MPI
+        self.lock = threading.Lock()
         self.active = threading.Event()
+        self.pending = {}  # bucket index -> request
+        self.done = {}  # bucket index -> perf_counter() when seen complete
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="fastcnn-mpi-progress", daemon=True)
         self._thread.start()
 
+    def add(self, bucket, request):
+        with self.lock:
+            self.pending[bucket] = request
+        self.active.set()
+
+    def take(self):
+        """Stop testing; ``(requests still pending, completion times)``, both by bucket."""
+        self.active.clear()
+        with self.lock:  # once held, the thread is not testing and finds nothing left
+            pending, done = self.pending, self.done
+            self.pending, self.done = {}, {}
+        return pending, done
+
     def _run(self):
-        source = self.MPI.ANY_SOURCE
         while True:
             self.active.wait()
             if self._closed:
                 return
-            self.comm.Iprobe(source, self.TAG)
+            with self.lock:
+                for bucket, request in list(self.pending.items()):
+                    if request.Test():
+                        self.done[bucket] = time.perf_counter()
+                        del self.pending[bucket]
             time.sleep(self.interval)
 
     def stop(self):

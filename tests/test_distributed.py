@@ -191,6 +191,7 @@ def test_gradient_buckets_and_statistics(two_ranks):
     assert stats["allreduce_bytes_per_step"] == 4 * params
     assert sum(stats["bucket_bytes"]) == 4 * params
     assert 0 <= stats["exposed_ms_per_step"] <= stats["allreduce_in_flight_ms_per_step"] + 1e-6
+    assert stats["progress_thread"]  # mpi4py initializes MPI_THREAD_MULTIPLE
     step = stats["last_step"]
     assert step["buckets"] and all(b["start_ms"] <= b["done_ms"] for b in step["buckets"])
 
