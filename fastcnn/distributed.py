@@ -446,7 +446,8 @@ class DataParallel:
         if progress_thread is None:
             progress_thread = os.environ.get("FASTCNN_MPI_PROGRESS_THREAD", "1") != "0"
         multiple = self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
-        self._progress = _ProgressThread(self.comm, self.MPI) if progress_thread and multiple and self.size > 1 else None
+        self.progress_thread = bool(progress_thread and multiple and self.size > 1)
+        self._progress = _ProgressThread(self.comm, self.MPI) if self.progress_thread else None
 
     def _plan(self, bucket_bytes):
         """Buckets of gradients in reverse layer order; which backward step fills and starts which."""
@@ -628,7 +629,7 @@ class DataParallel:
             "allreduce_in_flight_ms_per_step": 1e3 * in_flight,
             "exposed_ms_per_step": 1e3 * exposed,
             "exposed_ms_median": 1e3 * float(np.median(self._exposed)) if self._exposed else 0.0,
-            "progress_thread": self._progress is not None,
+            "progress_thread": self.progress_thread,
             "last_step": self.last_step,
         }
 
