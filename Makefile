@@ -22,8 +22,8 @@ demo: $(VENV)/.installed data
 	$(BIN)/fastcnn train --dataset fashion-mnist --model mnist_cnn --epochs 1
 
 test: $(VENV)/.installed data
-	FASTCNN_REQUIRE_DATA=1 $(BIN)/python -m pytest -q
-	FASTCNN_BENCH_SMALL=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
+	FASTCNN_REQUIRE_DATA=1 FASTCNN_REQUIRE_MPI=1 $(BIN)/python -m pytest -q
+	FASTCNN_BENCH_SMALL=1 FASTCNN_REQUIRE_MPI=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=bench.json

@@ -21,10 +21,12 @@ What a distributed ``fit`` does (after Horovod, ChainerMN and PyTorch DDP):
   whole batch. Gradients are packed, in reverse layer order, into flat buckets
   of about ``bucket_bytes``; when backward has produced every gradient of a
   bucket, a non-blocking ``Iallreduce`` of it starts and runs while backward
-  goes on through the earlier layers (each backward step polls the requests,
-  which is what moves MPICH's progress engine). The optimizer step waits for
-  the buckets; the time spent in that wait is the communication that was not
-  hidden (``model.distributed_stats``).
+  goes on through the earlier layers. MPICH moves a collective forward only
+  inside MPI calls, so a progress thread tests the requests in flight every
+  0.2 ms while the (GIL-releasing) kernels compute. The optimizer step waits
+  for the buckets; the time spent in that wait is the communication that was
+  not hidden (``model.distributed_stats``, which also holds the last step's
+  bucket timeline).
 - Dropout draws its mask for the whole global batch from its Generator (the
   same on every rank) and keeps this rank's rows (``Dropout.batch_rows``), so
   N ranks reproduce the one-process run: the same weights after an epoch up to
