@@ -243,3 +243,24 @@ def test_a_different_model_on_one_rank_is_refused_at_start_up(mpi):
     assert proc.returncode != 0
     assert "DistributedError: the model differs between ranks (rank 0: fastcnn" in proc.stderr
     assert "rank 1: fastcnn" in proc.stderr and "every rank must build the same model" in proc.stderr
+
+
+# -- the command ------------------------------------------------------------------------------
+def test_fastcnn_train_under_mpiexec_prints_once(mpi, tmp_path):
+    data = "/usr/share/datasets/fashion-mnist"
+    if not os.path.isdir(data):
+        if os.environ.get("FASTCNN_REQUIRE_DATA") == "1":
+            pytest.fail(f"Fashion-MNIST is not installed at {data}")
+        pytest.skip(f"Fashion-MNIST is not installed at {data}")
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="1", FASTCNN_MPI_TIMEOUT="60")
+    proc = subprocess.run(
+        [mpi, "-n", "2", sys.executable, "-m", "fastcnn", "train", "--data-dir", data, "--limit", "256",
+         "--epochs", "1", "--verbose", "2", "--save", str(tmp_path / "m.npz")],
+        capture_output=True, text=True, timeout=180, env=environment, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("Epoch 1/1 - 4/4")]) == 1
+    final = [line for line in lines if line.startswith("test accuracy")]
+    assert len(final) == 1 and final[0].endswith("1 thread x 2 ranks")
+    assert os.listdir(tmp_path) == ["m.npz"]
+    fc.load_model(tmp_path / "m.npz")  # rank 0's file, complete
