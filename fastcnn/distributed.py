@@ -795,7 +795,8 @@ def measure_allreduce(model, repeats=5, bucket_bytes=DEFAULT_BUCKET_BYTES):
     (``model.distributed_stats``) is the part of this that backward did not hide."""
     context = init()
     with abort_on_error():
-        return DataParallel(context, model, bucket_bytes).measure_allreduce(repeats)
+        dp = DataParallel(context, model, bucket_bytes, progress_thread=False)
+        return dp.measure_allreduce(repeats)
 
 
 def evaluate(model, x, y, batch_size=None, verbose=0, *, timeout=None):
@@ -809,6 +810,6 @@ def evaluate(model, x, y, batch_size=None, verbose=0, *, timeout=None):
         _prepare(model, x, "evaluate")
         check_same(context, model, x, y)
         broadcast_state(context, model)
-        dp = DataParallel(context, model)
+        dp = DataParallel(context, model, progress_thread=False)
         with _attached(model, dp, False):
             return model.evaluate(x, y, batch_size=batch_size, verbose=verbose if context.rank == 0 else 0)

@@ -86,6 +86,18 @@ def fault(cfg):
     print(f"rank {fc.distributed.rank()} finished")
 
 
+def one_rank(cfg):
+    """Plain python: fit(distributed=True) as one rank must be fit() exactly."""
+    (x, y), (xv, yv) = data()
+    weights = []
+    for distributed in (False, True):
+        m = model()
+        m.fit(x, y, epochs=1, batch_size=BATCH, validation_data=(xv, yv), verbose=0, distributed=distributed)
+        weights.append(m.get_weights())
+    same = all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+    print(json.dumps({"size": fc.distributed.size(), "identical": same}))
+
+
 def mismatch(cfg):
     fc.distributed.init()
     (x, y), _ = data()
@@ -94,4 +106,4 @@ def mismatch(cfg):
 
 
 if __name__ == "__main__":
-    {"train": train, "fault": fault, "mismatch": mismatch}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"train": train, "fault": fault, "mismatch": mismatch, "one_rank": one_rank}[sys.argv[1]](json.loads(sys.argv[2]))

@@ -157,6 +157,17 @@ def test_launched_reads_the_launcher_environment(monkeypatch):
     assert fc.distributed.launched()
 
 
+def test_distributed_fit_under_plain_python_is_fit(mpi):
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(WORKER.parent)]),
+                       NUMBA_NUM_THREADS="1")
+    for name in fc.distributed.SIZE_VARIABLES:
+        environment.pop(name, None)
+    proc = subprocess.run([sys.executable, str(WORKER), "one_rank", "{}"], capture_output=True, text=True,
+                          timeout=120, env=environment, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"size": 1, "identical": True}
+
+
 # -- equivalence with one process -----------------------------------------------------------
 def test_two_ranks_reproduce_the_single_process_run(two_ranks, single):
     w0, w1 = two_ranks.weights
