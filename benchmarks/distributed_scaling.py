@@ -151,14 +151,19 @@ def profile_lines(results):
     return lines
 
 
-def network_table(results, markdown=False, latency=LATENCY_S):
-    """Ring-allreduce time per step across machines against the measured compute time per step."""
+def network_table(results, markdown=False, latency=LATENCY_S, compute_ms=None):
+    """Ring-allreduce time per step across machines against the compute time per step.
+
+    ``compute_ms``: ``{preset: ms}`` of a step at the runs' batch on one 2-core
+    machine; default the measured 1 rank x 2 threads. Weak scaling (the batch per
+    rank stays) and strong scaling (the global batch stays: compute / N per rank).
+    """
     lines = []
     for preset in dict.fromkeys(r["preset"] for r in results):
         runs = {(r["ranks"], r["threads"]): r for r in results if r["preset"] == preset and (
             "stats" not in r or r["stats"]["progress_thread"])}
         nbytes = 4 * runs[(1, 1)]["params"]
-        compute_ms = runs[(1, 2)]["step_ms"]  # one 2-core machine per rank, the batch of the runs per rank
+        step_ms = runs[(1, 2)]["step_ms"] if not compute_ms else compute_ms[preset]
         batch = runs[(1, 2)]["batch"]
         rows = []
         for gbps in BANDWIDTHS_GBPS:
@@ -166,11 +171,14 @@ def network_table(results, markdown=False, latency=LATENCY_S):
             for n in NETWORK_RANKS:
                 seconds = 2 * (n - 1) / n * nbytes * 8 / (gbps * 1e9) + 2 * (n - 1) * latency
                 cells.append(f"{1e3 * seconds:.1f}")
-            crossing = next((n for n, c in zip(NETWORK_RANKS, cells) if float(c) > compute_ms), None)
-            rows.append([f"{gbps} Gb/s"] + cells + [f">{NETWORK_RANKS[-1]}" if crossing is None else str(crossing)])
-        lines.append(f"{preset}: {nbytes / 1e6:.2f} MB of gradients per step; compute {compute_ms:.0f} ms per step "
+            weak = next((n for n, c in zip(NETWORK_RANKS, cells) if float(c) > step_ms), None)
+            strong = next((n for n, c in zip(NETWORK_RANKS, cells) if float(c) > step_ms / n), None)
+            rows.append([f"{gbps} Gb/s"] + cells + [f">{NETWORK_RANKS[-1]}" if n is None else str(n)
+                                                     for n in (weak, strong)])
+        lines.append(f"{preset}: {nbytes / 1e6:.2f} MB of gradients per step; compute {step_ms:.1f} ms per step "
                      f"(batch {batch} per rank, 2 threads)")
-        lines += _table(["allreduce ms"] + [f"N={n}" for n in NETWORK_RANKS] + ["network > compute from N"],
+        lines += _table(["allreduce ms"] + [f"N={n}" for n in NETWORK_RANKS]
+                        + [f"network > compute from N ({batch}/rank)", f"same, global batch {batch}"],
                         rows, markdown)
         lines.append("")
     return lines
@@ -186,13 +194,16 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="print the bucket timeline of a two-rank step")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to PATH")
     parser.add_argument("--network", metavar="JSON", help="print the multi-machine model from measurements")
+    parser.add_argument("--compute-ms", nargs="+", metavar="PRESET=MS",
+                        help="compute time per step for the model (default: the measured 1 rank x 2 threads)")
     args = parser.parse_args(argv)
     if args.worker:
         preset, threads, batch, steps, distributed, out = args.worker
         worker(preset, int(threads), int(batch), int(steps), bool(int(distributed)), out)
         return 0
+    compute = dict((k, float(v)) for k, v in (item.split("=") for item in args.compute_ms)) if args.compute_ms else None
     if args.network:
-        print("\n".join(network_table(json.loads(Path(args.network).read_text()), args.markdown)))
+        print("\n".join(network_table(json.loads(Path(args.network).read_text()), args.markdown, compute_ms=compute)))
         return 0
     results = measure(args.presets, args.batch, args.steps)
     if args.json:
@@ -200,7 +211,7 @@ def main(argv=None):
     print("\n".join(scaling_table(results, args.markdown)))
     if args.profile:
         print("\n" + "\n".join(profile_lines(results)))
-    print("\n" + "\n".join(network_table(results, args.markdown)))
+    print("\n" + "\n".join(network_table(results, args.markdown, compute_ms=compute)))
     return 0
 
 
