@@ -128,7 +128,8 @@ def scaling_table(results, markdown=False):
         config = f"{r['ranks']} x {r['threads']}"
         if stats is not None and not stats["progress_thread"]:
             config += " (no progress thread)"
-        rows.append([r["preset"], config, f"{r['images_per_s']:,.0f}", f"{efficiency:.0%}", f"{r['step_ms']:.1f}"] + comm)
+        rows.append([r["preset"], config, f"{r['images_per_s']:,.0f}", f"{efficiency:.0%}",
+                     f"{r['step_ms']:.1f}"] + comm)
     headers = ["preset", "ranks x threads", "img/s", "efficiency", "step ms", "allreduce alone ms",
                "in flight ms", "exposed ms (mean)", "exposed ms (median)"]
     return _table(headers, rows, markdown)
@@ -143,8 +144,9 @@ def profile_lines(results):
             continue
         step = stats["last_step"]
         thread = "progress thread" if stats["progress_thread"] else "no progress thread"
-        lines.append(f"{r['preset']}, 2 ranks x 1 thread ({thread}), batch {r['batch']}: backward {step['backward_ms']:.1f} ms "
-                     f"(from the loss), then the wait before the optimizer step {step['wait_ms']:.2f} ms")
+        lines.append(f"{r['preset']}, 2 ranks x 1 thread ({thread}), batch {r['batch']}: backward "
+                     f"{step['backward_ms']:.1f} ms (from the loss), then the wait before the optimizer step "
+                     f"{step['wait_ms']:.2f} ms")
         for i, b in enumerate(step["buckets"]):
             lines.append(f"  bucket {i}: {b['bytes'] / 1e6:.2f} MB, Iallreduce started at {b['start_ms']:.1f} ms, "
                          f"seen complete at {b['done_ms']:.1f} ms")
@@ -201,9 +203,12 @@ def main(argv=None):
         preset, threads, batch, steps, distributed, out = args.worker
         worker(preset, int(threads), int(batch), int(steps), bool(int(distributed)), out)
         return 0
-    compute = dict((k, float(v)) for k, v in (item.split("=") for item in args.compute_ms)) if args.compute_ms else None
+    compute = None
+    if args.compute_ms:
+        compute = {k: float(v) for k, v in (item.split("=") for item in args.compute_ms)}
     if args.network:
-        print("\n".join(network_table(json.loads(Path(args.network).read_text()), args.markdown, compute_ms=compute)))
+        measured = json.loads(Path(args.network).read_text())
+        print("\n".join(network_table(measured, args.markdown, compute_ms=compute)))
         return 0
     results = measure(args.presets, args.batch, args.steps)
     if args.json:
