@@ -341,7 +341,7 @@ def cmd_train(args):
         return _train(args, distributed=False)
     fastcnn.distributed.init(threads=args.threads)  # default: the cores / the ranks on this machine
     quiet = contextlib.nullcontext() if fastcnn.distributed.is_root() else contextlib.redirect_stdout(io.StringIO())
-    with fastcnn.distributed.abort_on_error(brief=(CommandError, FastCNNError, OSError)), quiet:
+    with fastcnn.distributed.abort_on_error(brief=(CommandError, FastCNNError, OSError, KeyboardInterrupt)), quiet:
         return _train(args, distributed=True)
 
 

@@ -278,7 +278,7 @@ def _install_excepthook(context):
 
 
 @contextlib.contextmanager
-def abort_on_error(brief=(FastCNNError,)):
+def abort_on_error(brief=(FastCNNError, KeyboardInterrupt)):
     """End every rank when the block raises on this one (``MPI_Abort``), naming rank and error.
 
     Exceptions of the ``brief`` types print their message only; others their
@@ -732,6 +732,11 @@ def _writes_files(callback):
 
 def _prepare(model, x, what):
     """Build the model from ``x`` if needed (every rank) and check it is compiled."""
+    if not isinstance(x, (np.ndarray, list, tuple)):
+        raise TypeError(
+            f"distributed {what}: x must be an array that every rank holds in full (each rank takes its "
+            f"slice of every batch); received {type(x).__name__}"
+        )
     model._check_compiled(what)
     if not model.built:
         model._prepare_x(np.asarray(x)[:1])

@@ -168,6 +168,22 @@ def test_distributed_fit_under_plain_python_is_fit(mpi):
     assert json.loads(proc.stdout.splitlines()[-1]) == {"size": 1, "identical": True}
 
 
+@pytest.mark.parametrize("cores,affinity,limit,local,expected", [
+    (8, 8, 8, 2, 4),  # 2 ranks share 8 cores
+    (2, 2, 2, 3, 1),  # oversubscribed: at least 1
+    (8, 2, 8, 4, 2),  # the launcher bound this rank to 2 cores
+    (8, 8, 3, 2, 3),  # NUMBA_NUM_THREADS caps it
+])
+def test_threads_per_rank_default_to_the_cores_shared_by_the_local_ranks(monkeypatch, cores, affinity, limit,
+                                                                         local, expected):
+    from fastcnn import parallel
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(parallel, "max_num_threads", lambda: limit)
+    assert fc.distributed._default_threads(local) == expected
+
+
 # -- equivalence with one process -----------------------------------------------------------
 def test_two_ranks_reproduce_the_single_process_run(two_ranks, single):
     w0, w1 = two_ranks.weights
