@@ -86,6 +86,24 @@ def fault(cfg):
     print(f"rank {fc.distributed.rank()} finished")
 
 
+class _StopOnRankOne(fc.callbacks.Callback):
+    """Sets stop_training on rank 1 alone, at the third batch of the first epoch."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if fc.distributed.rank() == 1 and batch == 2:
+            self.model.stop_training = True
+
+
+def stop(cfg):
+    """One rank asks to stop: every rank stops after the same batch."""
+    (x, y), _ = data()
+    m = model()
+    history = m.fit(x, y, epochs=3, batch_size=BATCH, verbose=0, callbacks=[_StopOnRankOne()], distributed=True)
+    result = {"rank": fc.distributed.rank(), "steps": m.optimizer.iterations, "epochs": history.epoch}
+    with open(os.path.join(cfg["out"], f"stop-{fc.distributed.rank()}.json"), "w") as f:
+        json.dump(result, f)
+
+
 def one_rank(cfg):
     """Plain python: fit(distributed=True) as one rank must be fit() exactly."""
     (x, y), (xv, yv) = data()
@@ -106,4 +124,4 @@ def mismatch(cfg):
 
 
 if __name__ == "__main__":
-    {"train": train, "fault": fault, "mismatch": mismatch, "one_rank": one_rank}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"train": train, "fault": fault, "mismatch": mismatch, "one_rank": one_rank, "stop": stop}[sys.argv[1]](json.loads(sys.argv[2]))

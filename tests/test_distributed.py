@@ -247,6 +247,13 @@ def test_three_ranks_resume_a_single_process_checkpoint(three_ranks_resumed, sin
     np.testing.assert_allclose(history["loss"], single.history["loss"][1:], rtol=1e-5)
 
 
+def test_stop_training_on_one_rank_stops_every_rank_after_the_same_batch(mpi, tmp_path):
+    proc, _ = launch(mpi, 2, "stop", {"out": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"stop-{r}.json").read_text()) for r in range(2)]
+    assert results == [{"rank": 0, "steps": 3, "epochs": [0]}, {"rank": 1, "steps": 3, "epochs": [0]}]
+
+
 # -- faults -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["raise", "kill"])
 def test_a_failing_rank_ends_every_rank(mpi, kind):
