@@ -171,7 +171,7 @@ def abort_on_error(brief=(FastCNNError, KeyboardInterrupt)):
             raise
         if not isinstance(error, brief):
             traceback.print_exc()
-        _context.abort(f"{type(error).__name__}: {error}")
+        _context.abort(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
 
 
 class _AgreeOnStop(Callback):
