@@ -281,7 +281,7 @@ def measure_allreduce(model, repeats=5, bucket_bytes=DEFAULT_BUCKET_BYTES):
         return dp.measure_allreduce(repeats)
 
 
-def evaluate(model, x, y, batch_size=None, verbose=0, *, timeout=None):
+def evaluate(model, x, y, batch_size=None, verbose=0, *, fold=None, timeout=None):
     """:meth:`fastcnn.Sequential.evaluate` with the batches shared between the MPI ranks.
 
     Every rank gets the totals: the same numbers as one process (the loss up to the
@@ -294,4 +294,5 @@ def evaluate(model, x, y, batch_size=None, verbose=0, *, timeout=None):
         broadcast_state(context, model)
         dp = DataParallel(context, model, progress_thread=False)
         with _attached(model, dp, False):
-            return model.evaluate(x, y, batch_size=batch_size, verbose=verbose if context.rank == 0 else 0)
+            return model.evaluate(x, y, batch_size=batch_size, verbose=verbose if context.rank == 0 else 0,
+                                  fold=fold)

@@ -84,7 +84,8 @@ def _json_int(value):
 
 
 def broadcast_state(context, model):
-    """Make every rank's weights, optimizer state and Generator states rank 0's."""
+    """Make every rank's weights, non-trainable state (moving statistics), optimizer state and
+    Generator states rank 0's."""
     optimizer = model.optimizer
     header = None
     if context.rank == 0:
@@ -112,21 +113,26 @@ def broadcast_state(context, model):
             optimizer.state.setdefault(name, {})[slot] = np.empty(tuple(shape), dtype=np.dtype(dtype))
     for _, p, _ in model.params():
         context.bcast(p, "the weights from rank 0")
+    for _, a in model.states():
+        context.bcast(a, "the non-trainable state from rank 0")
     for name, slot, _, _ in meta["slots"]:
         context.bcast(optimizer.state[name][slot], "the optimizer state from rank 0")
+    model._weights_changed()  # inference plans fold the weights and state: rebuild them
 
 
 def _weights_digest(model):
     h = hashlib.blake2b(digest_size=16)
     for _, p, _ in model.params():
         h.update(p.tobytes())
+    for _, a in model.states():
+        h.update(a.tobytes())
     return np.frombuffer(h.digest(), dtype=np.uint8).copy()
 
 
 def check_weights_agree(context, model):
-    """Raise :class:`DistributedError` unless every rank holds bit-identical weights."""
+    """Raise :class:`DistributedError` unless every rank holds bit-identical weights and state."""
     digests = context.allgather(_weights_digest(model), "the weight check")
     differ = [r for r in range(context.size) if not np.array_equal(digests[r], digests[0])]
     if differ:
-        raise DistributedError(f"the weights of rank(s) {differ} diverged from rank 0's")
+        raise DistributedError(f"the weights or moving statistics of rank(s) {differ} diverged from rank 0's")
 

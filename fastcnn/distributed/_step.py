@@ -38,6 +38,12 @@ class DataParallel:
         self.random_layers = [layer for layer in model.layers if hasattr(layer, "batch_rows")]
         self.track_accuracy = "accuracy" in model.metrics
         self._plan(bucket_bytes)
+        # Non-trainable state (BatchNormalization's moving statistics): each rank updates it
+        # from its slice in the forward; the step averages it over the ranks, weighted by the
+        # slices' rows, so every rank holds the same state (see :meth:`begin_backward`).
+        self._states = [a for _, a in model.states()]
+        self._state_sums = np.zeros(sum(a.size for a in self._states), dtype=np.float64)  # (elements,)
+        self._state_request = self.MPI.REQUEST_NULL
         self._sums = np.zeros(3, dtype=np.float64)  # loss x rows, correct, rows of this step
         self._batch_rows = 0
         self.batch_correct = 0
@@ -101,15 +107,39 @@ class DataParallel:
         return lo, hi
 
     def begin_backward(self, loss, dlogits, logits, y):
-        """Start summing loss and correct counts over the ranks; the loss gradient scaled to this rank's share."""
+        """Start summing loss and correct counts over the ranks, and averaging the non-trainable
+        state; returns the loss gradient scaled to this rank's share."""
         rows = y.shape[0]
         self._t0 = time.perf_counter()
         correct = metrics_lib.count_correct(logits, y) if self.track_accuracy else 0
         self._sums[:] = (loss * rows, correct, rows)
         self._sums_request = self.comm.Iallreduce(self.MPI.IN_PLACE, self._sums, op=self.MPI.SUM)
+        self._start_state_sum(rows / self._batch_rows)
         if rows == self._batch_rows:
             return dlogits
         return dlogits * dlogits.dtype.type(rows / self._batch_rows)
+
+    def _start_state_sum(self, share):
+        """Start the sum over the ranks of every state array times this rank's share of the batch.
+
+        Every rank held the same state before the forward, so the result is the state
+        updated with the slices' batch statistics averaged by rows: for a moving mean this
+        is exactly the update from the whole batch's mean. ``share`` 0 (an empty slice) adds nothing.
+        """
+        if not self._states:
+            return
+        offset = 0
+        for a in self._states:
+            self._state_sums[offset:offset + a.size] = a.ravel()
+            offset += a.size
+        self._state_sums *= share
+        self._state_request = self.comm.Iallreduce(self.MPI.IN_PLACE, self._state_sums, op=self.MPI.SUM)
+
+    def _finish_state_sum(self):
+        offset = 0
+        for a in self._states:
+            a[...] = self._state_sums[offset:offset + a.size].reshape(a.shape)
+            offset += a.size
 
     def on_backward(self, step):
         """Pack this step's gradients into their buckets; start each bucket now complete."""
@@ -146,8 +176,10 @@ class DataParallel:
                 self._requests[b] = request
         self._poll()
         pending = [self._requests[b] for b in range(len(self.buckets)) if not self._done[b]]
-        self.context.wait(pending + [self._sums_request], "the gradient allreduce")
+        self.context.wait(pending + [self._sums_request, self._state_request], "the gradient allreduce")
         t_end = time.perf_counter()
+        self._state_request = self.MPI.REQUEST_NULL
+        self._finish_state_sum()
         for b in range(len(self.buckets)):
             if not self._done[b]:
                 self._done[b] = t_end
@@ -174,6 +206,7 @@ class DataParallel:
         self._t0 = time.perf_counter()
         self._sums[:] = 0.0
         self._sums_request = self.comm.Iallreduce(self.MPI.IN_PLACE, self._sums, op=self.MPI.SUM)
+        self._start_state_sum(0.0)
         for buffer in self.buckets:
             buffer.fill(0)
         for fills in self._fills.values():
@@ -186,14 +219,14 @@ class DataParallel:
             model.optimizer.step(model.params())
         return loss, np.zeros((0,) + tuple(model.output_shape), dtype=model.dtype)
 
-    def evaluate_sums(self, model, x, y, batch_size):
+    def evaluate_sums(self, model, x, y, batch_size, fold=None):
         """This rank's contiguous share of the batches, summed over the ranks: ``(loss x rows, correct)``."""
         batches = -(-x.shape[0] // batch_size)
         lo = batches * self.rank // self.size * batch_size
         hi = min(batches * (self.rank + 1) // self.size * batch_size, x.shape[0])
         sums = np.zeros(2, dtype=np.float64)
         if hi > lo:
-            sums[:] = model._evaluate_sums(x[lo:hi], y[lo:hi], batch_size)
+            sums[:] = model._evaluate_sums(x[lo:hi], y[lo:hi], batch_size, fold)
         self.context.allreduce(sums, "sum", "the evaluation sums")
         return float(sums[0]), int(round(sums[1]))
 
