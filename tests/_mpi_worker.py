@@ -39,6 +39,43 @@ def model(seed=7, units=16):
     return m.compile(fc.optim.Adam(1e-2))
 
 
+def functional_model(seed=7):
+    """A residual block with BatchNormalization (float64): Conv -> BN -> ReLU, plus a 1x1 Conv of the input."""
+    inputs = fc.Input((12, 12, 1))
+    y = L.Conv2D(4, 3, padding="same")(inputs)
+    y = L.BatchNormalization(momentum=0.5)(y)
+    y = L.ReLU()(y)
+    y = L.Add()([y, L.Conv2D(4, 1)(inputs)])
+    y = L.MaxPool2D(2)(y)
+    logits = L.Dense(4)(L.Flatten()(y))
+    return fc.Model(inputs, logits, seed=seed, dtype=np.float64).compile(fc.optim.SGD(0.05))
+
+
+def first_batch_by_label():
+    """Indices of the first batch sorted by label: the two ranks' slices hold different classes."""
+    _, y = data()[0]
+    return np.argsort(y[:BATCH], kind="stable")
+
+
+def functional(cfg):
+    """A functional model with BN on 2 ranks: rank 1 starts from other weights and moving statistics
+    (rank 0's replace them); one step on the first batch, then an epoch; every rank saves its weights and state."""
+    context = fc.distributed.init()
+    (x, y), (xv, yv) = data()
+    m = functional_model(seed=7 if context.rank == 0 else 8)
+    if context.rank == 1:
+        for _, a in m.states():
+            a += 0.25
+    first = first_batch_by_label()
+    m.fit(x[first], y[first], epochs=1, batch_size=BATCH, shuffle=False, verbose=0, distributed=True)
+    np.savez(os.path.join(cfg["out"], f"step-{context.rank}.npz"), **m.get_weights())
+    m.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, distributed=True)
+    logs = m.evaluate(xv, yv, batch_size=16, distributed=True)
+    np.savez(os.path.join(cfg["out"], f"epoch-{context.rank}.npz"), **m.get_weights())
+    with open(os.path.join(cfg["out"], f"functional-{context.rank}.json"), "w") as f:
+        json.dump(logs, f)
+
+
 class _Fault(fc.callbacks.Callback):
     """On rank 1, at the second batch: raise, SIGKILL itself or hang."""
 
@@ -124,4 +161,5 @@ def mismatch(cfg):
 
 
 if __name__ == "__main__":
-    {"train": train, "fault": fault, "mismatch": mismatch, "one_rank": one_rank, "stop": stop}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"train": train, "fault": fault, "mismatch": mismatch, "one_rank": one_rank, "stop": stop,
+     "functional": functional}[sys.argv[1]](json.loads(sys.argv[2]))

@@ -254,6 +254,40 @@ def test_stop_training_on_one_rank_stops_every_rank_after_the_same_batch(mpi, tm
     assert results == [{"rank": 0, "steps": 3, "epochs": [0]}, {"rank": 1, "steps": 3, "epochs": [0]}]
 
 
+def test_functional_model_with_batch_normalization_on_two_ranks(mpi, tmp_path):
+    """Non-synchronized BN: each rank normalizes its slice; the moving statistics start as rank 0's
+    and are averaged over the ranks each step, so both ranks hold the same weights and state."""
+    proc, _ = launch(mpi, 2, "functional", {"out": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("step", "epoch"):
+        w0, w1 = (_load(tmp_path / f"{stage}-{r}.npz") for r in range(2))
+        assert sorted(w0) == sorted(w1)
+        for name in w0:
+            np.testing.assert_array_equal(w0[name], w1[name], err_msg=f"{stage}: ranks differ in {name}")
+    # After one step on the first batch sorted by label (rows 0-31 on rank 0, 32-63 on rank 1), from rank 0's
+    # initial state (moving mean 0, variance 1): the moving mean moved with the whole batch's
+    # mean, the moving variance with the mean of the two slices' (biased) variances.
+    model = worker.functional_model(seed=7)
+    (x, y), (xv, yv) = worker.data()
+    bn = next(i for i, layer in enumerate(model.layers) if isinstance(layer, fc.layers.BatchNormalization))
+    conv = model.layers[model._inputs_of[bn][0] - 1]
+    z = conv.forward(x[worker.first_batch_by_label()].astype(np.float64)).reshape(-1, 4)  # the BN's input, (N*H*W, C)
+    halves = np.split(z, 2)
+    step = _load(tmp_path / "step-0.npz")
+    np.testing.assert_allclose(step[f"layers.{bn}.moving_mean"], 0.5 * z.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(step[f"layers.{bn}.moving_variance"],
+                               0.5 + 0.5 * np.mean([h.var(axis=0) for h in halves], axis=0), rtol=1e-10)
+    one_process = 0.5 + 0.5 * z.var(axis=0)  # the whole batch's variance: 1e-6..1e-5 away, far above rounding
+    assert np.max(np.abs(step[f"layers.{bn}.moving_variance"] / one_process - 1)) > 1e-6
+    # The sharded evaluate (folded BN) is one process's evaluate of those weights and state.
+    model.set_weights(_load(tmp_path / "epoch-0.npz"))
+    expected = model.evaluate(xv, yv, batch_size=16)
+    for r in range(2):
+        logs = json.loads((tmp_path / f"functional-{r}.json").read_text())
+        assert logs["accuracy"] == expected["accuracy"]
+        assert logs["loss"] == pytest.approx(expected["loss"], rel=1e-12)
+
+
 # -- faults -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["raise", "kill"])
 def test_a_failing_rank_ends_every_rank(mpi, kind):
