@@ -13,7 +13,8 @@ What a distributed ``fit`` does (after Horovod, ChainerMN and PyTorch DDP):
   ``y`` and the same shuffle permutation (the model's Generator state is
   broadcast from rank 0 at start-up, so even ``seed=None`` agrees); rank ``r``
   of ``R`` trains on rows ``[n r / R, n (r + 1) / R)`` of each batch of ``n``.
-- Rank 0's weights, optimizer state and Generator states are broadcast to all
+- Rank 0's weights, non-trainable state (BatchNormalization's moving
+  statistics), optimizer state and Generator states are broadcast to all
   ranks at start-up (``Ibcast`` on the arrays themselves, never pickles), so a
   checkpoint loaded on rank 0 alone, or written by a one-process run, resumes.
 - Each rank's loss gradient is scaled by its share ``n_r / n`` of the batch, so
@@ -31,6 +32,14 @@ What a distributed ``fit`` does (after Horovod, ChainerMN and PyTorch DDP):
   same on every rank) and keeps this rank's rows (``Dropout.batch_rows``), so
   N ranks reproduce the one-process run: the same weights after an epoch up to
   float32 rounding (the sums are grouped differently).
+- Sequential and functional models alike: the hooks run on the model's
+  training plan (``model.steps``), whatever its graph. BatchNormalization is
+  not synchronized (PyTorch DDP's default): in training each rank normalizes
+  its slice with the slice's statistics, so a model with BN does not
+  reproduce the one-process run. Its moving statistics stay identical on
+  every rank: after each forward they are averaged over the ranks, weighted
+  by the slices' rows (started with the loss sum, waited for with the
+  gradients), and the per-epoch digest covers them with the weights.
 - Batch and epoch logs are global (loss and correct counts are summed over the
   ranks with the gradients), so callbacks decide the same on every rank;
   ``stop_training`` is agreed after every batch and epoch anyway. Validation
