@@ -152,6 +152,7 @@ class Model:
         self._plan = None  # the training plan, once built
         self._inference_plans = {}  # fold -> (plan, frees); cleared whenever weights or state may change
         self._shapes = None  # per-sample shape of every tensor
+        self._dist = None  # set by fastcnn.distributed while a data-parallel fit/evaluate runs
 
     # -- construction -----------------------------------------------------------------
     def _build(self, input_shape):
@@ -429,7 +430,10 @@ class Model:
         writeable array of its own (not the incoming gradient itself or a view of it,
         and not handed to another input too, as ``Add`` hands one array to all its inputs);
         otherwise the first sum allocates one new array, which later arrivals reuse.
+        In a data-parallel fit, ``self._dist.on_backward`` sees each step's runner once
+        its gradients are written (they start their allreduce while backward goes on).
         """
+        dist = self._dist
         n = len(self.layers) + 1
         grads = [None] * n  # tensor index -> its gradient so far
         owned = [False] * n  # whether grads[t] may be added into in place
@@ -438,6 +442,8 @@ class Model:
             d = grads[step.output]
             grads[step.output] = None
             dins = step.backward(d)
+            if dist is not None:
+                dist.on_backward(step.runner)
             for k, (t, g) in enumerate(zip(step.inputs, dins)):
                 if t == 0 or g is None:  # the model input's gradient is not needed
                     continue
@@ -457,16 +463,34 @@ class Model:
 
         A non-finite loss returns before the backward pass: the weights and the
         non-trainable state (moving statistics) are left as they were.
+        In a data-parallel fit (``self._dist``, see :mod:`fastcnn.distributed`) ``x`` is
+        this rank's slice of the batch; the loss gradient is scaled by the slice's share
+        of the batch, each step's gradients are summed over the ranks as soon as backward
+        has produced them (see :meth:`_backward`), the moving statistics are averaged over
+        the ranks, and the loss returned is the whole batch's.
         """
+        dist = self._dist
+        if dist is not None and x.shape[0] == 0:
+            loss, out = dist.empty_step(self)  # a last batch smaller than the number of ranks
+            self._weights_changed()
+            return loss, out
         states = self.states()
         saved = [a.copy() for _, a in states]
         out = self._forward(x)
         loss, dlogits = self._loss_op.forward(out, y)
-        if not math.isfinite(loss):
+        if dist is not None:
+            dlogits = dist.begin_backward(loss, dlogits, out, y)
+        elif not math.isfinite(loss):
             for (_, a), old in zip(states, saved):
                 a[...] = old
             return loss, out
         self._backward(dlogits)
+        if dist is not None:
+            loss = dist.end_backward()
+            if not math.isfinite(loss):
+                for (_, a), old in zip(states, saved):
+                    a[...] = old
+                return loss, out
         self.optimizer.step(self.params())
         self._weights_changed()
         return loss, out
@@ -491,7 +515,7 @@ class Model:
         return loss
 
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose="auto", initial_epoch=0):
+            callbacks=None, verbose="auto", initial_epoch=0, distributed=False):
         """Train for ``epochs`` epochs; returns a :class:`fastcnn.callbacks.History`.
 
         Parameters
@@ -517,6 +541,10 @@ class Model:
             2 one line per epoch.
         initial_epoch : int, default 0
             Epoch to start at (for resuming a run).
+        distributed : bool, default False
+            Train data-parallel on every MPI process (``mpiexec -n N python
+            script.py``; needs the ``[mpi]`` extra): ``batch_size`` is the global
+            batch. Same as :func:`fastcnn.distributed.fit`.
 
         Raises
         ------
@@ -524,6 +552,12 @@ class Model:
             If a batch gives a NaN or infinite loss, unless a
             :class:`~fastcnn.callbacks.TerminateOnNaN` callback is given.
         """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    validation_data=validation_data, validation_split=validation_split,
+                                    callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
         self._check_compiled("fit")
         verbose = _check_verbose(verbose, "fit")
         epochs = _check_positive_int(epochs, "epochs", "fit")
@@ -585,10 +619,11 @@ class Model:
         logs = {}
         for batch in range(steps):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
+            lo, hi = (start, stop) if self._dist is None else self._dist.shard(start, stop)
             if order is None:
-                xb, yb = x[start:stop], y[start:stop]
+                xb, yb = x[lo:hi], y[lo:hi]
             else:
-                idx = order[start:stop]
+                idx = order[lo:hi]
                 xb, yb = x[idx], y[idx]
             hooks.on_train_batch_begin(batch)
             loss, logits = self._train_step(xb, yb)
@@ -608,7 +643,7 @@ class Model:
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
             if track_accuracy:
-                correct += metrics_lib.count_correct(logits, yb)
+                correct += metrics_lib.count_correct(logits, yb) if self._dist is None else self._dist.batch_correct
                 logs["accuracy"] = correct / seen
             hooks.on_train_batch_end(batch, logs)
             if self.stop_training:
@@ -629,25 +664,39 @@ class Model:
         largest = max(math.prod(self._shapes[step.output]) for step in self._inference(fold)[0])
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
-    def _evaluate(self, x, y, batch_size, fold=None):
-        N = x.shape[0]
+    def _evaluate_sums(self, x, y, batch_size, fold=None):
+        """``(sum of per-batch loss x batch size, correct predictions)`` over ``(x, y)``."""
         total_loss, correct = 0.0, 0
-        for start in range(0, N, batch_size):
+        for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = self._infer(xb, fold)
             loss, _ = self._loss_op.forward(out, yb)
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
+        return total_loss, correct
+
+    def _evaluate(self, x, y, batch_size, fold=None):
+        N = x.shape[0]
+        if self._dist is None:
+            total_loss, correct = self._evaluate_sums(x, y, batch_size, fold)
+        else:  # each rank evaluates its share of the batches; the sums are added up
+            total_loss, correct = self._dist.evaluate_sums(self, x, y, batch_size, fold)
         logs = {"loss": total_loss / N}
         if "accuracy" in self.metrics:
             logs["accuracy"] = correct / N
         return logs
 
-    def evaluate(self, x, y, batch_size=None, verbose=0, *, fold=None):
+    def evaluate(self, x, y, batch_size=None, verbose=0, *, fold=None, distributed=False):
         """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``.
 
         ``fold``: fold BatchNormalization into the layer before it (default ``model.fold``).
+        ``distributed=True``: every MPI process evaluates its share of the batches and
+        all receive the totals (:func:`fastcnn.distributed.evaluate`).
         """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            return _distributed.evaluate(self, x, y, batch_size=batch_size, verbose=verbose, fold=fold)
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
