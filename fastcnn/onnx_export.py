@@ -272,8 +272,9 @@ def _emit_softmax(g, layer, inputs, output):
 
 # -- the model -------------------------------------------------------------------------------
 def model_name(model):
-    """``model.name`` if set, else the preset it was built from (``metadata["preset"]``), else its class."""
-    return (getattr(model, "name", None) or model.metadata.get("preset")
+    """``model.name`` if set, else ``metadata["name"]`` (an imported graph's), else the preset it was
+    built from (``metadata["preset"]``), else its class name."""
+    return (getattr(model, "name", None) or model.metadata.get("name") or model.metadata.get("preset")
             or type(model).__name__)
 
 
