@@ -193,12 +193,12 @@ def _convert(onnx, graph, where, consts, opset):
                                    f"{perm} on a {b.kind} tensor")
         elif op == "Conv":
             b.need(node, "nchw")
+            if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])):
+                raise b.fail(node, "grouped and dilated convolutions are not supported")
             w = const[0] if const else None
             if w is None or w.ndim != 4 or w.shape[1] != b.shape[2]:
                 raise b.fail(node, f"expected a constant OIHW weight with {b.shape[2]} input channels, "
                                    f"received {None if w is None else w.shape}")
-            if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])):
-                raise b.fail(node, "grouped and dilated convolutions are not supported")
             kernel = tuple(int(k) for k in w.shape[2:])
             stride = _ints(a.get("strides"), (1, 1))
             padding = _padding(b, node, a.get("pads"), b.shape[:2], kernel, stride, a.get("auto_pad", "NOTSET"))
