@@ -270,6 +270,94 @@ def _emit_softmax(g, layer, inputs, output):
     return x.like(g.node("Softmax", [x.name], output, axis=axis))
 
 
+# -- graph-model layers ------------------------------------------------------------------------
+# BatchNormalization, Add and Concatenate come with functional models. Each emitter documents
+# the layer attributes it reads; a layer class providing them exports with no other change.
+def _same_layout(g, inputs):
+    """``inputs`` in one layout and element order: images all NCHW (when any is) or all NHWC;
+    flat tensors all in fastcnn's order unless they share one permutation."""
+    if all(t.layout in ("nchw", "nhwc") for t in inputs):
+        if any(t.layout == "nchw" for t in inputs):
+            return [g.nchw(t) for t in inputs]
+        return list(inputs)
+    if all(t.layout == "flat" for t in inputs):
+        perms = [t.perm for t in inputs]
+        if all(p is None for p in perms) or all(p is not None and np.array_equal(p, perms[0]) for p in perms):
+            return list(inputs)
+        return [g.canonical(t) for t in inputs]
+    raise OnnxConversionError(f"cannot combine tensors of ranks that differ: {inputs}")
+
+
+@emitter("BatchNormalization")
+def _emit_batch_norm(g, layer, inputs, output):
+    """Inference-mode batch normalization over the channels (the last axis, fastcnn's NHWC).
+
+    Reads ``layer.params["gamma"]`` and ``layer.params["beta"]`` (each optional: 1 and 0 when
+    absent, Keras's ``scale=False`` / ``center=False``), ``layer.state["moving_mean"]``,
+    ``layer.state["moving_variance"]`` (all of shape (C,)) and ``layer.epsilon``.
+    Writes ONNX ``BatchNormalization`` (NCHW: channels on axis 1; (N, C) inputs as they are).
+    """
+    x = _one(inputs, layer)
+    if x.layout == "nhwc":
+        x = g.nchw(x)
+    mean = np.asarray(layer.state["moving_mean"])
+    C = mean.shape[0]
+    values = {
+        "scale": layer.params.get("gamma", np.ones(C, dtype=np.float32)),
+        "bias": layer.params.get("beta", np.zeros(C, dtype=np.float32)),
+        "mean": mean, "var": layer.state["moving_variance"],
+    }
+    if x.perm is not None:  # a flat tensor in the graph's order: the parameters follow it
+        values = {k: np.asarray(v)[x.perm] for k, v in values.items()}
+    names = [x.name] + [g.constant(f"{output}.{k}", v) for k, v in values.items()]
+    g.node("BatchNormalization", names, output, epsilon=float(layer.epsilon))
+    if x.layout == "nchw":
+        return g.image_output(output, x.shape)
+    return x.like(output)
+
+
+@emitter("Add")
+def _emit_add(g, layer, inputs, output):
+    """Elementwise sum of two or more tensors of one shape (``Add`` nodes; no attributes read)."""
+    if len(inputs) < 2:
+        raise OnnxConversionError(f"{layer._label()} adds two or more tensors, received {len(inputs)}")
+    inputs = _same_layout(g, inputs)
+    total = inputs[0].name
+    for i, t in enumerate(inputs[1:], start=1):
+        total = g.node("Add", [total, t.name], output if i == len(inputs) - 1 else g.unique(f"{output}.{i}"))
+    return inputs[0].like(total)
+
+
+@emitter("Concatenate")
+def _emit_concatenate(g, layer, inputs, output):
+    """Concatenation along ``layer.axis`` (Keras's axis of the NHWC tensor with its batch axis,
+    default -1: channels). Writes ONNX ``Concat`` on the axis of the graph's layout. Flat tensors
+    keep their permutations: the result's is theirs, offset."""
+    if len(inputs) < 2:
+        raise OnnxConversionError(f"{layer._label()} joins two or more tensors, received {len(inputs)}")
+    rank = len(inputs[0].shape) + 1
+    axis = int(getattr(layer, "axis", -1))
+    if not -rank <= axis < rank or axis % rank == 0:
+        raise OnnxConversionError(f"{layer._label()}: cannot concatenate over axis {axis} of rank-{rank} tensors")
+    axis %= rank
+    shape = tuple(layer.output_shape)
+    if rank == 4:
+        inputs = _same_layout(g, inputs)
+        nchw = inputs[0].layout == "nchw"
+        g.node("Concat", [t.name for t in inputs], output, axis={1: 2, 2: 3, 3: 1}[axis] if nchw else axis)
+        return Tensor(output, inputs[0].layout, shape)
+    if rank != 2 or any(t.layout != "flat" for t in inputs):
+        raise OnnxConversionError(f"{layer._label()}: expected images (N, H, W, C) or (N, F), received {inputs}")
+    perm, offset = [], 0
+    for t in inputs:
+        F = t.shape[0]
+        perm.append((np.arange(F) if t.perm is None else t.perm) + offset)
+        offset += F
+    perm = np.concatenate(perm)
+    g.node("Concat", [t.name for t in inputs], output, axis=1)
+    return Tensor(output, "flat", shape, None if np.array_equal(perm, np.arange(offset)) else perm)
+
+
 # -- the model -------------------------------------------------------------------------------
 def model_name(model):
     """``model.name`` if set, else ``metadata["name"]`` (an imported graph's), else the preset it was

@@ -348,3 +348,80 @@ def test_import_a_pytorch_export(tmp_path):
         want = torch.softmax(net(x), dim=1).numpy()
     got = model.predict(x.numpy().transpose(0, 2, 3, 1))
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+# -- emitters for graph-model layers (BatchNormalization, Add, Concatenate) ---------------------------
+# fastcnn's functional models and these layers are built elsewhere; the emitters are checked here
+# on stand-in layers holding exactly the attributes their docstrings name, in hand-wired graphs.
+class StandIn:
+    def __init__(self, output_shape=None, **attributes):
+        self.output_shape, self.params, self.state = output_shape, {}, {}
+        self.__dict__.update(attributes)
+
+    def _label(self):
+        return type(self).__name__
+
+
+def run_emitted(layout, x, wire):
+    """Run ``wire(graph, input tensor) -> output tensor`` as an ONNX graph on NHWC ``x``."""
+    from fastcnn.onnx_export import Graph, Tensor
+
+    g = Graph(onnx, layout)
+    out = g.canonical(wire(g, Tensor("input", "nhwc", x.shape[1:])))
+    out_shape = [x.shape[0], *out.shape]
+    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, out_shape)],
+                              initializer=g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return run_ort(proto, x)
+
+
+def built(layer, shape):
+    return layer.build(shape, np.float32, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_batch_norm_add_concatenate_emitters(layout):
+    from fastcnn.onnx_export import EMITTERS
+
+    rng = np.random.default_rng(8)
+    x = images((6, 5, 3), n=2)
+    conv1, conv2 = built(L.Conv2D(4, 3, padding="same"), (6, 5, 3)), built(L.Conv2D(2, 1), (6, 5, 3))
+    C = 4
+    bn = StandIn(epsilon=1e-3, params={"gamma": normal(rng, C), "beta": normal(rng, C)},
+                 state={"moving_mean": normal(rng, C), "moving_variance": rng.random(C).astype(np.float32) + 0.5})
+    a, b = conv1.forward(x), conv2.forward(x)  # NHWC references
+
+    def bn_reference(layer, v):
+        mean, var = layer.state["moving_mean"], layer.state["moving_variance"]
+        return (v - mean) / np.sqrt(var + np.float32(layer.epsilon)) * layer.params["gamma"] + layer.params["beta"]
+
+    def wire_bn_add(g, t):
+        y1 = EMITTERS["Conv2D"](g, conv1, [t], "c1")
+        y2 = EMITTERS["BatchNormalization"](g, bn, [y1], "bn")
+        return EMITTERS["Add"](g, StandIn(), [y2, y1, y1], "sum")
+    np.testing.assert_allclose(run_emitted(layout, x, wire_bn_add), bn_reference(bn, a) + 2 * a, rtol=RTOL, atol=1e-6)
+
+    def wire_concat(g, t):
+        y1, y2 = EMITTERS["Conv2D"](g, conv1, [t], "c1"), EMITTERS["Conv2D"](g, conv2, [t], "c2")
+        return EMITTERS["Concatenate"](g, StandIn((6, 5, 6), axis=-1), [y1, y2], "cat")
+    np.testing.assert_allclose(run_emitted(layout, x, wire_concat), np.concatenate([a, b], axis=-1),
+                               rtol=RTOL, atol=1e-6)
+
+    # flat: two flattened NCHW tensors concatenated, batch-normalized and fed to a Dense: the
+    # permutation travels through Concatenate and BatchNormalization into the Dense's rows
+    F = 6 * 5 * 4 + 6 * 5 * 2
+    dense = built(L.Dense(3), (F,))
+    bn_flat = StandIn(epsilon=1e-3, params={"gamma": normal(rng, F), "beta": normal(rng, F)},
+                      state={"moving_mean": normal(rng, F), "moving_variance": rng.random(F).astype(np.float32) + 0.5})
+    flat = np.concatenate([a.reshape(2, -1), b.reshape(2, -1)], axis=1)
+    want = dense.forward(bn_reference(bn_flat, flat).astype(np.float32))
+
+    def wire_flat(g, t):
+        y1, y2 = EMITTERS["Conv2D"](g, conv1, [t], "c1"), EMITTERS["Conv2D"](g, conv2, [t], "c2")
+        f1 = EMITTERS["Flatten"](g, built(L.Flatten(), (6, 5, 4)), [y1], "f1")
+        f2 = EMITTERS["Flatten"](g, built(L.Flatten(), (6, 5, 2)), [y2], "f2")
+        cat = EMITTERS["Concatenate"](g, StandIn((F,), axis=-1), [f1, f2], "cat")
+        return EMITTERS["Dense"](g, dense, [EMITTERS["BatchNormalization"](g, bn_flat, [cat], "bn")], "d")
+    np.testing.assert_allclose(run_emitted(layout, x, wire_flat), want, rtol=RTOL, atol=1e-5)
