@@ -144,8 +144,11 @@ def _fold_bias(b, node, c):
     if not isinstance(layer, (L.Dense, L.Conv2D)) or layer.use_bias:
         raise b.fail(node, "an Add is imported only as the bias of the MatMul or Conv right before it")
     units = layer.units if isinstance(layer, L.Dense) else layer.filters
-    if c.size != units:
-        raise b.fail(node, f"the added constant of shape {c.shape} is not a bias of {units} values")
+    # The shapes that broadcast over the features of (N, units), or the channels of NCHW (N, units, H, W)
+    shapes = [(units,), (1, units)] if isinstance(layer, L.Dense) else [(units, 1, 1), (1, units, 1, 1)]
+    if c.shape not in shapes and not (units == 1 and c.size == 1):
+        raise b.fail(node, f"the added constant of shape {c.shape} is not a bias of {units} values "
+                           f"(expected one of the shapes {shapes})")
     layer.use_bias = True
     params["bias"] = c.reshape(units)
 
@@ -319,7 +322,12 @@ def load_onnx(path, *, dtype=np.float32):
     from fastcnn.model import Sequential
 
     where = os.fspath(path)
-    proto = onnx.load(where)  # protobuf: data, never code
+    try:
+        proto = onnx.load(where)  # protobuf: data, never code
+    except OSError:
+        raise
+    except Exception as error:  # a truncated or foreign file: protobuf's DecodeError and the like
+        raise OnnxConversionError(f"{where}: not a readable ONNX model ({type(error).__name__}: {error})") from None
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     unsupported = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"

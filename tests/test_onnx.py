@@ -81,6 +81,8 @@ ARCHITECTURES = {
         L.Conv2D(6, 3), L.Softmax(), L.MaxPool2D((2, 1)), L.Conv2D(5, 1), L.Tanh(),
         L.GlobalAvgPool2D(), L.Dense(3), L.Softmax()]),
     "dense-only": ((12,), lambda: [L.Dense(8), L.LeakyReLU(), L.Dense(6), L.Sigmoid(), L.Dense(3)]),
+    # the output is an NCHW flatten: put back in fastcnn's (h, w, c) order by a Gather
+    "ends-with-flatten": ((4, 3, 2), lambda: [L.Conv2D(3, 2), L.ReLU(), L.Flatten()]),
 }
 
 
@@ -273,6 +275,15 @@ def test_import_matmul_add_reshape_global_pool_and_friends(tmp_path):
     np.testing.assert_allclose(model.eval()(x.transpose(0, 2, 3, 1)), run_ort(proto, x), rtol=RTOL, atol=ATOL)
 
 
+def test_import_rejects_a_file_that_is_not_onnx(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07garbage that protobuf cannot parse \xff\xff")
+    with pytest.raises(OnnxConversionError, match=r"m.onnx: not a readable ONNX model"):
+        fc.load_onnx(path)
+    with pytest.raises(FileNotFoundError):
+        fc.load_onnx(tmp_path / "missing.onnx")
+
+
 def test_import_lists_every_unsupported_operator(tmp_path):
     nodes = [helper.make_node("Elu", ["x"], ["e"]), helper.make_node("Resize", ["e", "", "scales"], ["r"]),
              helper.make_node("Elu", ["r"], ["y"])]
@@ -434,3 +445,14 @@ def test_batch_norm_add_concatenate_emitters(layout):
         cat = EMITTERS["Concatenate"](g, StandIn((F,), axis=-1), [f1, f2], "cat")
         return EMITTERS["Dense"](g, dense, [EMITTERS["BatchNormalization"](g, bn_flat, [cat], "bn")], "d")
     np.testing.assert_allclose(run_emitted(layout, x, wire_flat), want, rtol=RTOL, atol=1e-5)
+
+
+def test_import_refuses_a_constant_added_along_the_width(tmp_path):
+    """Add(conv, c) with c of shape (C,) broadcasts over the width W of NCHW, not the channels."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Add", ["c", "b"], ["y"])]
+    proto = make_graph(nodes, [1, 2, 3, 2], [1, 2, 3, 2], {"w": np.ones((2, 2, 1, 1)), "b": np.ones(2)})
+    onnx.save(proto, tmp_path / "g.onnx")
+    with pytest.raises(OnnxConversionError, match=r"the added constant of shape \(2,\) is not a bias of 2 values "
+                                                  r"\(expected one of the shapes \[\(2, 1, 1\), \(1, 2, 1, 1\)\]\)"):
+        fc.load_onnx(tmp_path / "g.onnx")
