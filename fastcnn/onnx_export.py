@@ -147,6 +147,13 @@ def model_nodes(model):
     A Sequential is a chain fed by ``"input"``. A graph model provides the same
     list (its layers' inbound tensors) and the exporter runs unchanged.
     """
+    from fastcnn.model import Sequential
+
+    if not isinstance(model, Sequential):  # a graph's layers are not a chain: never export them as one
+        raise OnnxConversionError(
+            f"export_onnx: exporting a {type(model).__name__} is not supported yet; "
+            f"fastcnn.onnx_export.model_nodes lists the nodes of Sequential models only"
+        )
     nodes, previous = [], INPUT_NAME
     for i, layer in enumerate(model.layers):
         output = f"layers.{i}.{layer.name or type(layer).__name__.lower()}"
