@@ -29,7 +29,7 @@ import numpy as np
 
 from fastcnn.onnx_common import DEFAULT_OPSET, MIN_OPSET, OnnxConversionError, require_onnx
 
-__all__ = ["export_onnx", "model_nodes", "emitter", "EMITTERS", "LAYOUTS"]
+__all__ = ["export_onnx", "build_onnx", "model_nodes", "emitter", "EMITTERS", "LAYOUTS", "Graph", "Tensor"]
 
 LAYOUTS = ("nchw", "nhwc")
 INPUT_NAME = "input"

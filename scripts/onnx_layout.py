@@ -49,10 +49,10 @@ def main():
                     times[key].append(time.perf_counter() - start)
             for level in LEVELS:
                 a, b = times["nchw", level], times["nhwc", level]
-                print(f"{preset} batch {n} optimizations {level}: nchw median {statistics.median(a) * 1e3:.2f} ms "
-                      f"(fastest {min(a) * 1e3:.2f}), nhwc median {statistics.median(b) * 1e3:.2f} ms "
-                      f"(fastest {min(b) * 1e3:.2f}); nhwc/nchw median {statistics.median(b) / statistics.median(a):.2f}, "
-                      f"fastest {min(b) / min(a):.2f}", flush=True)
+                ma, mb = statistics.median(a), statistics.median(b)
+                print(f"{preset} batch {n} optimizations {level}: nchw median {ma * 1e3:.2f} ms "
+                      f"(fastest {min(a) * 1e3:.2f}), nhwc median {mb * 1e3:.2f} ms (fastest {min(b) * 1e3:.2f}); "
+                      f"nhwc/nchw median {mb / ma:.2f}, fastest {min(b) / min(a):.2f}", flush=True)
 
 
 if __name__ == "__main__":
