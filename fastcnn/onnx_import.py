@@ -3,7 +3,8 @@
 The graph must be a chain: one input, one output, each operator taking the
 previous one's result (weights and shapes as initializers or Constant nodes).
 Supported operators: Conv, MaxPool, AveragePool, GlobalAveragePool, Flatten,
-Reshape or Squeeze to ``(N, features)``, Gemm, MatMul (+ Add of a bias), Relu,
+Reshape or Squeeze to ``(N, features)``, Gemm, MatMul (+ Add of a bias),
+BatchNormalization after a Conv, Gemm or MatMul (folded into its weights), Relu,
 LeakyRelu, Sigmoid, Tanh, Softmax, Dropout, Transpose between NCHW and NHWC,
 Identity. Anything else raises one :class:`OnnxConversionError` listing every
 unsupported operator of the graph.
@@ -35,7 +36,7 @@ __all__ = ["load_onnx", "SUPPORTED_OPS"]
 SUPPORTED_OPS = frozenset({
     "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze",
     "Gemm", "MatMul", "Add", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax", "Dropout",
-    "Transpose", "Identity", "Constant",
+    "Transpose", "Identity", "Constant", "BatchNormalization",
 })
 
 _TO_NCHW = [0, 3, 1, 2]
@@ -151,6 +152,25 @@ def _fold_bias(b, node, c):
                            f"(expected one of the shapes {shapes})")
     layer.use_bias = True
     params["bias"] = c.reshape(units)
+
+
+def _fold_batch_norm(b, node, const, epsilon):
+    """An inference BatchNormalization right after a Conv or Gemm/MatMul, folded into its weights:
+    ``w * k`` and ``(bias - mean) * k + beta`` per output channel, ``k = gamma / sqrt(var + eps)``."""
+    from fastcnn import layers as L
+
+    layer, params = b.layers[-1] if b.layers else (None, None)
+    if not isinstance(layer, (L.Dense, L.Conv2D)):
+        raise b.fail(node, "a BatchNormalization is imported folded into the Conv, Gemm or MatMul right "
+                           "before it; here it follows none")
+    units = layer.units if isinstance(layer, L.Dense) else layer.filters
+    if len(const) != 4 or any(c.shape != (units,) for c in const):
+        raise b.fail(node, f"expected constant scale, bias, mean and variance of shape ({units},)")
+    gamma, beta, mean, var = (c.astype(np.float64) for c in const)
+    k = gamma / np.sqrt(var + epsilon)
+    params["weight"] = params["weight"] * k  # the output channels are the last axis (HWIO, (IN, OUT))
+    params["bias"] = (params.get("bias", 0.0) - mean) * k + beta
+    layer.use_bias = True
 
 
 def _convert(onnx, graph, where, consts, opset):
@@ -270,6 +290,10 @@ def _convert(onnx, graph, where, consts, opset):
             if len(added) != 1:
                 raise b.fail(node, "expected Add(x, constant bias)")
             _fold_bias(b, node, added[0])
+        elif op == "BatchNormalization":
+            if a.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
+                raise b.fail(node, "only inference-mode batch normalization (one output) is supported")
+            _fold_batch_norm(b, node, const, float(a.get("epsilon", 1e-5)))
         elif op in ("Relu", "Sigmoid", "Tanh"):
             b.add(node, {"Relu": L.ReLU, "Sigmoid": L.Sigmoid, "Tanh": L.Tanh}[op]())
         elif op == "LeakyRelu":

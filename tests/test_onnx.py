@@ -284,13 +284,38 @@ def test_import_rejects_a_file_that_is_not_onnx(tmp_path):
         fc.load_onnx(tmp_path / "missing.onnx")
 
 
+def test_import_folds_batch_normalization(tmp_path):
+    rng = np.random.default_rng(2)
+
+    def bn_constants(prefix, C):
+        return {f"{prefix}.scale": normal(rng, C), f"{prefix}.bias": normal(rng, C), f"{prefix}.mean": normal(rng, C),
+                f"{prefix}.var": rng.random(C).astype(np.float32) + np.float32(0.5)}
+
+    def bn(x, prefix, y):
+        return helper.make_node("BatchNormalization", [x] + [f"{prefix}.{k}" for k in ("scale", "bias", "mean", "var")],
+                                [y], epsilon=1e-3)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3]), bn("c1", "bn1", "n1"),
+             helper.make_node("Relu", ["n1"], ["r1"]), helper.make_node("Flatten", ["r1"], ["f"]),
+             helper.make_node("MatMul", ["f", "w2"], ["m"]), bn("m", "bn2", "y")]
+    proto = make_graph(nodes, ["N", 2, 5, 5], ["N", 4],
+                       {"w1": normal(rng, 3, 2, 3, 3), "w2": normal(rng, 27, 4), **bn_constants("bn1", 3),
+                        **bn_constants("bn2", 4)})
+    onnx.save(proto, tmp_path / "g.onnx")
+    model = fc.load_onnx(tmp_path / "g.onnx")
+    assert [type(layer).__name__ for layer in model.layers] == ["Conv2D", "ReLU", "Flatten", "Dense"]
+    assert model.layers[0].use_bias and model.layers[3].use_bias
+    x = images((2, 5, 5))
+    np.testing.assert_allclose(model.eval()(x.transpose(0, 2, 3, 1)), run_ort(proto, x), rtol=RTOL, atol=1e-6)
+
+
 def test_import_lists_every_unsupported_operator(tmp_path):
     nodes = [helper.make_node("Elu", ["x"], ["e"]), helper.make_node("Resize", ["e", "", "scales"], ["r"]),
              helper.make_node("Elu", ["r"], ["y"])]
     proto = make_graph(nodes, [1, 1, 2, 2], [1, 1, 4, 4], {"scales": np.array([1, 1, 2, 2], np.float32)})
     onnx.save(proto, tmp_path / "g.onnx")
     with pytest.raises(OnnxConversionError, match=r"g.onnx: fastcnn cannot import these operators: Elu, Resize\. "
-                                                  r"Supported: Add, AveragePool, Constant, Conv"):
+                                                  r"Supported: Add, AveragePool, BatchNormalization, Constant, Conv"):
         fc.load_onnx(tmp_path / "g.onnx")
 
 
@@ -349,11 +374,14 @@ def test_import_a_pytorch_export(tmp_path, dynamo):
         pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript (the peer extra)")
     nn = torch.nn
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    net = nn.Sequential(  # the exporters fold BatchNorm2d into the conv, or load_onnx does
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(6, 8, 3, stride=2), nn.LeakyReLU(0.1), nn.AvgPool2d(2, padding=1, count_include_pad=False),
         nn.Flatten(), nn.Linear(8 * 2 * 2, 12), nn.Tanh(), nn.Dropout(0.3), nn.Linear(12, 5),
     ).eval()
+    with torch.no_grad():  # statistics as after training, so that folding them matters
+        net[1].running_mean.uniform_(-0.5, 0.5), net[1].running_var.uniform_(0.5, 2.0)
+        net[1].weight.uniform_(0.5, 1.5), net[1].bias.uniform_(-0.5, 0.5)
     x = torch.randn(4, 3, 12, 12)
     path = tmp_path / "torch.onnx"
     if dynamo:
