@@ -138,6 +138,7 @@ def resnet_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10,
     y = L.GlobalAvgPool2D(impl=impl)(y)
     logits = L.Dense(num_classes, impl=impl)(y)
     model = Model(x, logits, name="resnet_mini", seed=seed, dtype=dtype)
+    model.metadata["preset"] = "resnet_mini"  # saved with the model; names it in ONNX exports
     return model.compile(Adam(lr=1e-3), loss="softmax_cross_entropy", metrics=["accuracy"], loss_impl=impl)
 
 

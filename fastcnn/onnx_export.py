@@ -14,9 +14,10 @@ Transposes; docs/onnx.md has ONNX Runtime's timings of both.
 
 How it is built: the model is a sequence of nodes ``(layer, input tensors,
 output name)`` (:func:`model_nodes`), and :data:`EMITTERS` maps each layer type
-to the function writing its ONNX operators. A graph model plugs in by listing
-its nodes the same way; a new layer type by registering an emitter with
-:func:`emitter`.
+to the function writing its ONNX operators. Functional models (``fc.Model``:
+branches, Add, Concatenate, BatchNormalization, e.g. ``fc.models.resnet_mini``)
+and Sequential export the same way; a new layer type plugs in by registering
+an emitter with :func:`emitter`.
 
 onnx is imported when an export runs, never by ``import fastcnn``.
 """
@@ -144,21 +145,27 @@ class Graph:
 def model_nodes(model):
     """The model as ``[(layer, input names, output name), ...]`` in execution order.
 
-    A Sequential is a chain fed by ``"input"``. A graph model provides the same
-    list (its layers' inbound tensors) and the exporter runs unchanged.
+    Any :class:`fastcnn.Model`: a functional graph lists its layers in the
+    topological order the model runs them (``model.layers``), each with the
+    names of the tensors it reads (``"input"`` for the model input, else an
+    earlier node's output); a Sequential is the chain fed by ``"input"``. The
+    last node computes the model's output (the logits).
     """
-    from fastcnn.model import Sequential
+    from fastcnn.model import Model
 
-    if not isinstance(model, Sequential):  # a graph's layers are not a chain: never export them as one
+    if not isinstance(model, Model):
         raise OnnxConversionError(
-            f"export_onnx: exporting a {type(model).__name__} is not supported yet; "
-            f"fastcnn.onnx_export.model_nodes lists the nodes of Sequential models only"
+            f"export_onnx: expected a fastcnn Model or Sequential, received {type(model).__name__}"
         )
-    nodes, previous = [], INPUT_NAME
-    for i, layer in enumerate(model.layers):
+    names = [INPUT_NAME]
+    nodes = []
+    for i, (layer, ins) in enumerate(zip(model.layers, model._inputs_of)):
         output = f"layers.{i}.{layer.name or type(layer).__name__.lower()}"
-        nodes.append((layer, [previous], output))
-        previous = output
+        nodes.append((layer, [names[t] for t in ins], output))
+        names.append(output)
+    if model._output != len(model.layers):
+        raise OnnxConversionError(f"export_onnx: the model's output is tensor {model._output}, "
+                                  f"expected the last layer's ({len(model.layers)})")
     return nodes
 
 
@@ -278,8 +285,8 @@ def _emit_softmax(g, layer, inputs, output):
 
 
 # -- graph-model layers ------------------------------------------------------------------------
-# BatchNormalization, Add and Concatenate come with functional models. Each emitter documents
-# the layer attributes it reads; a layer class providing them exports with no other change.
+# BatchNormalization, Add and Concatenate (fastcnn.layers.normalization / merge) of functional
+# models. Each emitter documents the layer attributes it reads.
 def _same_layout(g, inputs):
     """``inputs`` in one layout and element order: images all NCHW (when any is) or all NHWC;
     flat tensors all in fastcnn's order unless they share one permutation."""
@@ -301,10 +308,18 @@ def _emit_batch_norm(g, layer, inputs, output):
 
     Reads ``layer.params["gamma"]`` and ``layer.params["beta"]`` (each optional: 1 and 0 when
     absent, Keras's ``scale=False`` / ``center=False``), ``layer.state["moving_mean"]``,
-    ``layer.state["moving_variance"]`` (all of shape (C,)) and ``layer.epsilon``.
-    Writes ONNX ``BatchNormalization`` (NCHW: channels on axis 1; (N, C) inputs as they are).
+    ``layer.state["moving_variance"]`` (all of shape (C,)), ``layer.epsilon`` and ``layer.axis``.
+    Writes ONNX ``BatchNormalization`` (NCHW: channels on axis 1; (N, C) inputs as they are),
+    not folded into the Conv/Gemm before it: the file keeps the model's own parameters, and
+    ONNX Runtime's graph optimizer folds it when it loads the graph.
     """
     x = _one(inputs, layer)
+    rank = len(x.shape) + 1
+    if int(layer.axis) % rank != rank - 1:
+        raise OnnxConversionError(
+            f"{layer._label()}: only the last axis (channels) normalizes in ONNX export; "
+            f"received axis={layer.axis} for inputs of rank {rank}"
+        )
     if x.layout == "nhwc":
         x = g.nchw(x)
     mean = np.asarray(layer.state["moving_mean"])
@@ -464,7 +479,7 @@ def export_onnx(model, path, *, batch_size=None, opset=None, layout="nchw"):
 
     Parameters
     ----------
-    model : a built :class:`fastcnn.Sequential` classifier
+    model : a built :class:`fastcnn.Model` (functional or Sequential) classifier
     path : str or os.PathLike, written atomically (a temporary file, then a rename)
     batch_size : int, optional
         Fix the batch axis; by default it is dynamic (``"N"``).

@@ -398,81 +398,84 @@ def test_import_a_pytorch_export(tmp_path, dynamo):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-# -- emitters for graph-model layers (BatchNormalization, Add, Concatenate) ---------------------------
-# fastcnn's functional models and these layers are built elsewhere; the emitters are checked here
-# on stand-in layers holding exactly the attributes their docstrings name, in hand-wired graphs.
-class StandIn:
-    def __init__(self, output_shape=None, **attributes):
-        self.output_shape, self.params, self.state = output_shape, {}, {}
-        self.__dict__.update(attributes)
-
-    def _label(self):
-        return type(self).__name__
-
-
-def run_emitted(layout, x, wire):
-    """Run ``wire(graph, input tensor) -> output tensor`` as an ONNX graph on NHWC ``x``."""
-    from fastcnn.onnx_export import Graph, Tensor
-
-    g = Graph(onnx, layout)
-    out = g.canonical(wire(g, Tensor("input", "nhwc", x.shape[1:])))
-    out_shape = [x.shape[0], *out.shape]
-    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, out_shape)],
-                              initializer=g.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(proto, full_check=True)
-    return run_ort(proto, x)
-
-
-def built(layer, shape):
-    return layer.build(shape, np.float32, rng=np.random.default_rng(0))
+# -- functional models: BatchNormalization, Add, Concatenate -----------------------------------------
+def randomize_batch_norms(model, seed=0):
+    """Give every BatchNormalization moving statistics and gamma/beta away from their initial
+    values (mild ones: the logits stay moderate, as in a trained network)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            C = layer.state["moving_mean"].shape[0]
+            layer.state["moving_mean"][:] = np.float32(0.2) * normal(rng, C)
+            layer.state["moving_variance"][:] = rng.random(C).astype(np.float32) + np.float32(0.5)
+            if "gamma" in layer.params:
+                layer.params["gamma"][:] = np.float32(1) + np.float32(0.2) * normal(rng, C)
+            if "beta" in layer.params:
+                layer.params["beta"][:] = np.float32(0.2) * normal(rng, C)
+    model._weights_changed()
+    return model
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_batch_norm_add_concatenate_emitters(layout):
-    from fastcnn.onnx_export import EMITTERS
+def test_resnet_mini_agrees_with_predict(tmp_path, layout):
+    model = randomize_batch_norms(fc.models.resnet_mini(seed=5))
+    x = images((28, 28, 1), n=3)
+    proto = assert_agrees(model, x, layout=layout)
+    ops = [n.op_type for n in proto.graph.node]
+    n_bn = sum(isinstance(layer, L.BatchNormalization) for layer in model.layers)
+    n_add = sum(isinstance(layer, L.Add) for layer in model.layers)
+    assert ops.count("BatchNormalization") == n_bn and ops.count("Add") == n_add and n_add == 6
+    # the unfolded pass too: the file holds the model's own BatchNormalization
+    np.testing.assert_allclose(run_ort(proto, x), model.predict(x, fold=False), rtol=RTOL, atol=ATOL)
+    if layout == "nchw":
+        path = model.export_onnx(tmp_path / "resnet_mini.onnx")
+        assert onnx.load(path).graph.name == "resnet_mini"
 
-    rng = np.random.default_rng(8)
-    x = images((6, 5, 3), n=2)
-    conv1, conv2 = built(L.Conv2D(4, 3, padding="same"), (6, 5, 3)), built(L.Conv2D(2, 1), (6, 5, 3))
-    C = 4
-    bn = StandIn(epsilon=1e-3, params={"gamma": normal(rng, C), "beta": normal(rng, C)},
-                 state={"moving_mean": normal(rng, C), "moving_variance": rng.random(C).astype(np.float32) + 0.5})
-    a, b = conv1.forward(x), conv2.forward(x)  # NHWC references
 
-    def bn_reference(layer, v):
-        mean, var = layer.state["moving_mean"], layer.state["moving_variance"]
-        return (v - mean) / np.sqrt(var + np.float32(layer.epsilon)) * layer.params["gamma"] + layer.params["beta"]
+def two_branch_model(seed=6):
+    """Two convolution branches joined by Concatenate, batch-normalized (images and flat), an Add of a
+    flat branch, and BatchNormalization without scale/center."""
+    x = fc.Input((7, 6, 3))
+    a = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(x)))
+    b = L.BatchNormalization(center=False)(L.Conv2D(2, 1, use_bias=False)(x))
+    y = L.Concatenate()([a, b])                                            # (7, 6, 6)
+    y = L.BatchNormalization(scale=False)(y)
+    p = L.MaxPool2D(2)(y)
+    f1 = L.Flatten()(p)                                                    # NCHW flatten: permuted
+    f2 = L.Flatten()(L.Conv2D(1, 3, stride=2)(L.AvgPool2D(2)(y)))
+    f = L.BatchNormalization()(L.Concatenate()([f1, f2]))                  # flat BN on permuted features
+    d = L.Dense(8)(f)
+    d = L.Add()([d, L.Dense(8)(L.GlobalAvgPool2D()(y)), d])
+    out = L.Dense(4)(L.Tanh()(d))
+    return randomize_batch_norms(fc.Model(x, out, seed=seed), seed=seed)
 
-    def wire_bn_add(g, t):
-        y1 = EMITTERS["Conv2D"](g, conv1, [t], "c1")
-        y2 = EMITTERS["BatchNormalization"](g, bn, [y1], "bn")
-        return EMITTERS["Add"](g, StandIn(), [y2, y1, y1], "sum")
-    np.testing.assert_allclose(run_emitted(layout, x, wire_bn_add), bn_reference(bn, a) + 2 * a, rtol=RTOL, atol=1e-6)
 
-    def wire_concat(g, t):
-        y1, y2 = EMITTERS["Conv2D"](g, conv1, [t], "c1"), EMITTERS["Conv2D"](g, conv2, [t], "c2")
-        return EMITTERS["Concatenate"](g, StandIn((6, 5, 6), axis=-1), [y1, y2], "cat")
-    np.testing.assert_allclose(run_emitted(layout, x, wire_concat), np.concatenate([a, b], axis=-1),
-                               rtol=RTOL, atol=1e-6)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_functional_two_branch_model_agrees_with_predict(layout):
+    model = two_branch_model()
+    assert_agrees(model, images((7, 6, 3), n=4), layout=layout)
 
-    # flat: two flattened NCHW tensors concatenated, batch-normalized and fed to a Dense: the
-    # permutation travels through Concatenate and BatchNormalization into the Dense's rows
-    F = 6 * 5 * 4 + 6 * 5 * 2
-    dense = built(L.Dense(3), (F,))
-    bn_flat = StandIn(epsilon=1e-3, params={"gamma": normal(rng, F), "beta": normal(rng, F)},
-                      state={"moving_mean": normal(rng, F), "moving_variance": rng.random(F).astype(np.float32) + 0.5})
-    flat = np.concatenate([a.reshape(2, -1), b.reshape(2, -1)], axis=1)
-    want = dense.forward(bn_reference(bn_flat, flat).astype(np.float32))
 
-    def wire_flat(g, t):
-        y1, y2 = EMITTERS["Conv2D"](g, conv1, [t], "c1"), EMITTERS["Conv2D"](g, conv2, [t], "c2")
-        f1 = EMITTERS["Flatten"](g, built(L.Flatten(), (6, 5, 4)), [y1], "f1")
-        f2 = EMITTERS["Flatten"](g, built(L.Flatten(), (6, 5, 2)), [y2], "f2")
-        cat = EMITTERS["Concatenate"](g, StandIn((F,), axis=-1), [f1, f2], "cat")
-        return EMITTERS["Dense"](g, dense, [EMITTERS["BatchNormalization"](g, bn_flat, [cat], "bn")], "d")
-    np.testing.assert_allclose(run_emitted(layout, x, wire_flat), want, rtol=RTOL, atol=1e-5)
+def test_functional_model_nodes_follow_the_graph():
+    from fastcnn.onnx_export import model_nodes
+
+    x = fc.Input((5, 5, 2))
+    c = L.Conv2D(3, 1, name="c")(x)
+    y = L.Add(name="sum")([c, L.Conv2D(3, 3, padding="same", name="d")(x)])
+    model = fc.Model(x, L.Dense(2, name="out")(L.Flatten(name="f")(y)))
+    nodes = [(type(layer).__name__, ins, out) for layer, ins, out in model_nodes(model)]
+    assert nodes == [("Conv2D", ["input"], "layers.0.c"), ("Conv2D", ["input"], "layers.1.d"),
+                     ("Add", ["layers.0.c", "layers.1.d"], "layers.2.sum"),
+                     ("Flatten", ["layers.2.sum"], "layers.3.f"), ("Dense", ["layers.3.f"], "layers.4.out")]
+
+
+def test_batch_norm_over_a_non_channel_axis_is_refused():
+    x = fc.Input((4, 4, 2))
+    y = L.BatchNormalization(axis=1)(L.Conv2D(2, 1)(x))
+    model = fc.Model(x, L.Dense(2)(L.Flatten()(y)))
+    with pytest.raises(OnnxConversionError, match=r"only the last axis \(channels\) normalizes in ONNX export; "
+                                                  r"received axis=1 for inputs of rank 4"):
+        build_onnx(model)
 
 
 def test_import_refuses_a_constant_added_along_the_width(tmp_path):
