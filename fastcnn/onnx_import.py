@@ -2,6 +2,9 @@
 
 The graph must be a chain: one input, one output, each operator taking the
 previous one's result (weights and shapes as initializers or Constant nodes).
+A graph that branches (residual blocks: a tensor read twice, an Add of two
+computed tensors) raises :class:`OnnxConversionError` saying so; importing
+those into a functional ``fc.Model`` is not implemented.
 Supported operators: Conv, MaxPool, AveragePool, GlobalAveragePool, Flatten,
 Reshape or Squeeze to ``(N, features)``, Gemm, MatMul (+ Add of a bias),
 BatchNormalization after a Conv, Gemm or MatMul (folded into its weights), Relu,
@@ -173,6 +176,12 @@ def _fold_batch_norm(b, node, const, epsilon):
     layer.use_bias = True
 
 
+def _branching(data, current, readers):
+    if len(data) > 1:
+        return f"it combines the computed tensors {data}"
+    return f"{current!r} is read by {readers[current]} operators"
+
+
 def _convert(onnx, graph, where, consts, opset):
     from fastcnn import layers as L
 
@@ -195,8 +204,16 @@ def _convert(onnx, graph, where, consts, opset):
     input_layout, input_shape = b.kind, b.shape
     output = graph.output[0].name
     current = x.name
+    readers = {}  # tensor name -> how many operators read it
+    for node in nodes:
+        for name in set(n for n in node.input if n and n not in consts):
+            readers[name] = readers.get(name, 0) + 1
     for i, node in enumerate(nodes):
         data = [name for name in node.input if name and name not in consts]
+        if len(data) > 1 or readers.get(current, 0) > 1:
+            raise b.fail(node, f"the graph branches here ({_branching(data, current, readers)}): fastcnn "
+                               f"imports chain graphs only, not residual or multi-branch ones (build those "
+                               f"with fc.Input and fc.Model)")
         if data != [current]:
             raise b.fail(node, f"takes {list(node.input)}; fastcnn imports chains (each operator on the "
                                f"previous one's result {current!r}, the rest constants)")

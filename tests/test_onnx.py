@@ -451,9 +451,15 @@ def two_branch_model(seed=6):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_functional_two_branch_model_agrees_with_predict(layout):
+def test_functional_two_branch_model_agrees_with_predict(tmp_path, capsys, layout):
     model = two_branch_model()
-    assert_agrees(model, images((7, 6, 3), n=4), layout=layout)
+    x = images((7, 6, 3), n=4)
+    assert_agrees(model, x, layout=layout)
+    if layout == "nchw":  # the CLI exports a saved functional model (graph and moving statistics)
+        saved = model.save(tmp_path / "m.npz")
+        assert cli.main(["export", str(saved), str(tmp_path / "m.onnx")]) == 0
+        assert "output 'probabilities' ('N', 4)" in capsys.readouterr().out
+        np.testing.assert_allclose(run_ort(tmp_path / "m.onnx", x), model.predict(x), rtol=RTOL, atol=ATOL)
 
 
 def test_functional_model_nodes_follow_the_graph():
@@ -476,6 +482,19 @@ def test_batch_norm_over_a_non_channel_axis_is_refused():
     with pytest.raises(OnnxConversionError, match=r"only the last axis \(channels\) normalizes in ONNX export; "
                                                   r"received axis=1 for inputs of rank 4"):
         build_onnx(model)
+
+
+def test_import_of_a_branching_graph_is_refused_clearly(tmp_path):
+    """fastcnn's own resnet_mini export: the stem's output feeds a block's main path and its shortcut."""
+    path = fc.models.resnet_mini(seed=0).export_onnx(tmp_path / "resnet_mini.onnx")
+    with pytest.raises(OnnxConversionError, match=r"the graph branches here \('layers\.2\.relu' is read by 2 "
+                                                  r"operators\): fastcnn imports chain graphs only"):
+        fc.load_onnx(path)
+    # two computed tensors meeting in one Add (a residual join)
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Add", ["x", "a"], ["y"])]
+    onnx.save(make_graph(nodes, [1, 2, 3, 3], [1, 2, 3, 3], {}), tmp_path / "g.onnx")
+    with pytest.raises(OnnxConversionError, match=r"the graph branches here \('x' is read by 2 operators\)"):
+        fc.load_onnx(tmp_path / "g.onnx")
 
 
 def test_import_refuses_a_constant_added_along_the_width(tmp_path):
