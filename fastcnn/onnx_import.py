@@ -1,13 +1,15 @@
-"""Import a standard CNN graph from ONNX into a fastcnn Sequential (``fc.load_onnx``).
+"""Import a standard CNN graph from ONNX into a fastcnn model (``fc.load_onnx``).
 
-The graph must be a chain: one input, one output, each operator taking the
-previous one's result (weights and shapes as initializers or Constant nodes).
-A graph that branches (residual blocks: a tensor read twice, an Add of two
-computed tensors) raises :class:`OnnxConversionError` saying so; importing
-those into a functional ``fc.Model`` is not implemented.
+One input, one output, weights and shapes as initializers or Constant nodes.
+A chain (each operator on the previous one's result) becomes a Sequential; a
+graph that branches (residual blocks, parallel branches joined by an Add of
+two computed tensors or a Concat) becomes a functional ``fc.Model`` with
+``Add`` / ``Concatenate`` layers.
 Supported operators: Conv, MaxPool, AveragePool, GlobalAveragePool, Flatten,
 Reshape or Squeeze to ``(N, features)``, Gemm, MatMul (+ Add of a bias),
-BatchNormalization after a Conv, Gemm or MatMul (folded into its weights), Relu,
+BatchNormalization (folded into the Conv, Gemm or MatMul before it when
+nothing else reads that one's result, else a BatchNormalization layer), Add and
+Concat of computed tensors, Relu,
 LeakyRelu, Sigmoid, Tanh, Softmax, Dropout, Transpose between NCHW and NHWC,
 Identity. Anything else raises one :class:`OnnxConversionError` listing every
 unsupported operator of the graph.
@@ -39,43 +41,56 @@ __all__ = ["load_onnx", "SUPPORTED_OPS"]
 SUPPORTED_OPS = frozenset({
     "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze",
     "Gemm", "MatMul", "Add", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax", "Dropout",
-    "Transpose", "Identity", "Constant", "BatchNormalization",
+    "Transpose", "Identity", "Constant", "BatchNormalization", "Concat",
 })
 
 _TO_NCHW = [0, 3, 1, 2]
 _TO_NHWC = [0, 2, 3, 1]
 
 
-class _Builder:
-    """The layers found so far, their weights, and what the current tensor is.
-
-    ``kind``: how the graph holds the current tensor. ``"nchw"`` / ``"nhwc"``
-    images (fastcnn's per-sample ``shape`` is (H, W, C) either way), ``"flat"``
-    ``(N, F)``, or ``"pooled"``: GlobalAveragePool's ``(N, C, 1, 1)``, which is
-    fastcnn's ``(N, C)``. ``perm`` (flat only): graph feature ``j`` is fastcnn's
-    feature ``perm[j]``.
+class _T:
+    """A graph tensor as fastcnn sees it: made by fastcnn op ``src`` (0: the model input, ``k + 1``:
+    ``ops[k]``), held by the graph as ``kind``: ``"nchw"`` / ``"nhwc"`` images (fastcnn's per-sample
+    ``shape`` is (H, W, C) either way), ``"flat"`` ``(N, F)``, or ``"pooled"``: GlobalAveragePool's
+    ``(N, C, 1, 1)``, which is fastcnn's ``(N, C)``. ``perm`` (flat only): graph feature ``j`` is
+    fastcnn's feature ``perm[j]``. ``sole``: nothing but this tensor's path reads op ``src``'s output
+    (so a bias or BatchNormalization on it may be folded into that op).
     """
 
-    def __init__(self, where, shape, kind):
+    def __init__(self, src, kind, shape, perm=None, sole=True):
+        self.src, self.kind, self.shape, self.perm, self.sole = src, kind, tuple(shape), perm, sole
+
+    def alias(self, kind=None, perm=False, sole=True):
+        return _T(self.src, kind or self.kind, self.shape, self.perm if perm is False else perm, self.sole and sole)
+
+
+class _Builder:
+    """The fastcnn ops found so far: ``ops[k] = [layer, {param: array}, {state: array}, [input srcs]]``."""
+
+    def __init__(self, where):
         self.where = where
-        self.shape = tuple(shape)
-        self.kind = kind
-        self.perm = None
-        self.layers = []  # [(layer, {param name: array})]
+        self.ops = []
 
     def fail(self, node, message):
         return OnnxConversionError(f"{self.where}: node {node.name or node.op_type!r} ({node.op_type}): {message}")
 
-    def add(self, node, layer, params=None):
+    def add(self, node, layer, ins, params=None, state=None, kind=None, perm=None):
+        """Append ``layer`` reading the tensors ``ins``; returns its output tensor."""
+        shapes = [t.shape for t in ins]
         try:
-            self.shape = tuple(layer.compute_output_shape(self.shape))
+            shape = tuple(layer.compute_output_shape(shapes if getattr(layer, "merge", False) else shapes[0]))
         except ValueError as error:
             raise self.fail(node, str(error)) from None
-        self.layers.append((layer, params or {}))
+        self.ops.append([layer, params or {}, state or {}, [t.src for t in ins]])
+        return _T(len(self.ops), kind or ins[0].kind, shape, perm)
 
-    def need(self, node, *kinds):
-        if self.kind not in kinds:
-            raise self.fail(node, f"expected a {' or '.join(kinds)} input, the graph has a {self.kind} tensor here")
+    def op(self, t):
+        """``(layer, params)`` of the op making ``t`` (None, None for the model input)."""
+        return tuple(self.ops[t.src - 1][:2]) if t.src else (None, None)
+
+    def need(self, node, t, *kinds):
+        if t.kind not in kinds:
+            raise self.fail(node, f"expected a {' or '.join(kinds)} input, the graph has a {t.kind} tensor here")
 
 
 def _attrs(onnx, node):
@@ -110,43 +125,48 @@ def _ints(value, default):
     return tuple(int(v) for v in value) if value is not None else default
 
 
-def _flatten(b, L, node):
-    """A Flatten (or an equivalent Reshape) of the current tensor."""
-    if b.kind in ("flat", "pooled"):
-        b.kind = "flat"
-        return
-    b.need(node, "nchw", "nhwc")
-    if b.kind == "nchw":  # the graph's features come in (c, h, w) order; fastcnn's in (h, w, c)
-        H, W, C = b.shape
-        b.perm = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1).ravel()
-    b.add(node, L.Flatten())
-    b.kind = "flat"
+def _flatten(b, L, node, t):
+    """A Flatten (or an equivalent Reshape) of ``t``."""
+    if t.kind in ("flat", "pooled"):
+        return t.alias("flat")
+    b.need(node, t, "nchw", "nhwc")
+    perm = None
+    if t.kind == "nchw":  # the graph's features come in (c, h, w) order; fastcnn's in (h, w, c)
+        H, W, C = t.shape
+        perm = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1).ravel()
+    return b.add(node, L.Flatten(), [t], kind="flat", perm=perm)
 
 
-def _dense(b, L, node, w, bias):
+def _dense(b, L, node, t, w, bias):
     """A Dense from a graph weight ``w`` (IN, OUT) whose rows follow the graph's feature order."""
-    b.need(node, "flat", "pooled")
-    b.kind = "flat"
-    features = b.shape[0]
+    b.need(node, t, "flat", "pooled")
+    features = t.shape[0]
     if w.ndim != 2 or w.shape[0] != features:
         raise b.fail(node, f"weight of shape {w.shape} does not take the {features} features it receives")
-    if b.perm is not None:
+    if t.perm is not None:
         rows = np.empty_like(w)
-        rows[b.perm] = w  # back to fastcnn's (h, w, c) order
-        w, b.perm = rows, None
+        rows[t.perm] = w  # back to fastcnn's (h, w, c) order
+        w = rows
     params = {"weight": w}
     if bias is not None:
         params["bias"] = np.broadcast_to(bias, (w.shape[1],))
-    b.add(node, L.Dense(int(w.shape[1]), use_bias=bias is not None), params)
+    return b.add(node, L.Dense(int(w.shape[1]), use_bias=bias is not None), [t], params, kind="flat")
 
 
-def _fold_bias(b, node, c):
+def _foldable(b, t, readers, name, types):
+    layer, params = b.op(t)
+    return layer if isinstance(layer, types) and t.sole and readers.get(name, 0) == 1 else None
+
+
+def _fold_bias(b, node, t, c, readers):
     """An Add of a constant right after a Dense or Conv2D without bias: that layer's bias."""
     from fastcnn import layers as L
 
-    layer, params = b.layers[-1] if b.layers else (None, None)
-    if not isinstance(layer, (L.Dense, L.Conv2D)) or layer.use_bias:
+    layer = _foldable(b, t, readers, node.input[0] if node.input[0] not in b.consts else node.input[1],
+                      (L.Dense, L.Conv2D))
+    if layer is None or layer.use_bias:
         raise b.fail(node, "an Add is imported only as the bias of the MatMul or Conv right before it")
+    params = b.op(t)[1]
     units = layer.units if isinstance(layer, L.Dense) else layer.filters
     # The shapes that broadcast over the features of (N, units), or the channels of NCHW (N, units, H, W)
     shapes = [(units,), (1, units)] if isinstance(layer, L.Dense) else [(units, 1, 1), (1, units, 1, 1)]
@@ -155,31 +175,75 @@ def _fold_bias(b, node, c):
                            f"(expected one of the shapes {shapes})")
     layer.use_bias = True
     params["bias"] = c.reshape(units)
+    return t
 
 
-def _fold_batch_norm(b, node, const, epsilon):
-    """An inference BatchNormalization right after a Conv or Gemm/MatMul, folded into its weights:
-    ``w * k`` and ``(bias - mean) * k + beta`` per output channel, ``k = gamma / sqrt(var + eps)``."""
+def _batch_norm(b, node, t, const, epsilon, readers):
+    """An inference BatchNormalization. Right after a Conv or Gemm/MatMul whose result nothing
+    else reads, folded into its weights: ``w * k`` and ``(bias - mean) * k + beta`` per output
+    channel, ``k = gamma / sqrt(var + eps)``. Elsewhere, a fastcnn BatchNormalization layer
+    holding the graph's parameters and moving statistics."""
     from fastcnn import layers as L
 
-    layer, params = b.layers[-1] if b.layers else (None, None)
-    if not isinstance(layer, (L.Dense, L.Conv2D)):
-        raise b.fail(node, "a BatchNormalization is imported folded into the Conv, Gemm or MatMul right "
-                           "before it; here it follows none")
-    units = layer.units if isinstance(layer, L.Dense) else layer.filters
-    if len(const) != 4 or any(c.shape != (units,) for c in const):
-        raise b.fail(node, f"expected constant scale, bias, mean and variance of shape ({units},)")
-    gamma, beta, mean, var = (c.astype(np.float64) for c in const)
-    k = gamma / np.sqrt(var + epsilon)
-    params["weight"] = params["weight"] * k  # the output channels are the last axis (HWIO, (IN, OUT))
-    params["bias"] = (params.get("bias", 0.0) - mean) * k + beta
-    layer.use_bias = True
+    layer = _foldable(b, t, readers, node.input[0], (L.Dense, L.Conv2D))
+    if layer is not None:
+        params = b.op(t)[1]
+        units = layer.units if isinstance(layer, L.Dense) else layer.filters
+        if len(const) != 4 or any(c.shape != (units,) for c in const):
+            raise b.fail(node, f"expected constant scale, bias, mean and variance of shape ({units},)")
+        gamma, beta, mean, var = (c.astype(np.float64) for c in const)
+        k = gamma / np.sqrt(var + epsilon)
+        params["weight"] = params["weight"] * k  # the output channels are the last axis (HWIO, (IN, OUT))
+        params["bias"] = (params.get("bias", 0.0) - mean) * k + beta
+        layer.use_bias = True
+        return t
+    if t.kind == "nhwc":
+        raise b.fail(node, "a BatchNormalization of an NHWC tensor normalizes over the height (ONNX's axis 1), "
+                           "which fastcnn's BatchNormalization does not do")
+    C = t.shape[-1]
+    if len(const) != 4 or any(c.shape != (C,) for c in const):
+        raise b.fail(node, f"expected constant scale, bias, mean and variance of shape ({C},)")
+    gamma, beta, mean, var = const
+    if t.perm is not None:  # graph feature j is fastcnn's feature perm[j]
+        gamma, beta, mean, var = (_unpermute(v, t.perm) for v in (gamma, beta, mean, var))
+    out = b.add(node, L.BatchNormalization(epsilon=float(epsilon)), [t], {"gamma": gamma, "beta": beta},
+                {"moving_mean": mean, "moving_variance": var}, perm=t.perm)
+    return out
 
 
-def _branching(data, current, readers):
-    if len(data) > 1:
-        return f"it combines the computed tensors {data}"
-    return f"{current!r} is read by {readers[current]} operators"
+def _unpermute(v, perm):
+    out = np.empty_like(v)
+    out[perm] = v
+    return out
+
+
+def _merge(b, L, node, ins, op, a):
+    """Add of computed tensors (fastcnn Add) or Concat (fastcnn Concatenate)."""
+    kinds = {t.kind for t in ins}
+    if len(kinds) != 1:
+        raise b.fail(node, f"combines tensors held as {sorted(kinds)}; expected one layout")
+    kind = ins[0].kind
+    if op == "Add":
+        perms = [t.perm for t in ins]
+        if not (all(p is None for p in perms) or all(p is not None and np.array_equal(p, perms[0]) for p in perms)):
+            raise b.fail(node, "adds flattened tensors whose feature orders differ")
+        return b.add(node, L.Add(), ins, perm=perms[0])
+    rank = {"nchw": 4, "nhwc": 4, "pooled": 4, "flat": 2}[kind]
+    axis = int(a.get("axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if kind == "flat":
+        if axis != 1:
+            raise b.fail(node, f"Concat over axis {a.get('axis')} of (N, features) tensors; expected 1")
+        perm, offset = [], 0
+        for t in ins:
+            perm.append((np.arange(t.shape[0]) if t.perm is None else t.perm) + offset)
+            offset += t.shape[0]
+        perm = np.concatenate(perm)
+        return b.add(node, L.Concatenate(-1), ins, perm=None if np.array_equal(perm, np.arange(offset)) else perm)
+    fc_axis = {"nchw": {1: -1, 2: 1, 3: 2}, "nhwc": {1: 1, 2: 2, 3: -1}, "pooled": {1: -1}}[kind].get(axis)
+    if fc_axis is None:
+        raise b.fail(node, f"Concat over axis {a.get('axis')} of a {kind} tensor is not supported")
+    return b.add(node, L.Concatenate(fc_axis), ins)
 
 
 def _convert(onnx, graph, where, consts, opset):
@@ -195,72 +259,81 @@ def _convert(onnx, graph, where, consts, opset):
         nhwc = (first is not None and first.op_type == "Transpose"
                 and list(_attrs(onnx, first).get("perm", [])) == _TO_NCHW)
         shape = tuple(dims[1:]) if nhwc else (dims[2], dims[3], dims[1])
-        b = _Builder(where, shape, "nhwc" if nhwc else "nchw")
+        start = _T(0, "nhwc" if nhwc else "nchw", shape)
     elif len(dims) == 2 and dims[1] is not None:
-        b = _Builder(where, (dims[1],), "flat")
+        start = _T(0, "flat", (dims[1],))
     else:
         raise OnnxConversionError(f"{where}: input {x.name!r} has shape {dims}; expected (N, C, H, W), "
                                   f"(N, H, W, C) or (N, features)")
-    input_layout, input_shape = b.kind, b.shape
+    b = _Builder(where)
+    b.consts = consts
     output = graph.output[0].name
-    current = x.name
+    tensors = {x.name: start}
     readers = {}  # tensor name -> how many operators read it
     for node in nodes:
         for name in set(n for n in node.input if n and n not in consts):
             readers[name] = readers.get(name, 0) + 1
     for i, node in enumerate(nodes):
         data = [name for name in node.input if name and name not in consts]
-        if len(data) > 1 or readers.get(current, 0) > 1:
-            raise b.fail(node, f"the graph branches here ({_branching(data, current, readers)}): fastcnn "
-                               f"imports chain graphs only, not residual or multi-branch ones (build those "
-                               f"with fc.Input and fc.Model)")
-        if data != [current]:
-            raise b.fail(node, f"takes {list(node.input)}; fastcnn imports chains (each operator on the "
-                               f"previous one's result {current!r}, the rest constants)")
+        missing = [name for name in data if name not in tensors]
+        if missing or not data:
+            raise b.fail(node, f"takes {list(node.input)}; {missing[0]!r} is neither the graph input, a "
+                               f"constant nor an earlier operator's result" if missing else
+                               f"takes only constants {list(node.input)}")
+        ins = [tensors[name] for name in data]
         a = _attrs(onnx, node)
-        const = [consts[name] for name in node.input[1:] if name]
         op = node.op_type
+        if op == "Concat" or (op == "Add" and len(data) > 1):
+            tensors[node.output[0]] = _merge(b, L, node, ins, op, a)
+            continue
+        if len(data) > 1:
+            raise b.fail(node, f"takes the computed tensors {data}; only Add and Concat combine tensors")
+        t = ins[0]
+        if readers.get(data[0], 0) > 1:
+            t = t.alias(sole=False)  # read by others too: nothing may be folded into its op
+        const = [consts[name] for name in node.input[1:] if name]
         if op == "Identity":
-            pass
+            t = t.alias()
         elif op == "Transpose":
             perm = list(a.get("perm", []))
-            if b.kind == "nhwc" and perm == _TO_NCHW:
-                b.kind = "nchw"
-            elif b.kind == "nchw" and perm == _TO_NHWC:
-                b.kind = "nhwc"
+            if t.kind == "nhwc" and perm == _TO_NCHW:
+                t = t.alias("nchw")
+            elif t.kind == "nchw" and perm == _TO_NHWC:
+                t = t.alias("nhwc")
             else:
                 raise b.fail(node, f"only NHWC <-> NCHW transposes of images are supported, received perm "
-                                   f"{perm} on a {b.kind} tensor")
+                                   f"{perm} on a {t.kind} tensor")
         elif op == "Conv":
-            b.need(node, "nchw")
+            b.need(node, t, "nchw")
             if a.get("group", 1) != 1 or any(d != 1 for d in a.get("dilations", [1, 1])):
                 raise b.fail(node, "grouped and dilated convolutions are not supported")
             w = const[0] if const else None
-            if w is None or w.ndim != 4 or w.shape[1] != b.shape[2]:
-                raise b.fail(node, f"expected a constant OIHW weight with {b.shape[2]} input channels, "
+            if w is None or w.ndim != 4 or w.shape[1] != t.shape[2]:
+                raise b.fail(node, f"expected a constant OIHW weight with {t.shape[2]} input channels, "
                                    f"received {None if w is None else w.shape}")
             kernel = tuple(int(k) for k in w.shape[2:])
             stride = _ints(a.get("strides"), (1, 1))
-            padding = _padding(b, node, a.get("pads"), b.shape[:2], kernel, stride, a.get("auto_pad", "NOTSET"))
+            padding = _padding(b, node, a.get("pads"), t.shape[:2], kernel, stride, a.get("auto_pad", "NOTSET"))
             bias = const[1] if len(const) > 1 else None
             params = {"weight": w.transpose(2, 3, 1, 0)}  # OIHW -> HWIO
             if bias is not None:
                 params["bias"] = bias
-            b.add(node, L.Conv2D(int(w.shape[0]), kernel, stride, padding, use_bias=bias is not None), params)
+            t = b.add(node, L.Conv2D(int(w.shape[0]), kernel, stride, padding, use_bias=bias is not None), [t],
+                      params)
         elif op in ("MaxPool", "AveragePool"):
-            b.need(node, "nchw")
+            b.need(node, t, "nchw")
             if len([o for o in node.output if o]) > 1:
                 raise b.fail(node, "MaxPool's Indices output is not supported")
             if any(d != 1 for d in a.get("dilations", [1, 1])):
                 raise b.fail(node, "dilated pooling is not supported")
             kernel = _ints(a.get("kernel_shape"), None)
             stride = _ints(a.get("strides"), (1, 1))
-            padding = _padding(b, node, a.get("pads"), b.shape[:2], kernel, stride, a.get("auto_pad", "NOTSET"))
-            pads = resolve_padding(padding, b.shape[:2], kernel, stride)
+            padding = _padding(b, node, a.get("pads"), t.shape[:2], kernel, stride, a.get("auto_pad", "NOTSET"))
+            pads = resolve_padding(padding, t.shape[:2], kernel, stride)
             if a.get("ceil_mode", 0):
-                floor = output_hw(b.shape[:2], kernel, stride, pads)
+                floor = output_hw(t.shape[:2], kernel, stride, pads)
                 ceil = tuple(-(-(n + p[0] + p[1] - k) // s) + 1
-                             for n, k, s, p in zip(b.shape[:2], kernel, stride, pads))
+                             for n, k, s, p in zip(t.shape[:2], kernel, stride, pads))
                 if floor != ceil:
                     raise b.fail(node, "ceil_mode=1 changes the output size here; fastcnn rounds down")
             if op == "AveragePool" and a.get("count_include_pad", 0) and pads != ((0, 0), (0, 0)):
@@ -271,77 +344,105 @@ def _convert(onnx, graph, where, consts, opset):
                 layer = cls(kernel, stride, padding)
             except ValueError as error:
                 raise b.fail(node, str(error)) from None
-            b.add(node, layer)
+            t = b.add(node, layer, [t])
         elif op == "GlobalAveragePool":
-            b.need(node, "nchw")
-            b.add(node, L.GlobalAvgPool2D())
-            b.kind = "pooled"
+            b.need(node, t, "nchw")
+            t = b.add(node, L.GlobalAvgPool2D(), [t], kind="pooled")
         elif op == "Flatten":
             if a.get("axis", 1) != 1:
                 raise b.fail(node, f"Flatten axis must be 1, received {a.get('axis')}")
-            _flatten(b, L, node)
+            t = _flatten(b, L, node, t)
         elif op == "Reshape":
             target = [int(v) for v in const[0]] if const else None
-            size = int(np.prod(b.shape))
+            size = int(np.prod(t.shape))
             if target is None or len(target) != 2 or target[1] not in (-1, size) or target[0] == size:
                 raise b.fail(node, f"only a reshape to (N, {size}) (a flatten) is supported, received {target}")
-            _flatten(b, L, node)
+            t = _flatten(b, L, node, t)
         elif op == "Squeeze":
             axes = [int(v) for v in (const[0] if const else a.get("axes", []))]
-            if b.kind != "pooled" or sorted(axes) not in ([2, 3], [-2, -1]):
+            if t.kind != "pooled" or sorted(axes) not in ([2, 3], [-2, -1]):
                 raise b.fail(node, "Squeeze is supported only of GlobalAveragePool's spatial axes [2, 3]")
-            b.kind = "flat"
+            t = t.alias("flat")
         elif op == "Gemm":
             if a.get("transA", 0) or not const:
                 raise b.fail(node, "expected Gemm(x, constant B[, constant C]) with transA=0")
             w = const[0].T if a.get("transB", 0) else const[0]
             w = w * np.float32(a.get("alpha", 1.0))
             bias = const[1] * np.float32(a.get("beta", 1.0)) if len(const) > 1 else None
-            _dense(b, L, node, w, bias)
+            t = _dense(b, L, node, t, w, bias)
         elif op == "MatMul":
             if not const or const[0].ndim != 2:
                 raise b.fail(node, "expected MatMul(x, constant 2-D weight)")
-            _dense(b, L, node, const[0], None)
+            t = _dense(b, L, node, t, const[0], None)
         elif op == "Add":
             added = [consts[n] for n in node.input if n in consts]
             if len(added) != 1:
                 raise b.fail(node, "expected Add(x, constant bias)")
-            _fold_bias(b, node, added[0])
+            t = _fold_bias(b, node, t, added[0], readers)
         elif op == "BatchNormalization":
             if a.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
                 raise b.fail(node, "only inference-mode batch normalization (one output) is supported")
-            _fold_batch_norm(b, node, const, float(a.get("epsilon", 1e-5)))
+            t = _batch_norm(b, node, t, const, float(a.get("epsilon", 1e-5)), readers)
         elif op in ("Relu", "Sigmoid", "Tanh"):
-            b.add(node, {"Relu": L.ReLU, "Sigmoid": L.Sigmoid, "Tanh": L.Tanh}[op]())
+            t = b.add(node, {"Relu": L.ReLU, "Sigmoid": L.Sigmoid, "Tanh": L.Tanh}[op](), [t], perm=t.perm)
         elif op == "LeakyRelu":
-            b.add(node, L.LeakyReLU(float(a.get("alpha", 0.01))))
+            t = b.add(node, L.LeakyReLU(float(a.get("alpha", 0.01))), [t], perm=t.perm)
         elif op == "Softmax":
             rest = [n for n in nodes[i + 1:] if n.op_type != "Identity"]
             if not rest:
-                pass  # predict applies the softmax to the logits
+                t = t.alias()  # predict applies the softmax to the logits
             else:
                 axis = a.get("axis", -1 if opset >= 13 else 1)
-                last = {"flat": (-1, 1), "pooled": (1,), "nchw": (1,), "nhwc": (-1, 3)}[b.kind]
-                if axis not in last or (opset < 13 and b.kind != "flat"):  # before 13: flatten from axis
-                    raise b.fail(node, f"softmax over axis {axis} of a {b.kind} tensor; fastcnn's Softmax "
+                last = {"flat": (-1, 1), "pooled": (1,), "nchw": (1,), "nhwc": (-1, 3)}[t.kind]
+                if axis not in last or (opset < 13 and t.kind != "flat"):  # before 13: flatten from axis
+                    raise b.fail(node, f"softmax over axis {axis} of a {t.kind} tensor; fastcnn's Softmax "
                                        f"runs over the channels")
-                b.add(node, L.Softmax())
+                t = b.add(node, L.Softmax(), [t], perm=t.perm)
         elif op == "Dropout":
             ratio = float(const[0]) if const else float(a.get("ratio", 0.5))
-            b.add(node, L.Dropout(ratio))
-        current = node.output[0]
-    if current != output:
-        raise OnnxConversionError(f"{where}: the chain ends at {current!r}, not at the graph output {output!r}")
-    if b.perm is not None:
+            t = b.add(node, L.Dropout(ratio), [t], perm=t.perm)
+        tensors[node.output[0]] = t
+    if output not in tensors:
+        raise OnnxConversionError(f"{where}: no operator computes the graph output {output!r}")
+    out = tensors[output]
+    if out.perm is not None:
         raise OnnxConversionError(f"{where}: the graph ends with a flatten of an NCHW tensor, whose feature "
                                   f"order fastcnn (NHWC) cannot reproduce")
-    if not b.layers:
+    if out.src == 0:
         raise OnnxConversionError(f"{where}: the graph holds no layer fastcnn can import")
-    return b, input_layout, input_shape
+    return b, out, start
+
+
+def _build_model(b, out, start, dtype):
+    """A Sequential when the ops form a chain ending at ``out``, else a functional Model."""
+    from fastcnn.graph import Input
+    from fastcnn.model import Model, Sequential
+
+    ops = b.ops[:out.src]
+    if all(ins == [k] for k, (_, _, _, ins) in enumerate(ops)):
+        model = Sequential([op[0] for op in ops], input_shape=start.shape, dtype=dtype)
+    else:
+        syms = [Input(start.shape)]
+        for layer, _, _, ins in ops:
+            syms.append(layer([syms[k] for k in ins]) if getattr(layer, "merge", False) else layer(syms[ins[0]]))
+        model = Model(syms[0], syms[out.src], dtype=dtype)
+    kept = {id(layer) for layer in model.layers}
+    for i, (layer, params, state, _) in enumerate(op for op in ops if id(op[0]) in kept):
+        for store, values in (("params", params), ("state", state)):
+            target = getattr(layer, store)
+            for key, value in values.items():
+                if target[key].shape != value.shape:
+                    raise OnnxConversionError(f"{b.where}: layers.{i} {key} has shape {value.shape}, the layer "
+                                              f"expects {target[key].shape}")
+                target[key][...] = value
+    model._weights_changed()
+    return model
 
 
 def load_onnx(path, *, dtype=np.float32):
-    """A :class:`fastcnn.Sequential` holding the layers and weights of the ONNX graph at ``path``.
+    """A fastcnn model holding the layers and weights of the ONNX graph at ``path``: a
+    :class:`fastcnn.Sequential` for a chain graph, a functional :class:`fastcnn.Model` for a
+    branching one (Add / Concat of computed tensors).
 
     The model outputs logits and ``predict`` returns their softmax (a trailing
     Softmax of the graph is dropped). It takes NHWC inputs ``(N, H, W, C)``:
@@ -353,14 +454,12 @@ def load_onnx(path, *, dtype=np.float32):
     Raises
     ------
     OnnxConversionError
-        Unsupported operators (all listed at once), or a graph that is not a chain.
+        Unsupported operators (all listed at once), or an operator fastcnn cannot express (named).
     ImportError
         onnx is not installed (``pip install 'fastcnn[onnx]'``).
     """
     onnx = require_onnx("load_onnx")
     from onnx import numpy_helper
-
-    from fastcnn.model import Sequential
 
     where = os.fspath(path)
     try:
@@ -390,14 +489,9 @@ def load_onnx(path, *, dtype=np.float32):
     if len(inputs) != 1 or len(graph.output) != 1:
         raise OnnxConversionError(f"{where}: the graph has {len(inputs)} inputs and {len(graph.output)} "
                                   f"outputs; fastcnn imports graphs with one of each")
-    b, input_layout, input_shape = _convert(onnx, graph, where, consts, opset)
-    model = Sequential([layer for layer, _ in b.layers], input_shape=input_shape, dtype=dtype)
-    for i, (layer, params) in enumerate(b.layers):
-        for key, value in params.items():
-            if layer.params[key].shape != value.shape:
-                raise OnnxConversionError(f"{where}: layers.{i} {key} has shape {value.shape}, the layer "
-                                          f"expects {layer.params[key].shape}")
-            layer.params[key][...] = value
+    b, out, start = _convert(onnx, graph, where, consts, opset)
+    model = _build_model(b, out, start, dtype)
+    input_layout = start.kind
     props = {p.key: p.value for p in proto.metadata_props}
     model.metadata.update({"source": "onnx", "onnx_input_layout": input_layout.upper() if input_layout != "flat"
                            else "NF"})

@@ -315,14 +315,16 @@ def test_import_lists_every_unsupported_operator(tmp_path):
     proto = make_graph(nodes, [1, 1, 2, 2], [1, 1, 4, 4], {"scales": np.array([1, 1, 2, 2], np.float32)})
     onnx.save(proto, tmp_path / "g.onnx")
     with pytest.raises(OnnxConversionError, match=r"g.onnx: fastcnn cannot import these operators: Elu, Resize\. "
-                                                  r"Supported: Add, AveragePool, BatchNormalization, Constant, Conv"):
+                                                  r"Supported: Add, AveragePool, BatchNormalization, Concat, Constant, Conv"):
         fc.load_onnx(tmp_path / "g.onnx")
 
 
 @pytest.mark.parametrize("nodes, y_shape, message", [
-    ([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])], [1, 2, 3, 3],
-     r"g.onnx: node 'Relu' \(Relu\): the graph branches here \('x' is read by 2 operators\): fastcnn imports "
-     r"chain graphs only"),
+    ([helper.make_node("MatMul", ["x", "x"], ["y"])], [1, 2, 3, 3],
+     r"g.onnx: node 'MatMul' \(MatMul\): takes the computed tensors \['x', 'x'\]; only Add and Concat combine "
+     r"tensors"),
+    ([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]), helper.make_node("Add", ["x", "t"], ["y"])],
+     [1, 2, 3, 3], r"only NHWC <-> NCHW transposes of images are supported"),
     ([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1], pads=[1, 0, 0, 0])], [1, 2, 4, 3],
      r"pads \[top, left, bottom, right\] = \[1, 0, 0, 0\] are asymmetric and not 'same' for this input"),
     ([helper.make_node("Conv", ["x", "w1"], ["y"], kernel_shape=[1, 1], group=2)], [1, 2, 3, 3],
@@ -485,17 +487,42 @@ def test_batch_norm_over_a_non_channel_axis_is_refused():
         build_onnx(model)
 
 
-def test_import_of_a_branching_graph_is_refused_clearly(tmp_path):
-    """fastcnn's own resnet_mini export: the stem's output feeds a block's main path and its shortcut."""
-    path = fc.models.resnet_mini(seed=0).export_onnx(tmp_path / "resnet_mini.onnx")
-    with pytest.raises(OnnxConversionError, match=r"the graph branches here \('layers\.2\.relu' is read by 2 "
-                                                  r"operators\): fastcnn imports chain graphs only"):
-        fc.load_onnx(path)
-    # two computed tensors meeting in one Add (a residual join)
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Add", ["x", "a"], ["y"])]
-    onnx.save(make_graph(nodes, [1, 2, 3, 3], [1, 2, 3, 3], {}), tmp_path / "g.onnx")
-    with pytest.raises(OnnxConversionError, match=r"the graph branches here \('x' is read by 2 operators\)"):
-        fc.load_onnx(tmp_path / "g.onnx")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_import_of_resnet_mini_gives_a_functional_model(tmp_path, layout):
+    """fastcnn's own resnet_mini export branches (each block's shortcut): a functional Model comes
+    back, every BatchNormalization folded into the convolution before it."""
+    from fastcnn.onnx_export import export_onnx
+
+    model = randomize_batch_norms(fc.models.resnet_mini(seed=7))
+    back = fc.load_onnx(export_onnx(model, tmp_path / "r.onnx", layout=layout))
+    assert type(back) is fc.Model
+    kinds = [type(layer).__name__ for layer in back.layers]
+    assert kinds.count("Add") == 6 and "BatchNormalization" not in kinds
+    assert kinds.count("Conv2D") == sum(isinstance(layer, L.Conv2D) for layer in model.layers)
+    x = images((28, 28, 1), n=3)
+    np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=RTOL, atol=ATOL)
+
+
+def test_import_of_a_two_branch_graph_keeps_unfoldable_batch_norms(tmp_path):
+    """Concat of computed tensors, a BatchNormalization after a Concat (images) and after a Concat
+    of NCHW flattens (its parameters follow fastcnn's feature order), an Add of three tensors."""
+    from fastcnn.onnx_export import export_onnx
+
+    model = two_branch_model()
+    back = fc.load_onnx(export_onnx(model, tmp_path / "t.onnx"))
+    kinds = [type(layer).__name__ for layer in back.layers]
+    assert kinds.count("Concatenate") == 2 and kinds.count("BatchNormalization") == 2 and kinds.count("Add") == 2
+    x = images((7, 6, 3), n=4)
+    np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=RTOL, atol=ATOL)
+    # a residual join written by hand: Add(x, Relu(x))
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Add", ["x", "a"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["y"])]
+    onnx.save(make_graph(nodes, [1, 2, 3, 3], [1, 2, 1, 1], {}), tmp_path / "g.onnx")
+    back = fc.load_onnx(tmp_path / "g.onnx")
+    assert [type(layer).__name__ for layer in back.layers] == ["ReLU", "Add", "GlobalAvgPool2D"]
+    v = np.random.default_rng(1).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(back.eval()(v.transpose(0, 2, 3, 1)), (v + np.maximum(v, 0)).mean(axis=(2, 3)),
+                               rtol=RTOL, atol=1e-6)
 
 
 def test_import_refuses_a_constant_added_along_the_width(tmp_path):
