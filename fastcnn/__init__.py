@@ -23,7 +23,8 @@ def warmup(dtypes=("float32",)):
 
 
 def load_onnx(path, *, dtype="float32"):
-    """A :class:`Sequential` built from the ONNX graph at ``path`` (see :mod:`fastcnn.onnx_import`).
+    """A :class:`Sequential` (chain graph) or functional :class:`Model` built from the ONNX graph at
+    ``path`` (see :mod:`fastcnn.onnx_import`).
 
     Needs ``pip install 'fastcnn[onnx]'``; onnx is imported only when this is called.
     """
