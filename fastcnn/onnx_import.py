@@ -283,6 +283,9 @@ def _convert(onnx, graph, where, consts, opset):
         ins = [tensors[name] for name in data]
         a = _attrs(onnx, node)
         op = node.op_type
+        if op == "Concat" and len(data) != len([n for n in node.input if n]):
+            raise b.fail(node, f"concatenates constants ({[n for n in node.input if n in consts]}); only "
+                               f"computed tensors can be concatenated")
         if op == "Concat" or (op == "Add" and len(data) > 1):
             tensors[node.output[0]] = _merge(b, L, node, ins, op, a)
             continue

@@ -315,7 +315,8 @@ def test_import_lists_every_unsupported_operator(tmp_path):
     proto = make_graph(nodes, [1, 1, 2, 2], [1, 1, 4, 4], {"scales": np.array([1, 1, 2, 2], np.float32)})
     onnx.save(proto, tmp_path / "g.onnx")
     with pytest.raises(OnnxConversionError, match=r"g.onnx: fastcnn cannot import these operators: Elu, Resize\. "
-                                                  r"Supported: Add, AveragePool, BatchNormalization, Concat, Constant, Conv"):
+                                                  r"Supported: Add, AveragePool, BatchNormalization, Concat, "
+                                                  r"Constant, Conv"):
         fc.load_onnx(tmp_path / "g.onnx")
 
 
@@ -325,13 +326,16 @@ def test_import_lists_every_unsupported_operator(tmp_path):
      r"tensors"),
     ([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]), helper.make_node("Add", ["x", "t"], ["y"])],
      [1, 2, 3, 3], r"only NHWC <-> NCHW transposes of images are supported"),
+    ([helper.make_node("Concat", ["x", "c"], ["y"], axis=1)], [1, 4, 3, 3],
+     r"node 'Concat' \(Concat\): concatenates constants \(\['c'\]\); only computed tensors can be concatenated"),
     ([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1], pads=[1, 0, 0, 0])], [1, 2, 4, 3],
      r"pads \[top, left, bottom, right\] = \[1, 0, 0, 0\] are asymmetric and not 'same' for this input"),
     ([helper.make_node("Conv", ["x", "w1"], ["y"], kernel_shape=[1, 1], group=2)], [1, 2, 3, 3],
      r"grouped and dilated convolutions are not supported"),
 ])
 def test_import_errors(tmp_path, nodes, y_shape, message):
-    weights = {"w": np.ones((2, 2, 1, 1), np.float32), "w1": np.ones((2, 1, 1, 1), np.float32)}
+    weights = {"w": np.ones((2, 2, 1, 1), np.float32), "w1": np.ones((2, 1, 1, 1), np.float32),
+               "c": np.ones((1, 2, 3, 3), np.float32)}
     proto = make_graph(nodes, [1, 2, 3, 3], y_shape, weights)
     onnx.save(proto, tmp_path / "g.onnx")
     with pytest.raises(OnnxConversionError, match=message):
