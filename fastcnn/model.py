@@ -746,6 +746,14 @@ class Model:
         load_into(self, path)
         return self
 
+    def export_onnx(self, path, *, batch_size=None, opset=None):
+        """Write the model as an ONNX graph that takes what :meth:`predict` takes (NHWC float32)
+        and returns what it returns (probabilities); see :func:`fastcnn.onnx_export.export_onnx`
+        and docs/onnx.md. Needs ``pip install 'fastcnn[onnx]'``; returns the path written."""
+        from fastcnn.onnx_export import export_onnx
+
+        return export_onnx(self, path, batch_size=batch_size, opset=opset)
+
     # -- description ------------------------------------------------------------------
     def _connected_to(self, i):
         return ", ".join("input" if t == 0 else f"layers.{t - 1}" for t in self._inputs_of[i])
