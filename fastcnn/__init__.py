@@ -4,9 +4,11 @@ NHWC activations, HWIO conv weights, float32 by default. See README.md.
 """
 
 from fastcnn import callbacks, datasets, layers, losses, metrics, models, optim, registry
-from fastcnn.model import Sequential, load_model
+from fastcnn.graph import Input
+from fastcnn.model import Model, Sequential, load_model
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
 from fastcnn.parallel import get_num_threads, set_num_threads
+from fastcnn import distributed  # noqa: E402  (imports mpi4py only when used)
 
 __version__ = "0.1.0"
 
@@ -21,9 +23,23 @@ def warmup(dtypes=("float32",)):
     _warmup(dtypes)
 
 
+def load_onnx(path, *, dtype="float32"):
+    """A :class:`Sequential` (chain graph) or functional :class:`Model` built from the ONNX graph at
+    ``path`` (see :mod:`fastcnn.onnx_import`).
+
+    Needs ``pip install 'fastcnn[onnx]'``; onnx is imported only when this is called.
+    """
+    from fastcnn.onnx_import import load_onnx as _load_onnx
+
+    return _load_onnx(path, dtype=dtype)
+
+
 __all__ = [
+    "Input",
+    "Model",
     "Sequential",
     "warmup",
+    "load_onnx",
     "set_num_threads",
     "get_num_threads",
     "load_model",
@@ -35,6 +51,7 @@ __all__ = [
     "layers",
     "optim",
     "registry",
+    "distributed",
     "FastCNNError",
     "DatasetError",
     "CheckpointError",
