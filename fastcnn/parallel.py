@@ -84,7 +84,7 @@ except ImportError:  # optional at run time; BLAS then keeps its import-time siz
     threadpoolctl = None
 
 __all__ = ["set_num_threads", "get_num_threads", "max_num_threads", "blas_num_threads", "default_num_threads",
-           "cpu_quota", "reset_num_threads", "thread_policy", "adaptive", "PROBE_EVERY"]
+           "cpu_quota", "reset_num_threads", "thread_policy", "adaptive", "spoil_timing", "PROBE_EVERY"]
 
 
 def max_num_threads():
@@ -408,6 +408,13 @@ _TUNERS = weakref.WeakKeyDictionary()
 _local = threading.local()
 
 
+def spoil_timing():
+    """Tell the adaptive call in progress in this thread (if any) that its duration is not
+    representative (the planner timed kernel variants inside it): its tuner records nothing
+    for it, and a tuner still warming up warms up again on the next call."""
+    _local.spoiled = True
+
+
 def adaptive(kind):
     """Decorator for a method ``f(self, x, ...)``: run it on the thread count :class:`_Tuner` picks.
 
@@ -438,12 +445,14 @@ def adaptive(kind):
             chosen = tuner.choose()
             _apply(chosen)  # and left there: setting it back after each call would cost more than the choice
             _local.active = True
+            _local.spoiled = False
             start = time.perf_counter()
             try:
                 out = method(self, x, *args, **kwargs)
             finally:
                 _local.active = False
-            tuner.record(chosen, time.perf_counter() - start)
+            if not _local.spoiled:  # a call that planned kernels is no trial of its thread count
+                tuner.record(chosen, time.perf_counter() - start)
             return out
 
         return run

@@ -6,6 +6,13 @@ entry asks :func:`choose` at every call; the answer is remembered per geometry
 (op, input and weight shapes, stride, padding, pool size, dtype, and whether a
 backward pass follows), so only the first call of a geometry does any work.
 
+Threads: the key names ``NUMBA_NUM_THREADS`` (the most threads Numba can use), and
+the variants are timed on that many threads (:func:`measuring`), whatever count
+the step runs on. The adaptive policy of :mod:`fastcnn.parallel` flips a model's
+steps between that ceiling and one thread; a plan survives the flips (it is
+never re-planned per count), and a step during which the planner timed variants
+is not recorded as a trial of its thread count.
+
 ``FASTCNN_PLAN`` says how a geometry is planned:
 
 ``measure`` (the default)
@@ -14,7 +21,7 @@ backward pass follows), so only the first call of a geometry does any work.
     the backward pass when one follows, and keep the fastest. Choices are
     written to a JSON file, ``$FASTCNN_CACHE/plans.json`` or
     ``~/.cache/fastcnn/plans.json``, under a key naming the machine (CPU model,
-    BLAS library and core type, Numba threads) and the library versions, so a
+    BLAS library and core type, ``NUMBA_NUM_THREADS``) and the library versions, so a
     second process on the same machine plans nothing and runs exactly the same
     arithmetic: the same seed gives the same weights. Before timing, the file is
     read again, and a choice is written under a lock where the first writer wins:
@@ -47,7 +54,7 @@ import numpy as np
 
 from fastcnn import registry
 
-__all__ = ["choose", "tuned", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner", "HEURISTICS",
+__all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner", "HEURISTICS",
            "BUDGET_SECONDS", "REPEATS"]
 
 #: At most this long timing one geometry's variants (the warm-up runs excluded), so
@@ -206,10 +213,12 @@ class Planner:
             self.announced = True
             print(f"fastcnn: planning kernels for new layer shapes (timing the variants, FASTCNN_PLAN=measure); "
                   f"plans are kept in {self.path}", file=sys.stderr, flush=True)
-        deadline = time.perf_counter() + self.budget
         times = {}
-        for name in candidates:
-            times[name] = float(self.timer(registry.get(op, name), args, kwargs, train, self.repeats, deadline))
+        with measuring():
+            deadline = time.perf_counter() + self.budget
+            for name in candidates:
+                times[name] = float(self.timer(registry.get(op, name), args, kwargs, train, self.repeats,
+                                               deadline))
         self.timings[key] = times
         fastest = min(candidates, key=lambda name: (times[name], candidates.index(name)))
         return self.record(key, fastest, times)
@@ -262,8 +271,35 @@ def tuned(name, measure, rule, planner=None):
     known = planner.read().get(planner.machine, {}).get(key)
     if isinstance(known, dict) and "choice" in known:
         return known["choice"]
-    value, times = measure()
+    with measuring():
+        value, times = measure()
     return planner.record(key, value, times)
+
+
+@contextlib.contextmanager
+def measuring():
+    """The context every timing of the planner runs in.
+
+    - Numba runs on :func:`fastcnn.parallel.max_num_threads` threads (``NUMBA_NUM_THREADS``,
+      the count :func:`machine_key` names), whatever count the adaptive policy or the user
+      set for the step; the count in force before is restored after. A plan therefore
+      depends on the machine, not on the count a step happened to run on: the adaptive
+      tuner flipping between the ceiling and one thread neither invalidates nor re-plans it.
+    - The adaptive call in progress, if any, is told its duration includes planning
+      (:func:`fastcnn.parallel.spoil_timing`), so its tuner does not record it as a trial
+      of the thread count it ran on.
+    """
+    import numba
+
+    from fastcnn import parallel
+
+    parallel.spoil_timing()
+    before = numba.get_num_threads()
+    numba.set_num_threads(parallel.max_num_threads())
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def heuristic(op, geometry, candidates=None):

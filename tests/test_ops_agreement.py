@@ -30,9 +30,15 @@ def applicable_impls(op, args, kwargs, names=None):
     return registry.applicable(op, args, kwargs, fast_impls(op) if names is None else names)
 
 
-def conv_case_params(op_names, grid, pool=False, impls=fast_impls):
+def conv_case_params(op_names, grid, pool=False, impls=fast_impls, dispatch=None, kinds=None):
     """(op, impl, case) for every case of ``grid`` each implementation applies to (a variant
-    only where its predicate holds: Winograd at 3x3 stride 1, for example)."""
+    only where its predicate holds: Winograd at 3x3 stride 1, for example).
+
+    ``dispatch``: the cases the ``"numba"`` entry runs (None: all). Where an op has variants
+    that entry only hands the call to one of them (the planner's choice), and every variant
+    runs the whole grid under its own name. ``kinds``: ``impl -> input kinds``; the params are
+    then ``(op, impl, case, kind)``.
+    """
     params = []
     for op in op_names:
         for case in grid:
@@ -40,7 +46,13 @@ def conv_case_params(op_names, grid, pool=False, impls=fast_impls):
             if pool:
                 kwargs["pool_size"] = pool_of(args, kwargs)
             for impl in registry.applicable(op, args, kwargs, impls(op)):
-                params.append(pytest.param(op, impl, case, id=f"{op}-{impl}-{case}"))
+                if impl == "numba" and dispatch is not None and registry.variants(op) and case not in dispatch:
+                    continue
+                if kinds is None:
+                    params.append(pytest.param(op, impl, case, id=f"{op}-{impl}-{case}"))
+                else:
+                    params += [pytest.param(op, impl, case, kind, id=f"{op}-{impl}-{case}-{kind}")
+                               for kind in kinds(impl)]
     return params
 
 
@@ -148,6 +160,19 @@ CONV_GRID = [
 ]
 
 
+#: The cases the ``"numba"`` dispatcher of the conv ops runs (see :func:`conv_case_params`):
+#: 3x3 'same' at stride 1 (odd width), stride 2 'same', explicit asymmetric padding with a
+#: non-square kernel and stride.
+DISPATCH_CASES = [CONV_GRID[1], CONV_GRID[3], CONV_GRID[8]]
+
+
+def pool_kinds(impl):
+    """Input kinds of the fused conv + pool grid: the families and ``numba:im2col`` (the
+    variant every geometry can run) get all-zero inputs too; the other variants normal
+    values and ties (their max-pool tie-breaking), all-zero inputs being one more tie."""
+    return ["normal", "ties", "zeros"] if impl in ("numpy", "numba", "numba:im2col") else ["normal", "ties"]
+
+
 def conv_case(rng, N, H, W, C, F, kernel, stride, padding, bias, kind="normal", contiguous=True):
     kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
     stride = stride if isinstance(stride, tuple) else (stride, stride)
@@ -160,7 +185,7 @@ def conv_case(rng, N, H, W, C, F, kernel, stride, padding, bias, kind="normal", 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
-@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, CONV_GRID))
+@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, CONV_GRID, dispatch=DISPATCH_CASES))
 def test_conv2d_agrees(op, impl, case, contiguous, dtype):
     rng = np.random.default_rng(0)
     args, kwargs = conv_case(rng, *case, contiguous=contiguous)
@@ -168,8 +193,8 @@ def test_conv2d_agrees(op, impl, case, contiguous, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("kind", ["normal", "ties", "zeros"])
-@pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_POOL_OPS, CONV_GRID, pool=True))
+@pytest.mark.parametrize("op,impl,case,kind", conv_case_params(CONV_POOL_OPS, CONV_GRID, pool=True,
+                                                              dispatch=DISPATCH_CASES, kinds=pool_kinds))
 def test_conv2d_maxpool2d_agrees(op, impl, case, kind, dtype):
     """Fused convolution (+ ReLU) + max pool against the reference layers; ties go to the first maximum."""
     args, kwargs = conv_case(np.random.default_rng(4), *case, kind=kind)

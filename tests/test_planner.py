@@ -331,3 +331,106 @@ def test_training_with_the_measuring_planner_is_reproducible_across_processes(tm
     with open(tmp_path / "plans.json") as f:
         (machine, plans), = json.load(f)["plans"].items()
     assert any(key.startswith("conv2d_relu x=8x6x6x2") for key in plans)
+
+
+# -- thread counts: the adaptive policy and the planner -------------------------------------
+
+def test_timing_runs_on_the_maximum_thread_count_and_restores_the_callers(plans):
+    """Plans are keyed by NUMBA_NUM_THREADS; the variants are timed on that many threads
+    whatever count the step runs on, and the step's count is back afterwards."""
+    import numba
+
+    from fastcnn import parallel
+
+    seen = []
+
+    def timer(entry, args, kwargs, train, repeats, deadline):
+        seen.append(numba.get_num_threads())
+        return {"numba:im2col": 2.0, "numba:winograd": 1.0}.get(entry.impl, SLOW)
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)  # what the adaptive tuner picks under load
+        p = planner.Planner(plans, timer=timer, machine="m")
+        args, kwargs = conv_call()
+        assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+        assert seen == [parallel.max_num_threads()] * 3
+        assert numba.get_num_threads() == 1
+        # The count flips: the plan holds (memory and file), nothing is timed again.
+        numba.set_num_threads(parallel.max_num_threads())
+        assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+        assert planner.Planner(plans, timer=refuse, machine="m").choose(
+            "conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+        assert len(seen) == 3
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_a_step_that_planned_is_no_trial_of_its_thread_count(monkeypatch):
+    """The adaptive tuner does not record the duration of a call during which the planner timed
+    variants (it would blame the planning on the thread count): that call counts as warm-up."""
+    from fastcnn import parallel
+
+    if parallel.max_num_threads() < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2 for the adaptive policy")
+    monkeypatch.setattr(parallel, "thread_policy", lambda: ("adaptive", 2))
+
+    class Work:
+        plan = True
+
+        @parallel.adaptive("train")
+        def step(self, x):
+            if self.plan:
+                with planner.measuring():
+                    pass
+            return x
+
+    work, x = Work(), np.zeros(3)
+    for _ in range(3):  # every call planned: none is timed, the tuner is still warming up
+        work.step(x)
+    (tuner,) = parallel._TUNERS[work].values()
+    assert not tuner.warm and all(len(t) == 0 for t in tuner.times.values())
+    work.plan = False
+    for _ in range(3):  # warm-up, then trials of each count
+        work.step(x)
+    assert tuner.warm and sum(len(t) for t in tuner.times.values()) == 2
+
+
+# -- functional models: BN folding, resnet_mini's stride-2 convolutions --------------------
+
+def test_folded_and_functional_convolutions_are_planned_per_geometry(plans, monkeypatch):
+    """resnet_mini under the measuring planner (fake timings that favour Winograd): every
+    convolution, including the BN-folded inference copies, goes through the planner; the
+    3x3 stride-1 ones get Winograd, the stride-2 and 1x1 ones never do."""
+    calls = []
+    p = planner.Planner(plans, timer=fake_timer({"numba:winograd": 1.0, "numba:winograd4": 1.5,
+                                                 "numba:im2col": 2.0}, calls), machine="m", announce=False)
+    monkeypatch.setitem(planner._PLANNERS, os.environ.get("FASTCNN_CACHE", ""), p)
+    monkeypatch.setenv("FASTCNN_PLAN", "measure")
+    chosen = []
+    choose = p.choose
+
+    def spy(op, args, kwargs, mode=None):
+        entry = choose(op, args, kwargs, mode)
+        chosen.append((registry.geometry_of(op, args, kwargs), bool(kwargs.get("need_cache", True)), entry.impl))
+        return entry
+
+    monkeypatch.setattr(p, "choose", spy)
+    model = fastcnn.models.resnet_mini(input_shape=(8, 8, 1), num_classes=3)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, size=4)
+    model.compile(optimizer="sgd", loss="softmax_cross_entropy")
+    model.train_on_batch(x, y)
+    model.predict(x)  # inference plan: BatchNormalization folded into the Conv2D copies
+    assert {train for _, train, _ in chosen} == {True, False}
+    infer = [(g, impl) for g, train, impl in chosen if not train]
+    assert infer, "the folded inference convolutions did not dispatch through the planner"
+    for g, _, impl in chosen:
+        if g.stride != (1, 1) or g.w_shape[:2] != (3, 3):
+            assert "winograd" not in impl, (g, impl)
+        else:
+            assert impl == "numba:winograd", (g, impl)
+    assert any(g.stride == (2, 2) for g, _, _ in chosen)
+    assert any(g.stride == (1, 1) and g.w_shape[:2] == (3, 3) for g, _, _ in chosen)
+    # the folded copies ran the planned variant: predict agrees with the unfolded reference pass
+    assert_close(model.predict(x), model.predict(x, fold=False), dtype=np.float32)
