@@ -521,7 +521,7 @@ def _kernel_dispatchers():
             candidates = value if isinstance(value, tuple) else (value,)
             for item in candidates:
                 if isinstance(item, numba.core.registry.CPUDispatcher):  # conv and dense share names
-                    found[f"{module.__name__}.{item.py_func.__qualname__}"] = item
+                    found[f"{item.py_func.__module__}.{item.py_func.__qualname__}"] = item  # once, where defined
     return found
 
 
