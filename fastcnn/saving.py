@@ -4,9 +4,10 @@ Members (each an ``.npy`` inside the zip):
 
 - ``__fastcnn__``: uint8 bytes of a UTF-8 JSON description: format and version,
   the architecture (layer type names, ``get_config()``, ``impl``, input_shape,
-  dtype, seed), the compile settings (optimizer class and config, loss,
-  metrics), the state of every numpy Generator (the model's shuffling
-  Generator and each Dropout layer's, so a resumed run continues exactly) and
+  dtype, seed), the compile settings (optimizer class and config, a
+  learning-rate schedule as ``{"class", "config"}``, loss, metrics), the
+  state of every numpy Generator (the model's shuffling Generator and each
+  Dropout layer's, so a resumed run continues exactly) and
   ``model.metadata`` (a free-form JSON dict, e.g. the training dataset);
 - ``params/layers.<i>.<param>``: the weights;
 - ``optimizer/<param name>/<slot>`` and ``optimizer/iterations``: the optimizer
@@ -53,12 +54,11 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 def _optimizer_slots(class_name, config):
-    """State slots an optimizer of this class holds for every parameter once it has stepped."""
-    if class_name == "Adam":
-        return ("m", "v")
-    if class_name == "SGD":
-        return ("momentum",) if config.get("momentum") else ()
-    raise CheckpointError(f"no saved-state layout is known for optimizer {class_name!r}")
+    """State slots an optimizer of this class and config holds for every parameter once it has stepped."""
+    try:
+        return _OPTIMIZER_CLASSES[class_name].from_config(config).slots()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"optimizer {class_name!r} has an invalid config {config!r}: {e}") from None
 
 
 # -- description ------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def _build_layers(desc, path):
 def _make_optimizer(desc, path):
     opt = desc["compile"]["optimizer"]
     try:
-        return _OPTIMIZER_CLASSES[opt["class"]](**opt["config"])
+        return _OPTIMIZER_CLASSES[opt["class"]].from_config(opt["config"])
     except (TypeError, ValueError) as e:
         _fail(path, f"optimizer {opt['class']} has an invalid config {opt['config']!r}: {e}")
 

@@ -3,7 +3,7 @@
 See docs/ops.md for the contract every implementation follows.
 """
 
-from fastcnn.ops import activations, conv, dense, loss, pool
+from fastcnn.ops import activations, conv, dense, loss, optim, pool
 from fastcnn.registry import register
 
 for _module in (conv, pool, dense, activations):
@@ -12,3 +12,5 @@ for _module in (conv, pool, dense, activations):
             _op = _name[: -len("_forward")]
             register(_op, "numpy", getattr(_module, _name), getattr(_module, _op + "_backward"))
 register("softmax_cross_entropy", "numpy", loss.softmax_cross_entropy)
+for _name in optim.__all__:  # optimizer updates: in place, no backward
+    register(_name, "numpy", getattr(optim, _name))

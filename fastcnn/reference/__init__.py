@@ -23,6 +23,7 @@ from fastcnn.reference.dense import dense_backward, dense_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.flatten import flatten_backward, flatten_forward
 from fastcnn.reference.loss import softmax_cross_entropy
+from fastcnn.reference.optim import adam_update, rmsprop_update, sgd_update
 from fastcnn.reference.pool import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -48,6 +49,10 @@ OPS = {
     "flatten": (flatten_forward, flatten_backward),
     "dropout": (dropout_forward, dropout_backward),
     "softmax_cross_entropy": (softmax_cross_entropy, None),
+    # Optimizer updates: in place, no backward.
+    "sgd_update": (sgd_update, None),
+    "adam_update": (adam_update, None),
+    "rmsprop_update": (rmsprop_update, None),
 }
 
 for _op, (_forward, _backward) in OPS.items():
@@ -82,4 +87,7 @@ __all__ = [
     "dropout_forward",
     "dropout_backward",
     "softmax_cross_entropy",
+    "sgd_update",
+    "adam_update",
+    "rmsprop_update",
 ]
