@@ -430,6 +430,7 @@ class Sequential:
                     with self._mode(False):
                         val_logs = self._evaluate(*val, batch_size)
                     logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                logs["learning_rate"] = self.optimizer.learning_rate  # the rate the next step uses
                 hooks.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break

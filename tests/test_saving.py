@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastcnn import CheckpointError, models
+from fastcnn import CheckpointError, models, optim
 from fastcnn import layers as L
 from fastcnn.callbacks import ModelCheckpoint
 from fastcnn.model import Sequential
@@ -315,3 +315,49 @@ def test_metadata_round_trips_and_must_be_json(tmp_path):
     with pytest.raises(TypeError, match=r"cannot be described in JSON \(check model.metadata\)"):
         model.save(tmp_path / "bad.npz")
     assert os.listdir(tmp_path) == ["m.npz"]
+
+
+# -- newer optimizers and schedules resume exactly ------------------------------------------------------
+def small_net(seed, optimizer):
+    model = Sequential([L.Conv2D(4, 3), L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dropout(0.2), L.Dense(10)],
+                       input_shape=(28, 28, 1), seed=seed)
+    return model.compile(optimizer)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: optim.RMSprop(optim.schedules.ExponentialDecay(0.01, 2, 0.5), momentum=0.9, centered=True,
+                          clipnorm=1.0),
+    lambda: optim.AdamW(optim.schedules.CosineDecay(0.0, 4, warmup_target=0.01, warmup_steps=2), amsgrad=True,
+                        global_clipnorm=1.0),
+], ids=["rmsprop-exponential", "adamw-cosine-warmup"])
+def test_resuming_with_a_schedule_equals_uninterrupted_training(fashion_small, tmp_path, make_optimizer):
+    d = fashion_small
+    x, y = d.x_train[:96], d.y_train[:96]
+    straight = small_net(3, make_optimizer())
+    full = straight.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "c{epoch}")])
+    resumed = load_model(tmp_path / "c1.npz")
+    assert type(resumed.optimizer) is type(straight.optimizer)
+    assert resumed.optimizer.get_config() == straight.optimizer.get_config()
+    assert resumed.optimizer.iterations == 3
+    rest = resumed.fit(x, y, epochs=2, initial_epoch=1, batch_size=32, verbose=0)
+    assert weights_equal(resumed, straight)
+    assert rest.history["loss"] == full.history["loss"][1:]
+    assert rest.history["learning_rate"] == full.history["learning_rate"][1:]
+    assert resumed.optimizer.learning_rate == straight.optimizer.learning_rate
+
+
+def test_a_plain_callable_learning_rate_cannot_be_saved(tmp_path):
+    model = small_net(0, optim.SGD(lambda step: 0.01))
+    with pytest.raises(TypeError, match=r"cannot be saved: only the schedules in fastcnn.optim.schedules"):
+        model.save(tmp_path / "m.npz")
+    assert not os.listdir(tmp_path)
+
+
+def test_an_unknown_schedule_in_a_file_is_refused(tmp_path):
+    path = small_net(0, optim.SGD(optim.schedules.ExponentialDecay(0.1, 10, 0.9))).save(tmp_path / "m.npz")
+    arrays = arrays_of(path)
+    desc = description(arrays)
+    desc["compile"]["optimizer"]["config"]["learning_rate"]["class"] = "os.system"
+    rewrite(path, with_description(arrays, desc))
+    with pytest.raises(CheckpointError, match=r"optimizer SGD has an invalid config .*unknown schedule 'os.system'"):
+        load_model(path)
