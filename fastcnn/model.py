@@ -106,6 +106,7 @@ class Sequential:
         self.loss_impl = "auto"
         self.metrics = []
         self._loss_op = None
+        self._metric_fns = []
         self.training = True
         self.stop_training = False
         self.history = None
@@ -169,23 +170,46 @@ class Sequential:
 
         Parameters
         ----------
-        optimizer : :class:`fastcnn.optim.Optimizer`, or "sgd" / "adam" (default settings)
-        loss : "softmax_cross_entropy"
-        metrics : list of str, default ["accuracy"]
+        optimizer : :class:`fastcnn.optim.Optimizer`, or "sgd" / "adam" / "adamw" / "rmsprop" (default settings)
+        loss : "softmax_cross_entropy" (on logits), "sparse_categorical_crossentropy" (on
+            probabilities, Keras's default) or a :class:`fastcnn.losses.SparseCategoricalCrossentropy`
+        metrics : list of names ("accuracy", "acc", "top_k_accuracy", ...) or
+            :class:`fastcnn.metrics.Metric` objects, default ["accuracy"]
         loss_impl : implementation of the loss op ("auto", "reference", "numpy", ...)
         """
         self.optimizer = optim.get(optimizer)
         self.loss = losses.check_loss(loss)
         self.metrics = metrics_lib.check_metrics(metrics)
-        self._loss_op = registry.get(self.loss, loss_impl)
+        self._loss_op = losses.get(self.loss, loss_impl)
+        self._metric_fns = [metrics_lib.get(m) for m in self.metrics]
         self.loss_impl = loss_impl
-        if isinstance(self.layers[-1], Softmax):
+        if self._loss_op.from_logits and self._ends_with_softmax():
             warnings.warn(
-                "the last layer is Softmax, but softmax_cross_entropy expects logits: the softmax "
-                "is applied twice in training. Remove the Softmax layer; predict() applies it.",
+                "the last layer applies a softmax, but the loss expects logits (from_logits=True): the "
+                "softmax is applied twice in training. Remove it (predict() applies it) or use "
+                'loss="sparse_categorical_crossentropy".',
+                UserWarning, stacklevel=2,
+            )
+        elif not self._loss_op.from_logits and not self._ends_with_softmax():
+            warnings.warn(
+                "the loss expects probabilities (from_logits=False) but the last layer outputs no softmax: "
+                'end the model with activation="softmax" (or a Softmax layer), or use '
+                'loss="softmax_cross_entropy" / SparseCategoricalCrossentropy(from_logits=True) for logits.',
                 UserWarning, stacklevel=2,
             )
         return self
+
+    def _ends_with_softmax(self):
+        """Whether the model's output is a softmax (a Softmax layer or ``activation="softmax"``)."""
+        last = self.layers[-1]
+        return isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax"
+
+    def _loss_steps(self):
+        """The steps whose output the loss takes: all of them, or all but a final softmax that the
+        loss folds into its fused path on logits (``from_logits=False``)."""
+        if self._loss_op.folds(self.steps[-1]):
+            return self.steps[:-1], self._loss_op.on_logits
+        return self.steps, self._loss_op
 
     @property
     def compiled(self):
@@ -319,14 +343,15 @@ class Sequential:
 
         A non-finite loss returns before the backward pass: the weights are untouched.
         """
+        steps, loss_fn = self._loss_steps()
         out = x
-        for step in self.steps:
+        for step in steps:
             out = step.forward(out)
-        loss, dlogits = self._loss_op.forward(out, y)
+        loss, dlogits = loss_fn(out, y)
         if not math.isfinite(loss):
             return loss, out
         d = dlogits
-        for step in reversed(self.steps):
+        for step in reversed(steps):
             d = step.backward(d)
         self.optimizer.step(self.params())
         return loss, out
@@ -441,8 +466,8 @@ class Sequential:
         """One pass over ``x``; returns the epoch logs (sample-weighted means)."""
         N = x.shape[0]
         steps = -(-N // batch_size)
-        track_accuracy = "accuracy" in self.metrics
-        total_loss, correct, seen = 0.0, 0, 0
+        hits = [0] * len(self._metric_fns)
+        total_loss, seen = 0.0, 0
         logs = {}
         for batch in range(steps):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
@@ -468,22 +493,24 @@ class Sequential:
             seen += n
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
-            if track_accuracy:
-                correct += metrics_lib.count_correct(logits, yb)
-                logs["accuracy"] = correct / seen
+            for i, metric in enumerate(self._metric_fns):
+                hits[i] += metric.count(logits, yb)
+                logs[metric.name] = hits[i] / seen
             hooks.on_train_batch_end(batch, logs)
             if self.stop_training:
                 break
         return dict(logs)
 
-    def _infer(self, x):
-        """Logits of ``x`` in the current mode, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
+    def _infer(self, x, steps=None):
+        """Outputs of ``steps`` (default all) on ``x`` in the current mode, in passes sized by
+        :data:`INFERENCE_PASS_BYTES`."""
+        steps = self.steps if steps is None else steps
         step = self._inference_pass()
         if x.shape[0] <= step:
-            for layer in self.steps:
+            for layer in steps:
                 x = layer.forward(x)
             return x
-        return np.concatenate([self._infer(x[i:i + step]) for i in range(0, x.shape[0], step)])
+        return np.concatenate([self._infer(x[i:i + step], steps) for i in range(0, x.shape[0], step)])
 
     def _inference_pass(self):
         """Samples per inference pass: the largest activation of a pass within INFERENCE_PASS_BYTES."""
@@ -493,16 +520,18 @@ class Sequential:
 
     def _evaluate(self, x, y, batch_size):
         N = x.shape[0]
-        total_loss, correct = 0.0, 0
+        steps, loss_fn = self._loss_steps()
+        total_loss, hits = 0.0, [0] * len(self._metric_fns)
         for start in range(0, N, batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = self._infer(xb)
-            loss, _ = self._loss_op.forward(out, yb)
+            out = self._infer(xb, steps)
+            loss, _ = loss_fn(out, yb)
             total_loss += loss * xb.shape[0]
-            correct += metrics_lib.count_correct(out, yb)
+            for i, metric in enumerate(self._metric_fns):
+                hits[i] += metric.count(out, yb)
         logs = {"loss": total_loss / N}
-        if "accuracy" in self.metrics:
-            logs["accuracy"] = correct / N
+        for metric, count in zip(self._metric_fns, hits):
+            logs[metric.name] = count / N
         return logs
 
     def evaluate(self, x, y, batch_size=None, verbose=0):
@@ -526,7 +555,7 @@ class Sequential:
                                          "batch_size", "predict")
         x = self._prepare_x(x)
         self._check_classifier()
-        softmax = None if isinstance(self.layers[-1], Softmax) else registry.get("softmax", "auto")
+        softmax = None if self._ends_with_softmax() else registry.get("softmax", "auto")
         N = x.shape[0]
         probs = np.empty((N, self.output_shape[0]), dtype=self.dtype)  # (N, K)
         with self._mode(False):

@@ -96,9 +96,9 @@ def describe(model):
     if model.optimizer is not None:
         compiled = {
             "optimizer": {"class": type(model.optimizer).__name__, "config": model.optimizer.get_config()},
-            "loss": model.loss,
+            "loss": losses.serialize(model.loss),
             "loss_impl": model.loss_impl,
-            "metrics": list(model.metrics),
+            "metrics": [metrics_lib.serialize(m) for m in model.metrics],
         }
     rng = {"model": _rng_state(model.rng),
            "layers": {str(i): _rng_state(g) for i, g in _layer_generators(model).items()}}
@@ -404,8 +404,9 @@ def load_model(path):
         if desc["compile"] is not None:
             comp = desc["compile"]
             try:
-                model.compile(_make_optimizer(desc, reader.path), loss=losses.check_loss(comp["loss"]),
-                              metrics=metrics_lib.check_metrics(comp["metrics"]),
+                loss = comp["loss"] if isinstance(comp["loss"], str) else losses.get(comp["loss"])
+                metrics = [m if isinstance(m, str) else metrics_lib.get(m) for m in comp["metrics"]]
+                model.compile(_make_optimizer(desc, reader.path), loss=loss, metrics=metrics,
                               loss_impl=comp.get("loss_impl", "auto"))
             except (TypeError, ValueError) as e:
                 if isinstance(e, CheckpointError):

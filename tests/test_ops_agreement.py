@@ -483,10 +483,29 @@ def test_update_ops_agree(op, dtype, size):
                     assert_close(a, b, dtype=dtype, name=f"{op}/{impl} case {case} array {k}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "sparse_categorical_crossentropy"])
+def test_losses_with_label_smoothing_and_sample_weights_agree(op, dtype):
+    rng = np.random.default_rng(9)
+    logits = 3.0 * rng.standard_normal((12, 7))
+    outputs = logits if op == "softmax_cross_entropy" else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    outputs[0, :] = [1.0, 0, 0, 0, 0, 0, 0] if op != "softmax_cross_entropy" else outputs[0, :]  # clipped entries
+    labels = rng.integers(0, 7, size=12)
+    labels[0] = 1
+    for kwargs in ({}, {"label_smoothing": 0.1}, {"sample_weight": rng.random(12)},
+                   {"label_smoothing": 1.0, "sample_weight": rng.random(12)}):
+        loss_ref, d_ref = registry.get(op, "reference").forward(outputs, labels, **kwargs)
+        for impl in fast_impls(op):
+            loss, d = registry.get(op, impl).forward(outputs.astype(dtype), labels, **kwargs)
+            assert isinstance(loss, float) and d.dtype == dtype
+            assert abs(loss - loss_ref) <= (1e-10 if dtype == np.float64 else 1e-4) * max(1.0, abs(loss_ref))
+            assert_close(d, d_ref, dtype=dtype, name=f"{op}/{impl} {kwargs}")
+
+
 def test_every_registered_op_is_compared():
     """A newly registered op fails here until it has agreement cases (grid and drawn) above."""
     drawn = set(DRAWN_CASES) | set(CONV_OPS) | set(CONV_POOL_OPS) | set(UPDATE_CASES) | {
-        "max_pool2d", "avg_pool2d", "softmax_cross_entropy"}
+        "max_pool2d", "avg_pool2d", "softmax_cross_entropy", "sparse_categorical_crossentropy"}
     assert set(registry.ops()) == drawn
 
 

@@ -22,7 +22,7 @@ from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dense import dense_backward, dense_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.flatten import flatten_backward, flatten_forward
-from fastcnn.reference.loss import softmax_cross_entropy
+from fastcnn.reference.loss import softmax_cross_entropy, sparse_categorical_crossentropy
 from fastcnn.reference.optim import adam_update, rmsprop_update, sgd_update
 from fastcnn.reference.pool import (
     avg_pool2d_backward,
@@ -49,6 +49,7 @@ OPS = {
     "flatten": (flatten_forward, flatten_backward),
     "dropout": (dropout_forward, dropout_backward),
     "softmax_cross_entropy": (softmax_cross_entropy, None),
+    "sparse_categorical_crossentropy": (sparse_categorical_crossentropy, None),  # on probabilities
     # Optimizer updates: in place, no backward.
     "sgd_update": (sgd_update, None),
     "adam_update": (adam_update, None),
@@ -87,6 +88,7 @@ __all__ = [
     "dropout_forward",
     "dropout_backward",
     "softmax_cross_entropy",
+    "sparse_categorical_crossentropy",
     "sgd_update",
     "adam_update",
     "rmsprop_update",
