@@ -13,7 +13,7 @@ from fastcnn.layers.activations import ReLU
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.pooling import MaxPool2D
 
-__all__ = ["ConvReLU", "ConvPool", "plan"]
+__all__ = ["ConvReLU", "ConvPool", "Core", "plan"]
 
 
 class ConvReLU:
@@ -87,17 +87,53 @@ class ConvPool:
 _FUSIONS = ((ConvPool, 3), (ConvPool, 2), (ConvReLU, 2))
 
 
+class Core:
+    """A layer's own op without its ``activation=`` (which the plan runs as the next step)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.output_shape = layer.output_shape
+
+    def forward(self, x):
+        return self.layer.forward_core(x)
+
+    def backward(self, dy):
+        return self.layer.backward_core(dy)
+
+    def __repr__(self):
+        return f"Core({self.layer!r})"
+
+
+def _units(layers):
+    """The layers with each ``activation=`` as a layer of its own after its owner."""
+    units = []
+    for layer in layers:
+        units.append(layer)
+        if layer.activation_layer is not None:
+            units.append(layer.activation_layer)
+    return units
+
+
 def plan(layers, fuse=True):
-    """The steps one pass runs over built ``layers``: layers, and fused steps where they match."""
+    """The steps one pass runs over built ``layers``: layers, and fused steps where they match.
+
+    A layer given ``activation=`` counts as the layer followed by that activation:
+    ``Conv2D(..., activation="relu")`` fuses exactly as ``Conv2D(...), ReLU()``
+    does; where nothing fuses it runs as its op (:class:`Core`) and then its
+    activation, so a final softmax stays a step of its own (the loss may fold it).
+    """
+    units = _units(layers)
     steps, i = [], 0
-    while i < len(layers):
+    while i < len(units):
+        unit = units[i]
+        own = 1 if unit.activation_layer is None else 2  # a layer and its activation never part
         for fused, size in _FUSIONS if fuse else ():
-            run = layers[i:i + size]
-            if len(run) == size and fused.matches(run):
+            run = units[i:i + size]
+            if size >= own and len(run) == size and fused.matches(run):
                 steps.append(fused(*run))
                 i += size
                 break
         else:
-            steps.append(layers[i])
-            i += 1
+            steps.extend([unit] if own == 1 else [Core(unit), units[i + 1]])
+            i += own
     return steps
