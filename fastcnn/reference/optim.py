@@ -11,8 +11,6 @@ Arithmetic stays in ``p.dtype``: every constant is cast.
 Nothing here imports the code it judges (``fastcnn.ops``, ``fastcnn.kernels``).
 """
 
-import math
-
 import numpy as np
 
 __all__ = ["sgd_update", "adam_update", "rmsprop_update"]
@@ -23,7 +21,7 @@ def _clipped(g, scale, clip):
     return np.clip(g * t(scale), t(-clip), t(clip))
 
 
-def sgd_update(p, g, buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0, scale=1.0, clip=math.inf):
+def sgd_update(p, g, buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0, scale=1.0, clip=np.inf):
     """SGD, PyTorch semantics: ``g += weight_decay * p``; ``buf = momentum * buf + g``;
     ``p -= lr * (g + momentum * buf if nesterov else buf)`` (``p -= lr * g`` without momentum).
 
@@ -38,7 +36,7 @@ def sgd_update(p, g, buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
 
 
 def adam_update(p, g, m, v, vmax=None, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0,
-                decoupled_weight_decay=0.0, scale=1.0, clip=math.inf):
+                decoupled_weight_decay=0.0, scale=1.0, clip=np.inf):
     """Adam at step ``step`` (1 for the first update), with bias correction.
 
     Decoupled decay first, as Keras's optimizers apply ``weight_decay``
@@ -58,12 +56,12 @@ def adam_update(p, g, m, v, vmax=None, *, lr, beta_1, beta_2, epsilon, step, wei
         vmax[...] = np.maximum(vmax, v)
         second = vmax
     m_hat_scale = t(lr / (1.0 - beta_1 ** step))
-    v_hat_root = np.sqrt(second) * t(1.0 / math.sqrt(1.0 - beta_2 ** step))
+    v_hat_root = np.sqrt(second) * t(1.0 / np.sqrt(1.0 - beta_2 ** step))
     p[...] = p - m_hat_scale * (m / (v_hat_root + t(epsilon)))
 
 
 def rmsprop_update(p, g, v, mom=None, avg=None, *, lr, rho, epsilon, momentum=0.0, decoupled_weight_decay=0.0,
-                   scale=1.0, clip=math.inf):
+                   scale=1.0, clip=np.inf):
     """RMSprop, Keras semantics (epsilon inside the square root).
 
     ``p -= p * decoupled_weight_decay * lr``; ``v = rho v + (1 - rho) g^2``;
