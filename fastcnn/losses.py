@@ -27,6 +27,7 @@ import numbers
 import numpy as np
 
 from fastcnn import registry
+from fastcnn.layers.activations import Softmax
 
 __all__ = ["LOSSES", "Loss", "SparseCategoricalCrossentropy", "get", "serialize", "check_labels", "check_loss",
            "softmax_cross_entropy"]
@@ -95,8 +96,6 @@ class SparseCategoricalCrossentropy(Loss):
 
     def folds(self, last_step):
         """Whether training runs this loss on the input of ``last_step`` (a final softmax) instead."""
-        from fastcnn.layers import Softmax
-
         return not self.from_logits and type(last_step) is Softmax
 
     def get_config(self):
