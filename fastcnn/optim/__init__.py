@@ -51,9 +51,6 @@ def _check_clip(value, name, owner):
     return _check_float(value, name, owner, low=0.0, low_open=True)
 
 
-_UNSET = object()
-
-
 class Optimizer:
     """Base class: learning rate (or schedule), clipping, state, one registry op per update.
 
