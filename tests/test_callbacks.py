@@ -1,4 +1,8 @@
-"""Callbacks: hook order and logs, History, EarlyStopping, ModelCheckpoint (Keras semantics)."""
+"""Callbacks: hook order and logs, History, EarlyStopping, ModelCheckpoint, learning-rate callbacks
+(Keras semantics)."""
+
+import contextlib
+import io
 
 import numpy as np
 import pytest
@@ -268,3 +272,13 @@ def test_learning_rate_is_in_the_history_and_on_the_progress_bar(fashion_small, 
     assert history.history["learning_rate"] == [0.1, 0.01]
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("learning_rate: 0.1000") and lines[1].endswith("learning_rate: 0.0100")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    with contextlib.redirect_stdout(terminal):  # verbose=1 on a terminal: the redrawn bar shows it step by step
+        model.fit(d.x_train[:64], d.y_train[:64], epochs=1, batch_size=32, verbose=1)
+    first_draw = terminal.getvalue().split("\r")[1]
+    assert first_draw.startswith("1/2 [") and first_draw.rstrip().endswith("learning_rate: 0.0100")
