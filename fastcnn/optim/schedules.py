@@ -8,7 +8,9 @@ serialize to JSON (:meth:`LearningRateSchedule.get_config`,
 same curve: the step is the optimizer's ``iterations``, saved with it.
 
 Any callable ``step -> float`` is accepted wherever a learning rate is, but
-only the schedules registered in :data:`SCHEDULES` can be saved.
+only the schedules registered in :data:`SCHEDULES` can be saved (a
+:class:`LearningRateSchedule` subclass of your own is saved once added there,
+``SCHEDULES["MySchedule"] = MySchedule``: loading never imports a class by name).
 """
 
 import math
