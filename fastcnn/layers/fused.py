@@ -1,8 +1,8 @@
-"""Runs of layers that :class:`fastcnn.Sequential` executes as one fused op.
+"""Runs of layers that a model executes as one fused op.
 
-Users never build these: a model's plan (``Sequential.steps``) puts one in
-place of a matching run of layers when every layer in it resolves to the same
-implementation. The layers keep their weights and gradients; only the work
+Users never build these: a model's plan (:mod:`fastcnn.plan`, shown by
+``model.steps``) puts one in place of a matching run of layers when every
+layer in it resolves to the same implementation. The layers keep their weights and gradients; only the work
 between them is fused. Every implementation has every fused op (the registry
 composes the unfused ops where an implementation has no fused kernel), so a
 fused step gives the results of the layers it replaces.
@@ -13,7 +13,7 @@ from fastcnn.layers.activations import ReLU
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.pooling import MaxPool2D
 
-__all__ = ["ConvReLU", "ConvPool", "Core", "plan"]
+__all__ = ["ConvReLU", "ConvPool", "Core"]
 
 
 class ConvReLU:
@@ -83,10 +83,6 @@ class ConvPool:
         return f"ConvPool({', '.join(map(repr, self.layers))})"
 
 
-#: (fused step, how many layers it takes), longest first.
-_FUSIONS = ((ConvPool, 3), (ConvPool, 2), (ConvReLU, 2))
-
-
 class Core:
     """A layer's own op without its ``activation=`` (which the plan runs as the next step)."""
 
@@ -102,38 +98,3 @@ class Core:
 
     def __repr__(self):
         return f"Core({self.layer!r})"
-
-
-def _units(layers):
-    """The layers with each ``activation=`` as a layer of its own after its owner."""
-    units = []
-    for layer in layers:
-        units.append(layer)
-        if layer.activation_layer is not None:
-            units.append(layer.activation_layer)
-    return units
-
-
-def plan(layers, fuse=True):
-    """The steps one pass runs over built ``layers``: layers, and fused steps where they match.
-
-    A layer given ``activation=`` counts as the layer followed by that activation:
-    ``Conv2D(..., activation="relu")`` fuses exactly as ``Conv2D(...), ReLU()``
-    does; where nothing fuses it runs as its op (:class:`Core`) and then its
-    activation, so a final softmax stays a step of its own (the loss may fold it).
-    """
-    units = _units(layers)
-    steps, i = [], 0
-    while i < len(units):
-        unit = units[i]
-        own = 1 if unit.activation_layer is None else 2  # a layer and its activation never part
-        for fused, size in _FUSIONS if fuse else ():
-            run = units[i:i + size]
-            if size >= own and len(run) == size and fused.matches(run):
-                steps.append(fused(*run))
-                i += size
-                break
-        else:
-            steps.extend([unit] if own == 1 else [Core(unit), units[i + 1]])
-            i += own
-    return steps
