@@ -82,3 +82,79 @@ def test_activation_round_trips_through_a_saved_model(tmp_path):
     x = np.random.default_rng(2).random((4, 10, 10, 2)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     np.testing.assert_allclose(model.predict(x).sum(axis=1), 1.0, rtol=1e-6)  # the softmax is not applied twice
+
+
+# -- functional models: activation= on layers called on symbolic tensors ------------------------
+
+def functional(keras, softmax=False):
+    """x -> conv3x3+relu (r); x -> conv1x1 (s); add -> conv3x3+relu -> maxpool -> flatten -> dense.
+
+    ``keras``: activations given as ``activation=``, else as separate layers.
+    ``softmax``: the head ends in a softmax (``activation="softmax"`` or ``Softmax()``).
+    """
+    import fastcnn as fc
+
+    def conv(x, filters, k, activation=None):
+        if keras:
+            return L.Conv2D(filters, k, padding="same", activation=activation)(x)
+        y = L.Conv2D(filters, k, padding="same")(x)
+        return y if activation is None else L.ReLU()(y)
+
+    x = fc.Input((6, 6, 2))
+    a = L.Add()([conv(x, 3, 3, "relu"), conv(x, 3, 1)])
+    f = L.Flatten()(L.MaxPool2D(2)(conv(a, 4, 3, "relu")))
+    if keras and softmax:
+        y = L.Dense(5, activation="softmax")(f)
+    else:
+        y = L.Dense(5)(f)
+        y = L.Softmax()(y) if softmax else y
+    return fc.Model(x, y, seed=0)
+
+
+def fit_like(model, loss, like=None):
+    rng = np.random.default_rng(4)
+    x, y = rng.random((16, 6, 6, 2)).astype(np.float32), rng.integers(0, 5, size=16)
+    model.compile(Adam(0.01), loss=loss)
+    if like is not None:  # layer counts differ: copy the initial weights in order
+        model.set_weights(dict(zip(model.get_weights(), like.initial)))
+    model.initial = list(model.get_weights().values())
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    return model, history.history
+
+
+def test_functional_activation_relu_fuses_and_trains_exactly_like_relu_layers():
+    a = fit_like(functional(keras=True), "softmax_cross_entropy")
+    b = fit_like(functional(keras=False), "softmax_cross_entropy", like=a[0])
+    kinds = [type(s) for s in a[0].steps]
+    assert kinds == [type(s) for s in b[0].steps]
+    assert kinds.count(ConvReLU) == 1 and kinds.count(ConvPool) == 1 and Core not in kinds
+    same_training(a, b)
+
+
+def test_functional_softmax_activation_folds_into_a_loss_on_probabilities(tmp_path):
+    a = fit_like(functional(keras=True, softmax=True), "sparse_categorical_crossentropy")
+    b = fit_like(functional(keras=False), "softmax_cross_entropy", like=a[0])  # logits, the fused loss
+    assert [type(s) for s in a[0].steps[-2:]] == [Core, L.Softmax]
+    same_training(a, b)  # the softmax step is skipped in training: the loss runs on its input
+    x = np.random.default_rng(5).random((3, 6, 6, 2)).astype(np.float32)
+    y = np.array([0, 3, 4])
+    np.testing.assert_array_equal(a[0].predict(x), b[0].predict(x))  # the softmax is not applied twice
+    assert a[0].evaluate(x, y) == b[0].evaluate(x, y)
+    loaded = load_model(a[0].save(tmp_path / "f.npz"))
+    assert [layer.activation for layer in loaded.layers if isinstance(layer, (L.Conv2D, L.Dense))] == \
+        [layer.activation for layer in a[0].layers if isinstance(layer, (L.Conv2D, L.Dense))]
+    np.testing.assert_array_equal(loaded.predict(x), a[0].predict(x))
+
+
+def test_batchnorm_after_an_activation_is_not_folded_into_the_layer():
+    import fastcnn as fc
+
+    x = fc.Input((5, 5, 2))
+    h = L.BatchNormalization()(L.Conv2D(3, 3, activation="relu")(x))  # BN reads relu(conv): no folding
+    model = fc.Model(x, L.Dense(4)(L.Flatten()(h)), seed=1, dtype=np.float64)
+    model.compile(Adam(0.01))
+    data = np.random.default_rng(6).random((8, 5, 5, 2))
+    model.fit(data, np.arange(8) % 4, epochs=1, batch_size=4, verbose=0)
+    kinds = [type(s) for s in model.inference_steps()]
+    assert kinds == [ConvReLU, L.BatchNormalization, L.Flatten, L.Dense]
+    np.testing.assert_array_equal(model.predict(data, fold=True), model.predict(data, fold=False))
