@@ -361,3 +361,35 @@ def test_an_unknown_schedule_in_a_file_is_refused(tmp_path):
     rewrite(path, with_description(arrays, desc))
     with pytest.raises(CheckpointError, match=r"optimizer SGD has an invalid config .*unknown schedule 'os.system'"):
         load_model(path)
+
+
+def bn_graph(seed):
+    """A functional model with activation= layers, BatchNormalization state and a residual Add."""
+    import fastcnn as fc
+
+    x = fc.Input((8, 8, 1))
+    h = L.BatchNormalization(momentum=0.9)(L.Conv2D(4, 3, padding="same", activation="relu")(x))
+    h = L.Add()([h, L.Conv2D(4, 1)(x)])
+    y = L.Dense(3, activation="softmax")(L.GlobalAvgPool2D()(h))
+    model = fc.Model(x, y, seed=seed)
+    lr = optim.schedules.CosineDecay(0.0, 4, warmup_target=0.02, warmup_steps=2)
+    loss = fc.losses.SparseCategoricalCrossentropy(label_smoothing=0.1)
+    return model.compile(optim.AdamW(lr, weight_decay=0.01, global_clipnorm=1.0), loss=loss,
+                         metrics=["acc", "top_k_accuracy"])
+
+
+def test_a_functional_model_with_state_and_a_schedule_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = rng.random((24, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, size=24)
+    straight = bn_graph(5)
+    full = straight.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "c{epoch}")])
+    resumed = load_model(tmp_path / "c1.npz")
+    assert resumed.optimizer.get_config() == straight.optimizer.get_config()
+    assert resumed.loss.get_config() == straight.loss.get_config()
+    names = {key.rsplit("/", 1)[0] for key in resumed.optimizer.state_arrays() if key != "iterations"}
+    assert names == {name for name, _, _ in resumed.params()}  # no slot for the moving statistics
+    assert {name for name, _ in resumed.states()} == {"layers.1.moving_mean", "layers.1.moving_variance"}
+    rest = resumed.fit(x, y, epochs=2, initial_epoch=1, batch_size=8, verbose=0)
+    assert weights_equal(resumed, straight)  # parameters and moving statistics
+    assert rest.history == {k: v[1:] for k, v in full.history.items()}
+    assert set(full.history) == {"loss", "acc", "top_k_accuracy", "learning_rate"}
