@@ -190,12 +190,13 @@ def _add_data_arguments(parser, default):
 
 def _add_threads_argument(parser):
     parser.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="threads for Numba kernels and BLAS (default: all cores)")
+                        help="threads for Numba kernels and BLAS, fixed (default: adaptive, at most the "
+                             "usable cores: affinity and cgroup quota)")
 
 
 # -- shared steps ---------------------------------------------------------------------------
 def _set_threads(threads):
-    """Apply ``--threads``; returns the number of threads in use."""
+    """Apply ``--threads``; returns the number of threads in use (adaptive: the most it uses)."""
     from fastcnn import parallel
 
     if threads is not None:
@@ -206,7 +207,8 @@ def _set_threads(threads):
                 f"(NUMBA_NUM_THREADS), received {threads}"
             )
         parallel.set_num_threads(threads)
-    return parallel.get_num_threads()
+        return parallel.get_num_threads()
+    return parallel.thread_policy()[1]  # adaptive: at most this many (README, "Threads on a busy machine")
 
 
 def _missing_files(directory):

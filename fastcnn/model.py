@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from fastcnn import graph, losses, metrics as metrics_lib, optim, registry
+from fastcnn import graph, losses, metrics as metrics_lib, optim, parallel, registry
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax
@@ -490,6 +490,7 @@ class Model:
                     grads[t] = grads[t] + g
                     owned[t] = True
 
+    @parallel.adaptive("train")  # the thread count: see fastcnn.parallel
     def _train_step(self, x, y):
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
@@ -655,6 +656,7 @@ class Model:
                 break
         return dict(logs)
 
+    @parallel.adaptive("infer")  # the thread count: see fastcnn.parallel
     def _infer(self, x, fold=None, for_loss=False):
         """Logits of ``x`` through the inference plan, in passes sized by :data:`INFERENCE_PASS_BYTES`
         (``for_loss``: what the loss takes, see :meth:`_forward`)."""
