@@ -326,8 +326,8 @@ def _configure_optimizer(model, name, lr):
     same_kind = name is None or type(current) is optim.OPTIMIZERS[name]
     config = current.get_config() if same_kind else {}
     if lr is not None:
-        config["lr"] = lr
-    optimizer = type(current)(**config) if same_kind else optim.get(name, **config)
+        config["learning_rate"] = lr
+    optimizer = type(current).from_config(config) if same_kind else optim.get(name, **config)
     model.compile(optimizer, loss=model.loss, metrics=model.metrics, loss_impl=model.loss_impl)
 
 

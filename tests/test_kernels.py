@@ -480,6 +480,8 @@ def test_every_numba_op_keeps_float32(restore_threads):
         if "numba" not in registry.implementations(op):
             continue
         entry = registry.get(op, "numba")
+        if op.endswith("_update"):  # optimizer updates: in place, checked in tests/test_optim.py
+            continue
         if op == "softmax_cross_entropy":
             _, grad = entry.forward(x[:, 0, 0, :], np.array([0, 2]))
             assert grad.dtype == np.float32

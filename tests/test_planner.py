@@ -259,6 +259,23 @@ def test_a_layer_takes_a_variant():
     assert_close(y, twin(x), dtype=np.float32)
 
 
+@pytest.mark.parametrize("layer_of", [lambda impl: L.Conv2D(4, 3, padding="same", activation="relu", impl=impl),
+                                      lambda impl: L.Dense(5, activation="leaky_relu",
+                                                           impl=impl.replace("winograd", "split"))],
+                         ids=["conv", "dense"])
+def test_a_variant_with_an_activation_argument(layer_of):
+    """``activation=`` on a layer given a variant: the activation runs in the variant's family."""
+    rng = np.random.default_rng(4)
+    layer, twin = layer_of("numba:winograd"), layer_of("reference")
+    x = rng.standard_normal((2, 6, 6, 3) if isinstance(layer, L.Conv2D) else (2, 7)).astype(np.float32)
+    y = layer(x)
+    assert layer.activation_layer.resolved_impl == "numba"
+    twin.build(x.shape[1:], x.dtype)
+    twin.params = {k: v.copy() for k, v in layer.params.items()}
+    assert_close(y, twin(x), dtype=np.float32)
+    assert (y >= 0).all() if isinstance(layer, L.Conv2D) else (y < 0).any()
+
+
 def test_a_variant_that_does_not_apply_is_a_clear_error():
     x = np.zeros((1, 6, 6, 3), np.float32)
     with pytest.raises(ValueError, match=r"Conv2D: impl 'numba:winograd' does not apply to this convolution "
