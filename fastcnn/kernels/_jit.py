@@ -15,7 +15,7 @@ import numba
 import fastcnn.parallel  # noqa: F401  (selects the threading layer)
 
 __all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "inline_kernel", "ordered_kernel", "parallel_kernel", "twins",
-           "pick"]
+           "pick", "exact_parallel_kernel", "exact_inline_kernel"]
 
 #: Fast-math flags for every kernel: reassociation (vectorized reductions),
 #: FMA contraction, approximate functions, reciprocal, no signed zeros.
@@ -41,6 +41,14 @@ inline_kernel = numba.njit(inline="always", **_OPTIONS)
 #: without ``reassoc``, which would turn ``(a - b) - c`` back into ``a - (b + c)``
 #: and undo a formula arranged to avoid cancellation (softmax backward).
 ordered_kernel = numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH - {"reassoc"}))
+
+#: Parallel kernel with no fast-math at all: IEEE arithmetic in the order written, no
+#: FMA contraction, so its float64 index arithmetic rounds exactly as Python's does
+#: (augmentation: a rotated pixel's nearest source must be the reference's, bit for bit).
+exact_parallel_kernel = numba.njit(parallel=True, cache=True, nogil=True)
+
+#: Helper inlined into :data:`exact_parallel_kernel` code, with the same (absent) flags.
+exact_inline_kernel = numba.njit(inline="always", cache=True, nogil=True)
 
 
 def twins(func):

@@ -18,6 +18,18 @@ from fastcnn.reference.activations import (
     tanh_backward,
     tanh_forward,
 )
+from fastcnn.reference.augment import (
+    crop2d_backward,
+    crop2d_forward,
+    flip2d_backward,
+    flip2d_forward,
+    rotate2d_backward,
+    rotate2d_forward,
+    translate2d_backward,
+    translate2d_forward,
+    zero_pad2d_backward,
+    zero_pad2d_forward,
+)
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dense import dense_backward, dense_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
@@ -48,6 +60,11 @@ OPS = {
     "flatten": (flatten_forward, flatten_backward),
     "dropout": (dropout_forward, dropout_backward),
     "softmax_cross_entropy": (softmax_cross_entropy, None),
+    "flip2d": (flip2d_forward, flip2d_backward),
+    "translate2d": (translate2d_forward, translate2d_backward),
+    "crop2d": (crop2d_forward, crop2d_backward),
+    "zero_pad2d": (zero_pad2d_forward, zero_pad2d_backward),
+    "rotate2d": (rotate2d_forward, rotate2d_backward),
 }
 
 for _op, (_forward, _backward) in OPS.items():
@@ -82,4 +99,14 @@ __all__ = [
     "dropout_forward",
     "dropout_backward",
     "softmax_cross_entropy",
+    "flip2d_forward",
+    "flip2d_backward",
+    "translate2d_forward",
+    "translate2d_backward",
+    "crop2d_forward",
+    "crop2d_backward",
+    "zero_pad2d_forward",
+    "zero_pad2d_backward",
+    "rotate2d_forward",
+    "rotate2d_backward",
 ]
