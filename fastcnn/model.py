@@ -145,7 +145,9 @@ class Sequential:
                     raise ValueError(f"layers.{i} ({type(layer).__name__}): {e}") from None
             if hasattr(layer, "reseed"):
                 layer.reseed(rng)  # dropout masks from the model's seed
-            layer.needs_input_grad = i > 0  # nothing consumes the first layer's dx
+            # Nothing consumes the first layer's dx, nor that of the first layer after
+            # weightless augmentation/padding layers (their backward accepts None).
+            layer.needs_input_grad = not all(getattr(prev, "accepts_no_gradient", False) for prev in self.layers[:i])
             shape = layer.output_shape
         self.input_shape = input_shape
         self.output_shape = shape
