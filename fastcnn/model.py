@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from fastcnn import losses, metrics as metrics_lib, optim, registry
+from fastcnn import data_adapter, losses, metrics as metrics_lib, optim, registry
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax, fused
@@ -316,7 +316,12 @@ class Sequential:
             out = step.forward(out)
         return out
 
-    def _train_step(self, x, y):
+    def _loss(self, logits, y, sample_weight=None):
+        if sample_weight is None:
+            return self._loss_op.forward(logits, y)
+        return self._loss_op.forward(logits, y, sample_weight=sample_weight)
+
+    def _train_step(self, x, y, sample_weight=None):
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
         A non-finite loss returns before the backward pass: the weights are untouched.
@@ -324,7 +329,7 @@ class Sequential:
         out = x
         for step in self.steps:
             out = step.forward(out)
-        loss, dlogits = self._loss_op.forward(out, y)
+        loss, dlogits = self._loss(out, y, sample_weight)
         if not math.isfinite(loss):
             return loss, out
         d = dlogits
@@ -333,8 +338,11 @@ class Sequential:
         self.optimizer.step(self.params())
         return loss, out
 
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None):
         """One optimizer step on the batch ``(x, y)`` (no shuffling, no output); returns the loss.
+
+        ``sample_weight`` (N,) or ``class_weight`` {class: weight} weight the loss as in
+        :meth:`fit`.
 
         Raises
         ------
@@ -343,8 +351,9 @@ class Sequential:
         """
         self._check_compiled("train_on_batch")
         x, y = self._prepare_xy(x, y)
+        w = data_adapter.sample_weights(y, sample_weight, class_weight, self.num_classes)
         with self._mode(True):
-            loss, _ = self._train_step(x, y)
+            loss, _ = self._train_step(x, y, w)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss is {loss} at optimizer step {self.optimizer.iterations + 1}; the step was "
@@ -352,13 +361,17 @@ class Sequential:
             )
         return loss
 
-    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose="auto", initial_epoch=0):
+    def fit(self, x, y=None, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
+            callbacks=None, verbose="auto", initial_epoch=0, *, sample_weight=None, class_weight=None,
+            steps_per_epoch=None, validation_steps=None):
         """Train for ``epochs`` epochs; returns a :class:`fastcnn.callbacks.History`.
 
         Parameters
         ----------
-        x : float32/float64 (N, H, W, C) or uint8 (N, H, W[, C]) images
+        x : float32/float64 (N, H, W, C) or uint8 (N, H, W[, C]) images, or an iterable /
+            generator of ``(x, y)`` or ``(x, y, sample_weight)`` batches (then omit ``y``;
+            ``batch_size``, ``shuffle`` and ``validation_split`` do not apply). See
+            :mod:`fastcnn.data_adapter` for how its epochs end.
         y : int (N,) class labels in [0, K)
         epochs : int
             Index of the last epoch (Keras semantics with ``initial_epoch``).
@@ -367,7 +380,7 @@ class Sequential:
             size in the epoch averages.
         shuffle : bool, default True
             Reshuffle the training samples each epoch, with ``model.rng``.
-        validation_data : (x_val, y_val), optional
+        validation_data : (x_val, y_val[, sample_weight_val]) or an iterable of batches, optional
             Evaluated after each epoch (``val_loss``, ``val_accuracy``). Takes
             precedence over ``validation_split``.
         validation_split : float in [0, 1)
@@ -379,6 +392,17 @@ class Sequential:
             2 one line per epoch.
         initial_epoch : int, default 0
             Epoch to start at (for resuming a run).
+        sample_weight : float (N,), optional
+            Non-negative weight of each sample: a batch's loss is ``sum(w * loss) / N``
+            (Keras's "sum over batch size").
+        class_weight : {class index: weight}, optional
+            The weight of every sample of a class (unlisted classes weigh 1); not
+            with ``sample_weight``.
+        steps_per_epoch : int, optional
+            Batches per epoch; needed for an endless generator. With arrays, at most
+            ``ceil(N / batch_size)`` batches of each shuffled epoch.
+        validation_steps : int, optional
+            Batches of ``validation_data`` per evaluation (default: all of them).
 
         Raises
         ------
@@ -395,28 +419,17 @@ class Sequential:
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                 or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: `validation_split` must be a float in [0, 1), received {validation_split!r}")
+        steps_per_epoch = None if steps_per_epoch is None else _check_positive_int(
+            steps_per_epoch, "steps_per_epoch", "fit")
+        validation_steps = None if validation_steps is None else _check_positive_int(
+            validation_steps, "validation_steps", "fit")
         user_callbacks = check_callbacks(callbacks)
-        x, y = self._prepare_xy(x, y)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: `validation_data` must be a tuple (x_val, y_val)")
-            val = self._prepare_xy(*validation_data, what="validation_data")
-        elif validation_split > 0.0:
-            split_at = int(x.shape[0] * (1.0 - validation_split))
-            if split_at == 0 or split_at == x.shape[0]:
-                raise ValueError(
-                    f"fit: validation_split={validation_split} of {x.shape[0]} samples leaves "
-                    f"{split_at} for training and {x.shape[0] - split_at} for validation; both must be > 0"
-                )
-            val = (x[split_at:], y[split_at:])
-            x, y = x[:split_at], y[:split_at]
-
-        N = x.shape[0]
-        steps = -(-N // batch_size)
+        train, val = self._fit_data(x, y, sample_weight, class_weight, batch_size, shuffle, validation_data,
+                                    validation_split, steps_per_epoch, validation_steps)
         history = History()
         all_callbacks = user_callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
-        params = {"epochs": epochs, "steps": steps, "samples": N, "batch_size": batch_size, "verbose": verbose}
+        params = {"epochs": epochs, "steps": train.steps, "samples": train.samples, "batch_size": train.batch_size,
+                  "verbose": verbose}
         hooks = CallbackList(all_callbacks, self, params)
         quiet_nan = any(isinstance(cb, TerminateOnNaN) for cb in user_callbacks)
         self.history = history
@@ -426,11 +439,17 @@ class Sequential:
             hooks.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 hooks.on_epoch_begin(epoch)
-                order = self.rng.permutation(N) if shuffle else None
-                logs = self._fit_epoch(x, y, order, batch_size, epoch, epochs, hooks, quiet_nan)
+                logs = self._fit_epoch(train, epoch, epochs, hooks, quiet_nan)
+                if getattr(train, "exhausted", False):
+                    if epoch == initial_epoch and not logs:
+                        raise ValueError("fit: the data yielded no batches")
+                    train.warn_exhausted(epochs - initial_epoch)
+                    self.stop_training = True
+                    if not logs:
+                        break
                 if val is not None:
                     with self._mode(False):
-                        val_logs = self._evaluate(*val, batch_size)
+                        val_logs = self._evaluate(val, "fit: validation_data")
                     logs.update({f"val_{k}": v for k, v in val_logs.items()})
                 hooks.on_epoch_end(epoch, logs)
                 if self.stop_training:
@@ -438,26 +457,70 @@ class Sequential:
             hooks.on_train_end(logs)
         return history
 
-    def _fit_epoch(self, x, y, order, batch_size, epoch, epochs, hooks, quiet_nan):
-        """One pass over ``x``; returns the epoch logs (sample-weighted means)."""
-        N = x.shape[0]
-        steps = -(-N // batch_size)
+    def _fit_data(self, x, y, sample_weight, class_weight, batch_size, shuffle, validation_data,
+                  validation_split, steps_per_epoch, validation_steps):
+        """The training and validation batch sources of ``fit`` (see :mod:`fastcnn.data_adapter`)."""
+        if data_adapter.is_batch_iterable(x, y):
+            if sample_weight is not None or validation_split:
+                raise ValueError("fit: with a generator or iterable of batches, yield (x, y, sample_weight) "
+                                 "batches and pass validation_data; sample_weight= and validation_split "
+                                 "apply to arrays only")
+            train = data_adapter.IterableBatches(x, steps_per_epoch, self._prepare_xy, lambda: self.num_classes,
+                                                 class_weight, "fit")
+        else:
+            if y is None:
+                raise ValueError("fit: `y` is required when `x` is an array (omit it only for an iterable "
+                                 "of (x, y) batches)")
+            x, y = self._prepare_xy(x, y)
+            w = data_adapter.sample_weights(y, sample_weight, class_weight, self.num_classes)
+            if validation_data is None and validation_split > 0.0:
+                split_at = int(x.shape[0] * (1.0 - validation_split))
+                if split_at == 0 or split_at == x.shape[0]:
+                    raise ValueError(
+                        f"fit: validation_split={validation_split} of {x.shape[0]} samples leaves "
+                        f"{split_at} for training and {x.shape[0] - split_at} for validation; both must be > 0"
+                    )
+                validation_data = (x[split_at:], y[split_at:]) + (() if w is None else (w[split_at:],))
+                x, y, w = x[:split_at], y[:split_at], (None if w is None else w[:split_at])
+            train = data_adapter.ArrayBatches(x, y, w, batch_size, self.rng if shuffle else None, steps_per_epoch)
+        val = None
+        if validation_data is not None:
+            val = self._batches(validation_data, None, None, batch_size, validation_steps, "fit: validation_data")
+        return train, val
+
+    def _batches(self, x, y, sample_weight, batch_size, steps, owner):
+        """Unshuffled batches for evaluation: of ``(x, y[, w])`` arrays or of an iterable."""
+        if owner != "evaluate" and isinstance(x, tuple):  # validation_data=(x_val, y_val[, w_val])
+            if len(x) not in (2, 3):
+                raise ValueError(f"{owner} must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), "
+                                 f"or an iterable of batches; received a tuple of length {len(x)}")
+            x, y, sample_weight = (x + (None,))[:3]
+        if data_adapter.is_batch_iterable(x, y):
+            if sample_weight is not None:
+                raise ValueError(f"{owner}: with an iterable of batches, yield (x, y, sample_weight) batches")
+            return data_adapter.IterableBatches(x, steps, self._prepare_xy, lambda: self.num_classes, None, owner)
+        if y is None:
+            raise ValueError(f"{owner}: expected arrays (x, y) or (x, y, sample_weight), or an iterable of "
+                             f"such batches; received {type(x).__name__}")
+        what = "x" if owner == "evaluate" else "validation_data"
+        x, y = self._prepare_xy(x, y, what=what)
+        w = None if sample_weight is None else data_adapter.check_sample_weight(
+            sample_weight, x.shape[0], "sample_weight" if owner == "evaluate" else f"{owner} sample weights")
+        return data_adapter.ArrayBatches(x, y, w, batch_size, None, steps)
+
+    def _fit_epoch(self, train, epoch, epochs, hooks, quiet_nan):
+        """One epoch of ``train``'s batches; returns the epoch logs (means over samples)."""
+        steps = train.steps
         track_accuracy = "accuracy" in self.metrics
         total_loss, correct, seen = 0.0, 0, 0
         logs = {}
-        for batch in range(steps):
-            start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
-            if order is None:
-                xb, yb = x[start:stop], y[start:stop]
-            else:
-                idx = order[start:stop]
-                xb, yb = x[idx], y[idx]
+        for batch, (xb, yb, wb) in enumerate(train.epoch()):
             hooks.on_train_batch_begin(batch)
-            loss, logits = self._train_step(xb, yb)
+            loss, logits = self._train_step(xb, yb, wb)
             if not math.isfinite(loss):
                 if not quiet_nan:
                     raise NonFiniteLossError(
-                        f"the loss is {loss} at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{steps}; "
+                        f"the loss is {loss} at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{steps or '?'}; "
                         f"training stopped and that step was not applied. Lower the learning rate or "
                         f"check the inputs for NaN/inf (pass callbacks=[TerminateOnNaN()] to stop "
                         f"without an error)."
@@ -465,7 +528,7 @@ class Sequential:
                 logs = {"loss": loss}
                 hooks.on_train_batch_end(batch, logs)
                 break
-            n = stop - start
+            n = xb.shape[0]
             seen += n
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
@@ -492,29 +555,38 @@ class Sequential:
                       for step in self.steps)
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
-    def _evaluate(self, x, y, batch_size):
-        N = x.shape[0]
-        total_loss, correct = 0.0, 0
-        for start in range(0, N, batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    def _evaluate(self, batches, owner="evaluate"):
+        """Loss and metrics over every batch of ``batches`` (means over samples)."""
+        total_loss, correct, N = 0.0, 0, 0
+        for xb, yb, wb in batches.epoch():
             out = self._infer(xb)
-            loss, _ = self._loss_op.forward(out, yb)
+            loss, _ = self._loss(out, yb, wb)
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
+            N += xb.shape[0]
+        if N == 0:
+            raise ValueError(f"{owner} yielded no batches (a generator is used up after one pass: pass a list "
+                             f"or another re-iterable object, or an endless generator with a number of steps)")
         logs = {"loss": total_loss / N}
         if "accuracy" in self.metrics:
             logs["accuracy"] = correct / N
         return logs
 
-    def evaluate(self, x, y, batch_size=None, verbose=0):
-        """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``."""
+    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None):
+        """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``.
+
+        ``x`` may also be an iterable of ``(x, y[, sample_weight])`` batches (omit ``y``),
+        of which ``steps`` batches are used (default: all). ``sample_weight`` (N,) weights
+        the loss as in :meth:`fit`; the accuracy is unweighted.
+        """
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "evaluate")
-        x, y = self._prepare_xy(x, y)
+        steps = None if steps is None else _check_positive_int(steps, "steps", "evaluate")
+        batches = self._batches(x, y, sample_weight, batch_size, steps, "evaluate")
         with self._mode(False):
-            logs = self._evaluate(x, y, batch_size)
+            logs = self._evaluate(batches)
         if verbose:
             print(format_logs(logs))
         return logs

@@ -5,7 +5,7 @@ import numpy as np
 __all__ = ["softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, sample_weight=None):
     """Mean cross-entropy of ``softmax(logits)`` against integer labels, and its gradient.
 
     Per row, ``loss_n = logsumexp(z) - z[label]`` with ``logsumexp(z) = m +
@@ -21,13 +21,17 @@ def softmax_cross_entropy(logits, labels):
         Unnormalized scores.
     labels : ndarray of int
         Class index of each row, in ``[0, K)``.
+    sample_weight : ndarray of float, optional
+        Non-negative weight ``w_n`` of each row. Keras's "sum over batch size"
+        reduction: the loss is ``sum(w_n * loss_n) / N`` (divided by N, not by the
+        sum of the weights) and row ``n``'s gradient is scaled by ``w_n``.
 
     Returns
     -------
     loss : float
-        Mean over the N rows, a Python float.
+        Mean over the N rows (weighted), a Python float.
     dlogits : ndarray
-        ``(softmax - onehot) / N`` in ``logits.dtype``.
+        ``(softmax - onehot) / N`` in ``logits.dtype``, row ``n`` times ``w_n``.
 
     Shape
     -----
@@ -42,11 +46,14 @@ def softmax_cross_entropy(logits, labels):
         m = np.max(z)
         e = np.exp(z - m)  # every entry in [0, 1], the largest exactly 1: no overflow
         s = np.sum(e)
-        total += float((m - z[label]) + np.log(s))
+        w = 1.0 if sample_weight is None else float(sample_weight[n])
+        total += w * float((m - z[label]) + np.log(s))
         p = e / s
         # p[label] - 1 == -(sum of the other classes' p): summing the small p's keeps
         # their precision where subtracting from 1 would round a confident row's gradient to 0.
         p[label] = 0
         p[label] = -np.sum(p)
         dlogits[n, :] = p / N
+        if sample_weight is not None:
+            dlogits[n, :] *= logits.dtype.type(w)
     return total / N, dlogits
