@@ -22,6 +22,10 @@ Epochs of an iterable (Keras semantics):
   epoch taking that many batches; if it runs out first, training stops after
   the batches it gave, with a warning.
 
+Validation data (and ``evaluate``'s) restarts with ``iter(data)`` at every
+evaluation, with or without ``validation_steps``: a list gives the same
+batches each time, a generator continues where it stopped.
+
 Sample weights follow Keras's "sum over batch size" reduction: a batch's loss
 is ``sum(w_i * loss_i) / N`` (divided by the batch size, not by the sum of the
 weights), and ``class_weight={k: w}`` gives every sample of class ``k`` the
@@ -168,21 +172,14 @@ class IterableBatches:
         self._iterator = None
         self._count = 0  # batches drawn so far, over all epochs
 
-    def _next(self):
-        if self.steps is None:
-            return next(self._iterator)
-        if self._iterator is None:
-            self._iterator = iter(self.data)
-        return next(self._iterator)
-
     def epoch(self):
         """Yield this epoch's validated ``(x, y, w)`` batches."""
-        if self.steps is None:
+        if self.steps is None or self.owner != "fit" or self._iterator is None:
             self._iterator = iter(self.data)
         produced = 0
         while self.steps is None or produced < self.steps:
             try:
-                item = self._next()
+                item = next(self._iterator)
             except StopIteration:
                 if self.steps is not None or produced == 0:
                     self.exhausted = True
