@@ -3,7 +3,11 @@
 The wrappers turn the draws into small index maps (:mod:`fastcnn.ops.augment`:
 a row map ``(N, OH)`` and a column map ``(N, OW)``), then one kernel copies
 every image in parallel (``prange`` over N), reading each input pixel once
-with all its channels. The backward kernels add each output gradient to its
+with all its channels. Like the element-wise kernels, each comes as a
+parallel and a serial twin, and batches under ``PARALLEL_MIN_SIZE`` elements
+(a batch of 64 MNIST images is 50,176) run serially: waking the thread pool
+costs more than such a copy (about 0.4 ms serially on one EPYC core, and far
+more when other processes keep the cores busy and the pool must wait for them). The backward kernels add each output gradient to its
 source pixel, per image in row-major output order like the reference, so a
 pixel copied several times (``"reflect"`` fills) sums in the same order and the
 results are bit-equal to the reference's. Rotation computes its nearest source
@@ -17,7 +21,7 @@ at memory speed.
 import numpy as np
 from numba import prange
 
-from fastcnn.kernels._jit import exact_inline_kernel, exact_parallel_kernel
+from fastcnn.kernels._jit import PARALLEL_MIN_SIZE, exact_inline_kernel, exact_twins, pick
 from fastcnn.ops.augment import FILL_MODES, crop_maps, flip_maps, rotation_trig, translate_maps
 
 __all__ = [
@@ -29,7 +33,7 @@ __all__ = [
 ]
 
 
-@exact_parallel_kernel
+@exact_twins
 def _gather_kernel(y, x, rows, cols, fill):
     # y: (N, OH, OW, C) out; x: (N, H, W, C); rows: (N, OH) int64 source row, -1 = fill;
     # cols: (N, OW) int64 source column, -1 = fill; fill: a scalar of y's dtype.
@@ -47,7 +51,7 @@ def _gather_kernel(y, x, rows, cols, fill):
                         y[n, i, j, c] = x[n, si, sj, c]
 
 
-@exact_parallel_kernel
+@exact_twins
 def _scatter_kernel(dx, dy, rows, cols):
     # dx: (N, H, W, C) out; dy: (N, OH, OW, C); rows, cols as in _gather_kernel.
     N, H, W, C = dx.shape
@@ -101,7 +105,7 @@ def _rotation_source(i, j, cos_a, sin_a, H, W, mode):
     return si, sj
 
 
-@exact_parallel_kernel
+@exact_twins
 def _rotate_kernel(y, x, trig, mode, fill):
     # y: (N, H, W, C) out; x: (N, H, W, C); trig: (N, 2) float64 [cos, sin]; mode: fill-mode code.
     N, H, W, C = y.shape
@@ -117,7 +121,7 @@ def _rotate_kernel(y, x, trig, mode, fill):
                         y[n, i, j, c] = x[n, si, sj, c]
 
 
-@exact_parallel_kernel
+@exact_twins
 def _rotate_scatter_kernel(dx, dy, trig, mode):
     # dx: (N, H, W, C) out; dy: (N, H, W, C); trig, mode as in _rotate_kernel.
     N, H, W, C = dx.shape
@@ -141,7 +145,7 @@ def _gather(x, rows, cols, fill):
     cols = np.ascontiguousarray(cols, dtype=np.int64)
     N, _, _, C = x.shape
     y = np.empty((N, rows.shape[1], cols.shape[1], C), dtype=x.dtype)  # (N, OH, OW, C)
-    _gather_kernel(y, x, rows, cols, x.dtype.type(fill))
+    pick(_gather_kernel, y.size)(y, x, rows, cols, x.dtype.type(fill))
     return y, (rows, cols, x.shape)
 
 
@@ -149,7 +153,7 @@ def _scatter(dy, cache):
     rows, cols, x_shape = cache
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dtype=dy.dtype)  # (N, H, W, C)
-    _scatter_kernel(dx, dy, rows, cols)
+    pick(_scatter_kernel, dx.size + dy.size)(dx, dy, rows, cols)
     return dx
 
 
@@ -186,7 +190,7 @@ def rotate2d_forward(x, *, angle, fill_mode, fill_value):
     trig = rotation_trig(angle)  # (N, 2)
     mode = FILL_MODES.index(fill_mode)
     y = np.empty(x.shape, dtype=x.dtype)
-    _rotate_kernel(y, x, trig, mode, x.dtype.type(fill_value))
+    pick(_rotate_kernel, y.size)(y, x, trig, mode, x.dtype.type(fill_value))
     return y, (trig, mode)
 
 
@@ -194,19 +198,19 @@ def rotate2d_backward(dy, cache):
     trig, mode = cache
     dy = np.ascontiguousarray(dy)
     dx = np.empty(dy.shape, dtype=dy.dtype)
-    _rotate_scatter_kernel(dx, dy, trig, mode)
+    pick(_rotate_scatter_kernel, dx.size)(dx, dy, trig, mode)
     return dx
 
 
 def warmup(dtype):
-    """Compile (or load) every kernel above for ``dtype``."""
-    x = np.zeros((2, 3, 4, 2), dtype=dtype)  # (N, H, W, C)
-    draws = np.array([[1, 0], [0, -1]])
-    for y, cache, backward in (
-        (*flip2d_forward(x, flip=draws.astype(bool)), flip2d_backward),
-        (*translate2d_forward(x, shift=draws, fill_mode="reflect", fill_value=0.0), translate2d_backward),
-        (*crop2d_forward(x, offset=np.zeros((2, 2), dtype=np.int64), size=(2, 2)), crop2d_backward),
-        (*rotate2d_forward(x, angle=np.array([0.5, -0.5]), fill_mode="constant", fill_value=0.0),
-         rotate2d_backward),
-    ):
-        backward(np.ones_like(y), cache)
+    """Compile (or load) every kernel above for ``dtype``, serial and parallel twins."""
+    for N in (2, PARALLEL_MIN_SIZE // 8):  # (N, 2, 4, 1) images: the serial, then the parallel twins
+        x = np.zeros((N, 2, 4, 1), dtype=dtype)
+        draws = np.zeros((N, 2), dtype=np.int64)
+        for y, cache, backward in (
+            (*flip2d_forward(x, flip=draws.astype(bool)), flip2d_backward),
+            (*translate2d_forward(x, shift=draws, fill_mode="reflect", fill_value=0.0), translate2d_backward),
+            (*crop2d_forward(x, offset=draws, size=(2, 4)), crop2d_backward),
+            (*rotate2d_forward(x, angle=np.zeros(N), fill_mode="constant", fill_value=0.0), rotate2d_backward),
+        ):
+            backward(np.ones_like(y), cache)
