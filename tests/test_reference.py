@@ -59,6 +59,7 @@ def test_every_op_is_registered_under_reference():
         "conv2d", "dense", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "relu",
         "leaky_relu", "sigmoid", "tanh", "softmax", "flatten", "dropout",
         "softmax_cross_entropy",
+        "flip2d", "translate2d", "crop2d", "zero_pad2d", "rotate2d",
     }  # fmt: skip
     assert set(ref.OPS) == expected
     for op, (forward, backward) in ref.OPS.items():

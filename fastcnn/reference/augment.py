@@ -18,8 +18,6 @@ whole pixels), for a row or column index ``k`` of an axis of length ``L``:
 - ``"wrap"``: ``a b c d | a b c d | a b c d`` (period ``L``).
 """
 
-import math
-
 import numpy as np
 
 __all__ = [
@@ -211,12 +209,14 @@ def rotation_source(i, j, cos_a, sin_a, H, W):
     v = i - cy
     sx = cos_a * u - sin_a * v + cx
     sy = sin_a * u + cos_a * v + cy
-    return int(math.floor(sy + 0.5)), int(math.floor(sx + 0.5))
+    return int(np.floor(sy + 0.5)), int(np.floor(sx + 0.5))
 
 
 def rotation_trig(angle):
-    """``(N, 2)`` float64 ``[cos, sin]`` of each angle, with Python's ``math`` (the one source of them)."""
-    return np.array([[math.cos(float(a)), math.sin(float(a))] for a in angle], dtype=np.float64).reshape(-1, 2)
+    """``(N, 2)`` float64 ``[cos, sin]`` of the angles: ``np.cos`` / ``np.sin`` of the whole float64
+    array, as every implementation computes them (so they are the same bits everywhere)."""
+    angle = np.ascontiguousarray(angle, dtype=np.float64)
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1)
 
 
 def rotate2d_forward(x, *, angle, fill_mode, fill_value):
