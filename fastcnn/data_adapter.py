@@ -38,7 +38,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ArrayBatches", "IterableBatches", "is_batch_iterable", "check_sample_weight", "class_sample_weights"]
+__all__ = ["ArrayBatches", "IterableBatches", "is_batch_iterable", "check_sample_weight", "check_class_weight",
+           "class_sample_weights", "sample_weights"]
 
 
 def is_batch_iterable(x, y):

@@ -490,7 +490,9 @@ class Sequential:
 
     def _batches(self, x, y, sample_weight, batch_size, steps, owner):
         """Unshuffled batches for evaluation: of ``(x, y[, w])`` arrays or of an iterable."""
-        if owner != "evaluate" and isinstance(x, tuple):  # validation_data=(x_val, y_val[, w_val])
+        arrays = isinstance(x, tuple) or (isinstance(x, list) and bool(x) and isinstance(x[0], np.ndarray))
+        if owner != "evaluate" and arrays:  # validation_data=(x_val, y_val[, w_val]), a list of batches is not
+            x = tuple(x)
             if len(x) not in (2, 3):
                 raise ValueError(f"{owner} must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), "
                                  f"or an iterable of batches; received a tuple of length {len(x)}")

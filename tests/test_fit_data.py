@@ -153,6 +153,8 @@ def test_validation_generator_and_validation_steps():
     hb = b.fit(x, y, epochs=2, batch_size=8, validation_data=list(batches_of(xv, yv, 4)), validation_steps=2,
                verbose=0)
     assert ha.history["val_loss"] == hb.history["val_loss"]
+    hl = model().fit(x, y, epochs=2, batch_size=8, validation_data=[xv[:8], yv[:8]], verbose=0)  # a list pair
+    assert hl.history["val_loss"] == ha.history["val_loss"]
     wv = np.linspace(0.5, 1.5, 12)
     c = model()
     hc = c.fit(x, y, epochs=1, batch_size=8, validation_data=(xv, yv, wv), verbose=0)

@@ -6,13 +6,15 @@ every image in parallel (``prange`` over N), reading each input pixel once
 with all its channels. Like the element-wise kernels, each comes as a
 parallel and a serial twin, and batches under ``PARALLEL_MIN_SIZE`` elements
 (a batch of 64 MNIST images is 50,176) run serially: waking the thread pool
-costs more than such a copy (about 0.4 ms serially on one EPYC core, and far
-more when other processes keep the cores busy and the pool must wait for them). The backward kernels add each output gradient to its
-source pixel, per image in row-major output order like the reference, so a
-pixel copied several times (``"reflect"`` fills) sums in the same order and the
-results are bit-equal to the reference's. Rotation computes its nearest source
-pixel inside the kernel, in float64 and without fast-math, exactly as the
-reference does in Python.
+costs more than such a copy (measured on a loaded 2-core EPYC: a flip of that
+batch took 0.4 ms serially, 24 ms through a pool that had to wait for busy
+cores).
+
+The backward kernels add each output gradient to its source pixel, per image
+in row-major output order like the reference, so a pixel copied several times
+(``"reflect"`` fills) sums in the same order and the results are bit-equal to
+the reference's. Rotation computes its nearest source pixel inside the kernel,
+in float64 and without fast-math, exactly as the reference does.
 
 ``zero_pad2d`` has no kernel: NumPy's one slice assignment is already a copy
 at memory speed.
