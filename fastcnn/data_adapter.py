@@ -172,6 +172,7 @@ class IterableBatches:
         self.exhausted = False  # set when the data ran out before `steps` batches
         self._iterator = None
         self._count = 0  # batches drawn so far, over all epochs
+        self._class_table = None  # class_weight as a (K,) table, once the model knows K
 
     def epoch(self):
         """Yield this epoch's validated ``(x, y, w)`` batches."""
@@ -203,7 +204,9 @@ class IterableBatches:
                 raise ValueError(f"{what} yields sample weights; class_weight cannot be used as well")
             w = check_sample_weight(item[2], x.shape[0], f"{what}: sample_weight")
         elif self.class_weight is not None:
-            w = class_sample_weights(y, check_class_weight(self.class_weight, self.num_classes()))
+            if self._class_table is None:
+                self._class_table = check_class_weight(self.class_weight, self.num_classes())
+            w = class_sample_weights(y, self._class_table)
         return x, y, w
 
     def warn_exhausted(self, epochs_left):

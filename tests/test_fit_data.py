@@ -8,7 +8,7 @@ import pytest
 
 import fastcnn as fc
 from fastcnn import layers as L, registry
-from fastcnn.testing import assert_close
+from fastcnn.testing import assert_close, gradcheck
 
 DTYPES = [np.float64, np.float32]
 
@@ -40,6 +40,18 @@ def test_unit_weights_give_the_unweighted_bits(impl, dtype):
     loss1, d1 = fn(logits, labels, sample_weight=np.ones(5))
     assert loss1 == loss
     np.testing.assert_array_equal(d1, d)
+
+
+def test_weighted_reference_gradcheck():
+    rng = np.random.default_rng(3)
+    labels, w = rng.integers(0, 4, 5), np.array([0.5, 0.0, 2.0, 1.0, 3.0])
+    ref = registry.get("softmax_cross_entropy", "reference").forward
+
+    def forward(z):
+        loss, dlogits = ref(z, labels, sample_weight=w)
+        return np.array(loss), dlogits
+
+    gradcheck(forward, lambda g, dlogits: g * dlogits, [rng.standard_normal((5, 4))])
 
 
 def test_public_loss_validates_weights():
