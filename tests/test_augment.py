@@ -34,9 +34,13 @@ CASES = [(op, mode) for op in AUG_OPS for mode in
          (("constant", "nearest", "reflect", "wrap") if op in ("translate2d", "rotate2d") else (None,))]
 
 
-@pytest.mark.parametrize("twin", ["serial", "parallel"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("op,fill_mode", CASES)
+# The prange twins are the same source as the serial ones: float32 shows them (float64 would only compile).
+TWIN_CASES = [pytest.param(op, mode, dtype, twin, id=f"{op}-{mode}-{np.dtype(dtype).name}-{twin}")
+              for op, mode in CASES for dtype in DTYPES for twin in ("serial", "parallel")
+              if twin == "serial" or (dtype == np.float32 and op != "zero_pad2d")]
+
+
+@pytest.mark.parametrize("op,fill_mode,dtype,twin", TWIN_CASES)
 def test_every_implementation_is_bit_equal_to_the_reference(monkeypatch, op, fill_mode, dtype, twin):
     """Same draws, same dtype: the forward copies are bit-equal; the Numba backward too (it sums
     in the reference's order); NumPy's backward sums in another order, within rounding."""
