@@ -59,7 +59,7 @@ def test_augment_layer(benchmark, name, impl):
 
 
 def augmented(impl):
-    front = [L.ZeroPadding2D(2, impl=impl), L.RandomCrop(28, 28, impl=impl), L.RandomFlip(impl=impl),
+    front = [L.ZeroPadding2D(2, impl=impl), L.RandomCrop(28, 28, impl=impl), L.RandomFlip("horizontal", impl=impl),
              L.RandomTranslation(0.1, 0.1, impl=impl)]
     base = models.mnist_cnn(seed=0, impl=impl)
     model = type(base)(front + base.layers, input_shape=(28, 28, 1), seed=0)

@@ -178,7 +178,7 @@ def test_layer_draws_follow_the_documented_formulas():
     u = np.random.default_rng(0).random((5, 2))
     np.testing.assert_array_equal(layer._cache[0][:, 0],  # row map of output row 0: 0 - shift, reflected
                                   ref_source(-np.rint((-0.2 + 0.5 * u[:, 0]) * 10).astype(int), 10))
-    flip = L.RandomFlip(seed=1, impl="numpy")
+    flip = L.RandomFlip("horizontal", seed=1, impl="numpy")
     flip(x)
     want = np.random.default_rng(1).random((5, 1))[:, 0] < 0.5
     np.testing.assert_array_equal(flip._cache[1][:, 0] == 19, want)  # column map: reversed where drawn
@@ -186,6 +186,14 @@ def test_layer_draws_follow_the_documented_formulas():
 
 def ref_source(k, L_):
     return np.array([ref_augment.source_index(int(v), L_, "reflect") for v in k])
+
+
+def test_repr_shows_non_defaults():
+    assert repr(L.RandomFlip()) == "RandomFlip()"
+    assert repr(L.RandomFlip("horizontal")) == "RandomFlip('horizontal')"
+    assert repr(L.RandomTranslation(0.1, (-0.2, 0.3), fill_mode="constant")) == \
+        "RandomTranslation(0.1, (-0.2, 0.3), fill_mode='constant')"
+    assert repr(L.ZeroPadding2D(((1, 2), (3, 4)))) == "ZeroPadding2D(((1, 2), (3, 4)))"
 
 
 def test_padding_and_crop_recipe_round_trips_in_evaluation():

@@ -123,8 +123,8 @@ class RandomFlip(_RandomLayer):
 
     Parameters
     ----------
-    mode : "horizontal" (left-right), "vertical" (upside down) or "horizontal_and_vertical"
-        (two independent draws)
+    mode : "horizontal_and_vertical" (default, as Keras; two independent draws),
+        "horizontal" (left-right) or "vertical" (upside down)
     seed : int or None; the model's seed overrides it when built inside a Sequential.
 
     Draws: ``rng.random((N, A)) < 0.5`` for the ``A`` enabled axes, in the order
@@ -137,7 +137,7 @@ class RandomFlip(_RandomLayer):
     op = "flip2d"
     MODES = {"horizontal": (1,), "vertical": (0,), "horizontal_and_vertical": (0, 1)}
 
-    def __init__(self, mode="horizontal", seed=None, *, impl="auto", name=None):
+    def __init__(self, mode="horizontal_and_vertical", seed=None, *, impl="auto", name=None):
         super().__init__(seed, impl=impl, name=name)
         if mode not in self.MODES:
             raise ValueError(f"{self._label()}: `mode` must be one of {list(self.MODES)}, received {mode!r}")
@@ -150,7 +150,7 @@ class RandomFlip(_RandomLayer):
         return {"flip": flip}
 
     def extra_repr(self):
-        return "" if self.mode == "horizontal" else f"mode={self.mode!r}"
+        return "" if self.mode == "horizontal_and_vertical" else repr(self.mode)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
