@@ -269,6 +269,14 @@ def test_crop_larger_than_input_is_refused():
         fc.Sequential([L.RandomCrop(7, 3), L.Flatten(), L.Dense(2)], input_shape=(6, 6, 1))
 
 
+@pytest.mark.parametrize("make", [lambda: L.RandomCrop(4, 4), lambda: L.ZeroPadding2D(1)])
+def test_a_built_layer_refuses_other_image_sizes(make):
+    layer = make()
+    layer(batch(H=6, W=6))
+    with pytest.raises(ValueError, match=r"was built for images \(None, 6, 6, 2\); received shape \(4, 5, 6, 2\)"):
+        layer(batch(H=5, W=6))
+
+
 @pytest.mark.parametrize("padding,want", [(2, ((2, 2), (2, 2))), ((1, 3), ((1, 1), (3, 3))),
                                           (((0, 1), (2, 3)), ((0, 1), (2, 3)))])
 def test_zero_padding_specs(padding, want):

@@ -30,7 +30,7 @@ import numbers
 
 import numpy as np
 
-from fastcnn.layers.base import Layer
+from fastcnn.layers.base import Layer, format_shape
 
 __all__ = ["RandomFlip", "RandomTranslation", "RandomCrop", "RandomRotation", "ZeroPadding2D"]
 
@@ -89,6 +89,10 @@ class _RandomLayer(Layer):
     def reseed(self, rng):
         """Draw future transformations from ``rng`` (a numpy Generator)."""
         self.rng = rng
+
+    def check_built_input(self, x):
+        super().check_built_input(x)
+        _check_built_shape(self, x)
 
     def draw(self, N):
         """Keyword arguments of the op for a training batch of ``N`` images (one set of draws)."""
@@ -260,6 +264,15 @@ class RandomRotation(_RandomLayer):
                 "fill_value": self.fill_value}
 
 
+def _check_built_shape(layer, x):
+    """The draws and crops are sized for the built (H, W, C): other images are refused."""
+    if x.shape[1:] != layer.input_shape:
+        raise ValueError(
+            f"{layer._label()} was built for images {format_shape((None,) + layer.input_shape)}; "
+            f"received shape {x.shape}"
+        )
+
+
 def _check_size(value, name, owner):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{owner}: `{name}` must be a positive int, received {value!r}")
@@ -359,6 +372,10 @@ class ZeroPadding2D(Layer):
     def __init__(self, padding=1, *, impl="auto", name=None):
         super().__init__(impl=impl, name=name)
         self.padding = _padding_pairs(padding, self._label())
+
+    def check_built_input(self, x):
+        super().check_built_input(x)
+        _check_built_shape(self, x)
 
     def compute_output_shape(self, input_shape):
         H, W, C = input_shape
