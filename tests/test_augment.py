@@ -284,3 +284,21 @@ def test_zero_padding_specs(padding, want):
     assert layer.padding == want
     y = layer(batch(N=1))
     assert y.shape == (1, 6 + sum(want[0]), 6 + sum(want[1]), 2)
+
+
+def test_augmentation_inside_a_model_backpropagates_through_its_copy():
+    """After a Conv2D, the layer's backward feeds the conv's gradients: the reference and Numba
+    implementations of the augmentation give the same gradients on the same draws."""
+    grads = []
+    for impl in ("reference", "numba"):
+        model = fc.Sequential([L.Conv2D(2, 3, padding="same", impl="numpy"),
+                               L.RandomTranslation(0.3, 0.3, impl=impl), L.RandomRotation(0.1, impl=impl),
+                               L.Flatten(impl="numpy"), L.Dense(3, impl="numpy")],
+                              input_shape=(6, 6, 1), seed=0, dtype=np.float64).compile("sgd")
+        assert model.layers[1].needs_input_grad
+        model.train_on_batch(batch(C=1, dtype=np.float64), np.array([0, 1, 2, 0]))
+        grads.append({name: g.copy() for name, _, g in model.params()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
+    assert np.any(grads[0]["layers.0.weight"] != 0)
