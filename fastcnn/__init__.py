@@ -4,7 +4,8 @@ NHWC activations, HWIO conv weights, float32 by default. See README.md.
 """
 
 from fastcnn import callbacks, datasets, layers, losses, metrics, models, optim, registry
-from fastcnn.model import Sequential, load_model
+from fastcnn.graph import Input
+from fastcnn.model import Model, Sequential, load_model
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
 from fastcnn.parallel import get_num_threads, set_num_threads
 
@@ -22,6 +23,8 @@ def warmup(dtypes=("float32",)):
 
 
 __all__ = [
+    "Input",
+    "Model",
     "Sequential",
     "warmup",
     "set_num_threads",

@@ -375,3 +375,28 @@ def test_quick_bench_prints_both_tables(capsys, monkeypatch):
     assert "| dense 9216->128 | (2,9216) | " in out
     assert re.search(r"\| conv 3x3, 32->64 \| \(2,26,26,32\) \| skipped \(\d\) \| 1 ms \| 1 ms \| 1\.00x \|", out)
     assert "| tutorial_cnn | 1,000 | 2,500 | 2.50x |" in out
+
+
+def test_evaluate_and_predict_a_saved_functional_model(capsys, tmp_path):
+    """resnet_mini (a functional Model with BatchNormalization) saved, then evaluated and used by the CLI."""
+    from fastcnn import models
+
+    data = tmp_path / "data"
+    splits = write_dataset(data)
+    x_test, y_test = splits["t10k"]
+    model = models.resnet_mini(seed=0)
+    model.train_on_batch(x_test[:8], y_test[:8])  # moving statistics away from 0 and 1
+    path = model.save(tmp_path / "resnet.npz")
+    code, out, err = run(capsys, "evaluate", path, "--data-dir", data, "--dataset", "fashion-mnist")
+    assert code == 0, err
+    logs = model.evaluate(x_test, y_test, batch_size=256)  # the CLI's default batch
+    assert out == (f"loss {logs['loss']:.4f} | accuracy {logs['accuracy']:.4f} | "
+                   f"100 test images of fashion-mnist\n")
+    images = tmp_path / "two-idx3-ubyte"
+    datasets.write_idx(images, x_test[:2])
+    code, out, err = run(capsys, "predict", path, images, "--dataset", "fashion-mnist")
+    assert code == 0, err
+    probs = model.predict(x_test[:2])
+    for i, line in enumerate(out.splitlines()):
+        k = int(np.argmax(probs[i]))
+        assert line.startswith(f"{images}[{i}]: {k} ") and line.endswith(f"({probs[i, k]:.4f})")

@@ -5,11 +5,14 @@ from fastcnn.layers.augment import RandomCrop, RandomFlip, RandomRotation, Rando
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.core import Dense, Dropout, Flatten
+from fastcnn.layers.merge import Add, Concatenate
+from fastcnn.layers.normalization import BatchNormalization
 from fastcnn.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dense", "Flatten",
     "Dropout", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+    "BatchNormalization", "Add", "Concatenate",
     "RandomFlip", "RandomTranslation", "RandomCrop", "RandomRotation", "ZeroPadding2D",
 ]
 
