@@ -302,3 +302,59 @@ def test_augmentation_inside_a_model_backpropagates_through_its_copy():
     for name in grads[0]:
         np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
     assert np.any(grads[0]["layers.0.weight"] != 0)
+
+
+# -- functional models ------------------------------------------------------------------------
+def functional_model(seed=0):
+    """Augmentation in a graph: a branch after the augmentation, a branch from the raw input, an Add,
+    and a Concatenate that reads the augmented tensor again."""
+    x = fc.Input((6, 6, 1))
+    pad, crop, flip = L.ZeroPadding2D(1), L.RandomCrop(6, 6), L.RandomFlip()
+    after_aug, from_input, after_add = L.Conv2D(2, 3, padding="same"), L.Conv2D(2, 1), L.Conv2D(2, 3, padding="same")
+    add, concat, dense = L.Add(), L.Concatenate(), L.Dense(3)
+    a = flip(crop(pad(x)))
+    y = after_add(add([after_aug(a), from_input(x)]))
+    logits = dense(L.Flatten()(concat([y, a])))
+    model = fc.Model(x, logits, seed=seed).compile(fc.optim.Adam(1e-2))
+    named = dict(pad=pad, crop=crop, flip=flip, after_aug=after_aug, from_input=from_input, add=add,
+                 after_add=after_add, concat=concat, dense=dense)
+    return model, named
+
+
+def test_functional_model_skips_input_gradients_only_before_the_first_computed_tensor():
+    model, named = functional_model()
+    need = {name: layer.needs_input_grad for name, layer in named.items()}
+    assert need == dict(pad=False, crop=False, flip=False, after_aug=False, from_input=False, add=True,
+                        after_add=True, concat=True, dense=True)
+    # Skipping those gradients changes nothing: the same step with every input gradient computed.
+    rng = np.random.default_rng(4)
+    x, y = rng.random((8, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, 8)
+    full, _ = functional_model()
+    for layer in full.layers:
+        if not getattr(layer, "accepts_no_gradient", False):
+            layer.needs_input_grad = True
+    full._replan()
+    assert model.train_on_batch(x, y) == full.train_on_batch(x, y)
+    for (name, p, g), (_, q, h) in zip(model.params(), full.params()):
+        np.testing.assert_array_equal(g, h, err_msg=name)
+        np.testing.assert_array_equal(p, q, err_msg=name)
+    assert np.any(named["after_aug"].grads["weight"] != 0)
+
+
+def test_functional_augmentation_is_seeded_by_the_model_and_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(5)
+    x, y = rng.random((16, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, 16)
+    (a, _), (b, _), (c, _) = functional_model(), functional_model(), functional_model(seed=1)
+    for m in (a, b, c):
+        m.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for (name, p, _), (_, q, _) in zip(a.params(), b.params()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
+    assert not np.array_equal(a.params()[0][1], c.params()[0][1])
+    path = a.save(tmp_path / "g")
+    a.fit(x, y, epochs=3, initial_epoch=1, batch_size=8, verbose=0)
+    resumed = fc.load_model(path)
+    resumed.fit(x, y, epochs=3, initial_epoch=1, batch_size=8, verbose=0)
+    for (name, p, _), (_, q, _) in zip(a.params(), resumed.params()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
+    a.eval()
+    np.testing.assert_array_equal(a(x), resumed.eval()(x))  # evaluation: the augmentation is the identity

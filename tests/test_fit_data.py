@@ -249,3 +249,31 @@ def test_progress_bar_with_unknown_steps(capsys):
     model().fit(batches_of(x, y, 8), epochs=1, verbose=2)
     out = capsys.readouterr().out
     assert out.startswith("Epoch 1/1 - 3/3 - ") and "steps/s" in out
+
+
+def functional(seed=0):
+    """A graph with BatchNormalization (non-trainable state, folded at inference) and an Add."""
+    x = fc.Input((4, 4, 1))
+    h = L.Conv2D(2, 3, padding="same")(x)
+    h = L.Add()([L.BatchNormalization()(h), L.Conv2D(2, 1)(x)])
+    return fc.Model(x, L.Dense(3)(L.Flatten()(h)), seed=seed).compile(fc.optim.SGD(0.1))
+
+
+def test_functional_model_fits_generators_with_weights():
+    x, y = data()
+    w = np.linspace(0.0, 2.0, 20)
+    a, b = functional(), functional()
+    ha = a.fit(x, y, epochs=2, batch_size=5, shuffle=False, sample_weight=w, verbose=0)
+    endless = itertools.chain.from_iterable(batches_of(x, y, 5, w) for _ in itertools.count())
+    hb = b.fit(endless, epochs=2, steps_per_epoch=4, verbose=0)
+    assert ha.history["loss"] == hb.history["loss"]
+    assert_same_weights(a, b)
+    for (name, s), (_, t) in zip(a.states(), b.states()):
+        np.testing.assert_array_equal(s, t, err_msg=name)
+    c, d = functional(), functional()
+    c.train_on_batch(x, y, class_weight={2: 0.0})
+    d.train_on_batch(x, y, sample_weight=(y != 2).astype(float))
+    assert_same_weights(c, d)
+    logs = a.evaluate(list(batches_of(x, y, 6, w)), fold=False)
+    assert logs["loss"] == pytest.approx(a.evaluate(x, y, sample_weight=w, fold=False)["loss"], rel=1e-12)
+    assert a.evaluate(x, y, sample_weight=w)["loss"] == pytest.approx(logs["loss"], rel=1e-5)  # folded
