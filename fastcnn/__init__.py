@@ -8,6 +8,7 @@ from fastcnn.graph import Input
 from fastcnn.model import Model, Sequential, load_model
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
 from fastcnn.parallel import get_num_threads, set_num_threads
+from fastcnn import distributed  # noqa: E402  (imports mpi4py only when used)
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "layers",
     "optim",
     "registry",
+    "distributed",
     "FastCNNError",
     "DatasetError",
     "CheckpointError",

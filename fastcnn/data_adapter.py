@@ -122,11 +122,15 @@ class ArrayBatches:
 
     ``steps`` (batches per epoch) is ``ceil(N / batch_size)``, or ``max_steps``
     when smaller. With ``rng``, each epoch draws a new permutation from it at
-    its first batch.
+    its first batch. With ``shard`` (``(start, stop) -> (lo, hi)``, a data-parallel
+    fit's), each batch is this process's rows ``[lo, hi)`` of the batch ``[start, stop)``,
+    and ``rows`` is the whole batch's size.
     """
 
-    def __init__(self, x, y, w, batch_size, rng=None, max_steps=None):
+    def __init__(self, x, y, w, batch_size, rng=None, max_steps=None, shard=None):
         self.x, self.y, self.w = x, y, w
+        self.shard = shard
+        self.rows = 0
         self.batch_size = batch_size
         self.rng = rng
         self.samples = x.shape[0]
@@ -139,6 +143,9 @@ class ArrayBatches:
         order = self.rng.permutation(N) if self.rng is not None else None
         for batch in range(self.steps):
             start, stop = batch * size, min((batch + 1) * size, N)
+            self.rows = stop - start
+            if self.shard is not None:
+                start, stop = self.shard(start, stop)
             idx = slice(start, stop) if order is None else order[start:stop]
             yield self.x[idx], self.y[idx], (None if self.w is None else self.w[idx])
 

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from fastcnn import data_adapter, graph, losses, metrics as metrics_lib, optim, registry
+from fastcnn import data_adapter, graph, losses, metrics as metrics_lib, optim, parallel, registry
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax
@@ -66,6 +66,13 @@ def _check_verbose(verbose, owner):
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):
         raise ValueError(f"{owner}: `verbose` must be 0, 1, 2 or 'auto', received {verbose!r}")
     return int(verbose)
+
+
+def _no_distributed_data_options(owner, **options):
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ValueError(f"{owner}: {', '.join(given)} cannot be used with a distributed {owner} yet (it takes "
+                         f"arrays (x, y) only)")
 
 
 class Model:
@@ -152,6 +159,7 @@ class Model:
         self._plan = None  # the training plan, once built
         self._inference_plans = {}  # fold -> (plan, frees); cleared whenever weights or state may change
         self._shapes = None  # per-sample shape of every tensor
+        self._dist = None  # set by fastcnn.distributed while a data-parallel fit/evaluate runs
 
     # -- construction -----------------------------------------------------------------
     def _build(self, input_shape):
@@ -433,7 +441,10 @@ class Model:
         writeable array of its own (not the incoming gradient itself or a view of it,
         and not handed to another input too, as ``Add`` hands one array to all its inputs);
         otherwise the first sum allocates one new array, which later arrivals reuse.
+        In a data-parallel fit, ``self._dist.on_backward`` sees each step's runner once
+        its gradients are written (they start their allreduce while backward goes on).
         """
+        dist = self._dist
         n = len(self.layers) + 1
         grads = [None] * n  # tensor index -> its gradient so far
         owned = [False] * n  # whether grads[t] may be added into in place
@@ -442,6 +453,8 @@ class Model:
             d = grads[step.output]
             grads[step.output] = None
             dins = step.backward(d)
+            if dist is not None:
+                dist.on_backward(step.runner)
             for k, (t, g) in enumerate(zip(step.inputs, dins)):
                 if t == 0 or g is None:  # the model input's gradient is not needed
                     continue
@@ -460,21 +473,40 @@ class Model:
             return self._loss_op.forward(logits, y)
         return self._loss_op.forward(logits, y, sample_weight=sample_weight)
 
+    @parallel.adaptive("train")  # the thread count: see fastcnn.parallel
     def _train_step(self, x, y, sample_weight=None):
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
         A non-finite loss returns before the backward pass: the weights and the
         non-trainable state (moving statistics) are left as they were.
+        In a data-parallel fit (``self._dist``, see :mod:`fastcnn.distributed`) ``x`` is
+        this rank's slice of the batch; the loss gradient is scaled by the slice's share
+        of the batch, each step's gradients are summed over the ranks as soon as backward
+        has produced them (see :meth:`_backward`), the moving statistics are averaged over
+        the ranks, and the loss returned is the whole batch's.
         """
+        dist = self._dist
+        if dist is not None and x.shape[0] == 0:
+            loss, out = dist.empty_step(self)  # a last batch smaller than the number of ranks
+            self._weights_changed()
+            return loss, out
         states = self.states()
         saved = [a.copy() for _, a in states]
         out = self._forward(x)
         loss, dlogits = self._loss(out, y, sample_weight)
-        if not math.isfinite(loss):
+        if dist is not None:
+            dlogits = dist.begin_backward(loss, dlogits, out, y)
+        elif not math.isfinite(loss):
             for (_, a), old in zip(states, saved):
                 a[...] = old
             return loss, out
         self._backward(dlogits)
+        if dist is not None:
+            loss = dist.end_backward()
+            if not math.isfinite(loss):
+                for (_, a), old in zip(states, saved):
+                    a[...] = old
+                return loss, out
         self.optimizer.step(self.params())
         self._weights_changed()
         return loss, out
@@ -503,8 +535,8 @@ class Model:
         return loss
 
     def fit(self, x, y=None, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose="auto", initial_epoch=0, *, sample_weight=None, class_weight=None,
-            steps_per_epoch=None, validation_steps=None):
+            callbacks=None, verbose="auto", initial_epoch=0, distributed=False, *, sample_weight=None,
+            class_weight=None, steps_per_epoch=None, validation_steps=None):
         """Train for ``epochs`` epochs; returns a :class:`fastcnn.callbacks.History`.
 
         Parameters
@@ -544,6 +576,11 @@ class Model:
             ``ceil(N / batch_size)`` batches of each shuffled epoch.
         validation_steps : int, optional
             Batches of ``validation_data`` per evaluation (default: all of them).
+        distributed : bool, default False
+            Train data-parallel on every MPI process (``mpiexec -n N python
+            script.py``; needs the ``[mpi]`` extra): ``batch_size`` is the global
+            batch. Same as :func:`fastcnn.distributed.fit`. Arrays only, without
+            ``sample_weight``, ``class_weight``, ``steps_per_epoch`` or ``validation_steps``.
 
         Raises
         ------
@@ -551,6 +588,14 @@ class Model:
             If a batch gives a NaN or infinite loss, unless a
             :class:`~fastcnn.callbacks.TerminateOnNaN` callback is given.
         """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            _no_distributed_data_options("fit", sample_weight=sample_weight, class_weight=class_weight,
+                                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
+            return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    validation_data=validation_data, validation_split=validation_split,
+                                    callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
         self._check_compiled("fit")
         verbose = _check_verbose(verbose, "fit")
         epochs = _check_positive_int(epochs, "epochs", "fit")
@@ -565,6 +610,9 @@ class Model:
         validation_steps = None if validation_steps is None else _check_positive_int(
             validation_steps, "validation_steps", "fit")
         user_callbacks = check_callbacks(callbacks)
+        if self._dist is not None:  # fastcnn.distributed.fit(model, ..., **kwargs) lands here
+            _no_distributed_data_options("fit", sample_weight=sample_weight, class_weight=class_weight,
+                                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
         train, val = self._fit_data(x, y, sample_weight, class_weight, batch_size, shuffle, validation_data,
                                     validation_split, steps_per_epoch, validation_steps)
         history = History()
@@ -623,7 +671,8 @@ class Model:
                     )
                 validation_data = (x[split_at:], y[split_at:]) + (() if w is None else (w[split_at:],))
                 x, y, w = x[:split_at], y[:split_at], (None if w is None else w[:split_at])
-            train = data_adapter.ArrayBatches(x, y, w, batch_size, self.rng if shuffle else None, steps_per_epoch)
+            train = data_adapter.ArrayBatches(x, y, w, batch_size, self.rng if shuffle else None, steps_per_epoch,
+                                              shard=None if self._dist is None else self._dist.shard)
         val = None
         if validation_data is not None:
             val = self._batches(validation_data, None, None, batch_size, validation_steps, "fit: validation_data")
@@ -671,18 +720,19 @@ class Model:
                 logs = {"loss": loss}
                 hooks.on_train_batch_end(batch, logs)
                 break
-            n = xb.shape[0]
+            n = xb.shape[0] if self._dist is None else train.rows  # a data-parallel batch: all ranks' rows
             seen += n
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
             if track_accuracy:
-                correct += metrics_lib.count_correct(logits, yb)
+                correct += metrics_lib.count_correct(logits, yb) if self._dist is None else self._dist.batch_correct
                 logs["accuracy"] = correct / seen
             hooks.on_train_batch_end(batch, logs)
             if self.stop_training:
                 break
         return dict(logs)
 
+    @parallel.adaptive("infer")  # the thread count: see fastcnn.parallel
     def _infer(self, x, fold=None):
         """Logits of ``x`` through the inference plan, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
         inference = self._inference(fold)
@@ -696,8 +746,13 @@ class Model:
         largest = max(math.prod(self._shapes[step.output]) for step in self._inference(fold)[0])
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
-    def _evaluate(self, batches, owner="evaluate", fold=None):
-        """Loss and metrics over every batch of ``batches`` (means over samples)."""
+    def _evaluate_sums(self, x, y, batch_size, fold=None):
+        """``(sum of per-batch loss x batch size, correct predictions)`` over ``(x, y)``."""
+        total_loss, correct, _ = self._batch_sums(data_adapter.ArrayBatches(x, y, None, batch_size), fold)
+        return total_loss, correct
+
+    def _batch_sums(self, batches, fold=None):
+        """``(sum of per-batch loss x batch size, correct predictions, samples)`` over ``batches``."""
         total_loss, correct, N = 0.0, 0, 0
         for xb, yb, wb in batches.epoch():
             out = self._infer(xb, fold)
@@ -705,6 +760,19 @@ class Model:
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
             N += xb.shape[0]
+        return total_loss, correct, N
+
+    def _evaluate(self, batches, owner="evaluate", fold=None):
+        """Loss and metrics over every batch of ``batches`` (means over samples)."""
+        if self._dist is None:
+            total_loss, correct, N = self._batch_sums(batches, fold)
+        else:  # each rank evaluates its share of the batches; the sums are added up
+            if not isinstance(batches, data_adapter.ArrayBatches) or batches.w is not None \
+                    or batches.steps != -(-batches.samples // batches.batch_size):
+                raise ValueError(f"{owner}: a distributed evaluation takes arrays (x, y), without sample "
+                                 f"weights or a number of steps")
+            total_loss, correct = self._dist.evaluate_sums(self, batches.x, batches.y, batches.batch_size, fold)
+            N = batches.samples
         if N == 0:
             raise ValueError(f"{owner} yielded no batches (a generator is used up after one pass: pass a list "
                              f"or another re-iterable object, or an endless generator with a number of steps)")
@@ -713,14 +781,22 @@ class Model:
             logs["accuracy"] = correct / N
         return logs
 
-    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None, *, fold=None):
+    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None, *, fold=None,
+                 distributed=False):
         """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``.
 
         ``x`` may also be an iterable of ``(x, y[, sample_weight])`` batches (omit ``y``),
         of which ``steps`` batches are used (default: all). ``sample_weight`` (N,) weights
         the loss as in :meth:`fit`; the accuracy is unweighted.
         ``fold``: fold BatchNormalization into the layer before it (default ``model.fold``).
+        ``distributed=True``: every MPI process evaluates its share of the batches and
+        all receive the totals (:func:`fastcnn.distributed.evaluate`).
         """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            _no_distributed_data_options("evaluate", sample_weight=sample_weight, steps=steps)
+            return _distributed.evaluate(self, x, y, batch_size=batch_size, verbose=verbose, fold=fold)
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,

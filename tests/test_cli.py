@@ -45,6 +45,7 @@ def isolated(monkeypatch, tmp_path):
     numba_threads, blas_threads = numba.get_num_threads(), parallel.blas_num_threads()
     yield
     numba.set_num_threads(numba_threads)
+    parallel.reset_num_threads()  # --threads fixed the count: back to the default policy
     if blas_threads:
         import threadpoolctl
 
@@ -138,7 +139,7 @@ def test_train_prints_epochs_and_one_summary_line(trained):
     assert summary["images"] == "320"  # 160 images x 2 epochs
     assert (summary["model"], summary["dataset"]) == ("tutorial_cnn", "fashion-mnist")
     assert summary["impl"] == registry.resolve("conv2d", "auto")
-    assert int(summary["threads"]) == parallel.get_num_threads()
+    assert int(summary["threads"]) == parallel.thread_policy()[1]
     seconds, rate = float(summary["seconds"]), int(summary["rate"].replace(",", ""))
     assert 0 < seconds and 320 / (seconds + 0.005) - 1 <= rate <= 320 / max(seconds - 0.005, 1e-9) + 1
     last_val = float(re.search(r"val_accuracy: (\d\.\d{4})", epochs[-1])[1])

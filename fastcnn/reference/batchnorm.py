@@ -53,7 +53,7 @@ def batch_norm_forward(x, gamma, beta, mean=None, var=None, *, epsilon):
         else:
             mu_c, var_c = float(mean[c]), float(var[c])
         mu[c], sigma2[c] = mu_c, var_c
-        inv_std = 1.0 / float(np.sqrt(var_c + epsilon))
+        inv_std = 1.0 / np.sqrt(var_c + epsilon)
         g = 1.0 if gamma is None else float(gamma[c])
         b = 0.0 if beta is None else float(beta[c])
         for m in range(M):
@@ -84,7 +84,7 @@ def batch_norm_backward(dy, cache):
     dgamma = np.zeros(C, dtype=rows.dtype)
     dbeta = np.zeros(C, dtype=rows.dtype)
     for c in range(C):
-        inv_std = 1.0 / float(np.sqrt(float(sigma2[c]) + epsilon))
+        inv_std = 1.0 / np.sqrt(float(sigma2[c]) + epsilon)
         g = 1.0 if gamma is None else float(gamma[c])
         sum_dy, sum_dy_xhat = 0.0, 0.0
         for m in range(M):
