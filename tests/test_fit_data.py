@@ -277,3 +277,16 @@ def test_functional_model_fits_generators_with_weights():
     logs = a.evaluate(list(batches_of(x, y, 6, w)), fold=False)
     assert logs["loss"] == pytest.approx(a.evaluate(x, y, sample_weight=w, fold=False)["loss"], rel=1e-12)
     assert a.evaluate(x, y, sample_weight=w)["loss"] == pytest.approx(logs["loss"], rel=1e-5)  # folded
+
+
+def test_distributed_fit_and_evaluate_refuse_weights_and_steps():
+    x, y = data()
+    with pytest.raises(ValueError, match=r"fit: sample_weight, steps_per_epoch cannot be used with a distributed "
+                                         r"fit yet \(it takes arrays \(x, y\) only\)"):
+        model().fit(x, y, distributed=True, sample_weight=np.ones(20), steps_per_epoch=2, verbose=0)
+    with pytest.raises(ValueError, match=r"evaluate: steps cannot be used with a distributed evaluate yet"):
+        model().evaluate(x, y, distributed=True, steps=1)
+    a, b = model(), model()  # one process: the sharded batches are the whole batches
+    assert a.fit(x, y, epochs=2, batch_size=6, distributed=True, verbose=0).history == \
+        b.fit(x, y, epochs=2, batch_size=6, verbose=0).history
+    assert_same_weights(a, b)
