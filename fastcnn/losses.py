@@ -189,7 +189,7 @@ def check_labels(labels, num_classes, *, num_samples=None, what="labels"):
     return np.ascontiguousarray(y, dtype=np.intp)
 
 
-def softmax_cross_entropy(logits, labels, impl="auto"):
+def softmax_cross_entropy(logits, labels, impl="auto", sample_weight=None):
     """Mean cross-entropy of ``softmax(logits)`` against integer ``labels``, and its gradient.
 
     Fused and stable (log-sum-exp); see docs/ops.md.
@@ -199,13 +199,15 @@ def softmax_cross_entropy(logits, labels, impl="auto"):
     logits : float32 or float64 ndarray, shape (N, K)
     labels : int array-like, shape (N,), values in [0, K)
     impl : "auto", "reference", "numpy" or "numba"
+    sample_weight : array-like of non-negative floats, shape (N,), optional
+        Keras's "sum over batch size" reduction: the loss is ``sum(w * loss_n) / N``.
 
     Returns
     -------
     loss : float
         The mean over the batch.
     dlogits : ndarray, shape (N, K), dtype of ``logits``
-        ``(softmax(logits) - onehot(labels)) / N``.
+        ``(softmax(logits) - onehot(labels)) / N``, row n times ``w[n]``.
     """
     if not isinstance(logits, np.ndarray) or logits.dtype not in (np.float32, np.float64):
         kind = f"dtype {logits.dtype}" if isinstance(logits, np.ndarray) else type(logits).__name__
@@ -213,4 +215,9 @@ def softmax_cross_entropy(logits, labels, impl="auto"):
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"softmax_cross_entropy: logits must have shape (N, K) with N > 0, received {logits.shape}")
     y = check_labels(labels, logits.shape[1], num_samples=logits.shape[0])
-    return registry.get("softmax_cross_entropy", impl).forward(logits, y)
+    op = registry.get("softmax_cross_entropy", impl)
+    if sample_weight is None:
+        return op.forward(logits, y)
+    from fastcnn.data_adapter import check_sample_weight
+
+    return op.forward(logits, y, sample_weight=check_sample_weight(sample_weight, logits.shape[0]))

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from fastcnn import graph, losses, metrics as metrics_lib, optim, parallel, registry
+from fastcnn import data_adapter, graph, losses, metrics as metrics_lib, optim, parallel, registry
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax
@@ -66,6 +66,13 @@ def _check_verbose(verbose, owner):
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):
         raise ValueError(f"{owner}: `verbose` must be 0, 1, 2 or 'auto', received {verbose!r}")
     return int(verbose)
+
+
+def _no_distributed_data_options(owner, **options):
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ValueError(f"{owner}: {', '.join(given)} cannot be used with a distributed {owner} yet (it takes "
+                         f"arrays (x, y) only)")
 
 
 class Model:
@@ -161,6 +168,9 @@ class Model:
         """Build every layer for per-sample model inputs of ``input_shape``; seeded, in topological order."""
         rngs = self._root_rng.spawn(len(self.layers))
         shapes = [tuple(input_shape)]
+        # Tensors whose gradient nobody needs: the model input, and the outputs of weightless
+        # augmentation/padding layers (their backward accepts None) reading only such tensors.
+        gradient_free = [True]
         for i, (layer, rng, ins) in enumerate(zip(self.layers, rngs, self._inputs_of)):
             received = [shapes[t] for t in ins] if getattr(layer, "merge", False) else shapes[ins[0]]
             if layer.built:
@@ -179,7 +189,8 @@ class Model:
                     raise ValueError(f"layers.{i} ({type(layer).__name__}): {e}") from None
             if hasattr(layer, "reseed"):
                 layer.reseed(rng)  # dropout masks from the model's seed
-            layer.needs_input_grad = any(t != 0 for t in ins)  # nothing consumes the model input's gradient
+            layer.needs_input_grad = not all(gradient_free[t] for t in ins)
+            gradient_free.append(getattr(layer, "accepts_no_gradient", False) and not layer.needs_input_grad)
             shapes.append(layer.output_shape)
         # The intermediate tensors of ``activation=`` layers (see fastcnn.plan.expand): the layer's shape.
         shapes += [layer.output_shape for layer in self.layers if layer.activation_layer is not None]
@@ -496,8 +507,15 @@ class Model:
                     grads[t] = grads[t] + g
                     owned[t] = True
 
+    def _loss(self, out, y, sample_weight=None, loss_fn=None):
+        """``loss_fn`` (default the compiled loss) on ``out``, with the batch's weights if any."""
+        loss_fn = self._loss_op if loss_fn is None else loss_fn
+        if sample_weight is None:
+            return loss_fn(out, y)
+        return loss_fn(out, y, sample_weight=sample_weight)
+
     @parallel.adaptive("train")  # the thread count: see fastcnn.parallel
-    def _train_step(self, x, y):
+    def _train_step(self, x, y, sample_weight=None):
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
         A non-finite loss returns before the backward pass: the weights and the
@@ -517,7 +535,7 @@ class Model:
         saved = [a.copy() for _, a in states]
         plan, tensor, loss_fn = self._loss_split(self._plan)
         out = self._forward(x, for_loss=True)
-        loss, dlogits = loss_fn(out, y)
+        loss, dlogits = self._loss(out, y, sample_weight, loss_fn)
         if dist is not None:
             dlogits = dist.begin_backward(loss, dlogits, out, y)
         elif not math.isfinite(loss):
@@ -535,8 +553,11 @@ class Model:
         self._weights_changed()
         return loss, out
 
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None):
         """One optimizer step on the batch ``(x, y)`` (no shuffling, no output); returns the loss.
+
+        ``sample_weight`` (N,) or ``class_weight`` {class: weight} weight the loss as in
+        :meth:`fit`.
 
         Raises
         ------
@@ -545,8 +566,9 @@ class Model:
         """
         self._check_compiled("train_on_batch")
         x, y = self._prepare_xy(x, y)
+        w = data_adapter.sample_weights(y, sample_weight, class_weight, self.num_classes)
         with self._mode(True):
-            loss, _ = self._train_step(x, y)
+            loss, _ = self._train_step(x, y, w)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss is {loss} at optimizer step {self.optimizer.iterations + 1}; the step was "
@@ -554,13 +576,17 @@ class Model:
             )
         return loss
 
-    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose="auto", initial_epoch=0, distributed=False):
+    def fit(self, x, y=None, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
+            callbacks=None, verbose="auto", initial_epoch=0, distributed=False, *, sample_weight=None,
+            class_weight=None, steps_per_epoch=None, validation_steps=None):
         """Train for ``epochs`` epochs; returns a :class:`fastcnn.callbacks.History`.
 
         Parameters
         ----------
-        x : float32/float64 (N, H, W, C) or uint8 (N, H, W[, C]) images
+        x : float32/float64 (N, H, W, C) or uint8 (N, H, W[, C]) images, or an iterable /
+            generator of ``(x, y)`` or ``(x, y, sample_weight)`` batches (then omit ``y``;
+            ``batch_size``, ``shuffle`` and ``validation_split`` do not apply). See
+            :mod:`fastcnn.data_adapter` for how its epochs end.
         y : int (N,) class labels in [0, K)
         epochs : int
             Index of the last epoch (Keras semantics with ``initial_epoch``).
@@ -569,7 +595,7 @@ class Model:
             size in the epoch averages.
         shuffle : bool, default True
             Reshuffle the training samples each epoch, with ``model.rng``.
-        validation_data : (x_val, y_val), optional
+        validation_data : (x_val, y_val[, sample_weight_val]) or an iterable of batches, optional
             Evaluated after each epoch (``val_loss``, ``val_accuracy``). Takes
             precedence over ``validation_split``.
         validation_split : float in [0, 1)
@@ -581,10 +607,22 @@ class Model:
             2 one line per epoch.
         initial_epoch : int, default 0
             Epoch to start at (for resuming a run).
+        sample_weight : float (N,), optional
+            Non-negative weight of each sample: a batch's loss is ``sum(w * loss) / N``
+            (Keras's "sum over batch size").
+        class_weight : {class index: weight}, optional
+            The weight of every sample of a class (unlisted classes weigh 1); not
+            with ``sample_weight``.
+        steps_per_epoch : int, optional
+            Batches per epoch; needed for an endless generator. With arrays, at most
+            ``ceil(N / batch_size)`` batches of each shuffled epoch.
+        validation_steps : int, optional
+            Batches of ``validation_data`` per evaluation (default: all of them).
         distributed : bool, default False
             Train data-parallel on every MPI process (``mpiexec -n N python
             script.py``; needs the ``[mpi]`` extra): ``batch_size`` is the global
-            batch. Same as :func:`fastcnn.distributed.fit`.
+            batch. Same as :func:`fastcnn.distributed.fit`. Arrays only, without
+            ``sample_weight``, ``class_weight``, ``steps_per_epoch`` or ``validation_steps``.
 
         Raises
         ------
@@ -595,6 +633,8 @@ class Model:
         if distributed:
             from fastcnn import distributed as _distributed
 
+            _no_distributed_data_options("fit", sample_weight=sample_weight, class_weight=class_weight,
+                                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
             return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                                     validation_data=validation_data, validation_split=validation_split,
                                     callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
@@ -607,28 +647,20 @@ class Model:
         if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                 or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: `validation_split` must be a float in [0, 1), received {validation_split!r}")
+        steps_per_epoch = None if steps_per_epoch is None else _check_positive_int(
+            steps_per_epoch, "steps_per_epoch", "fit")
+        validation_steps = None if validation_steps is None else _check_positive_int(
+            validation_steps, "validation_steps", "fit")
         user_callbacks = check_callbacks(callbacks)
-        x, y = self._prepare_xy(x, y)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: `validation_data` must be a tuple (x_val, y_val)")
-            val = self._prepare_xy(*validation_data, what="validation_data")
-        elif validation_split > 0.0:
-            split_at = int(x.shape[0] * (1.0 - validation_split))
-            if split_at == 0 or split_at == x.shape[0]:
-                raise ValueError(
-                    f"fit: validation_split={validation_split} of {x.shape[0]} samples leaves "
-                    f"{split_at} for training and {x.shape[0] - split_at} for validation; both must be > 0"
-                )
-            val = (x[split_at:], y[split_at:])
-            x, y = x[:split_at], y[:split_at]
-
-        N = x.shape[0]
-        steps = -(-N // batch_size)
+        if self._dist is not None:  # fastcnn.distributed.fit(model, ..., **kwargs) lands here
+            _no_distributed_data_options("fit", sample_weight=sample_weight, class_weight=class_weight,
+                                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
+        train, val = self._fit_data(x, y, sample_weight, class_weight, batch_size, shuffle, validation_data,
+                                    validation_split, steps_per_epoch, validation_steps)
         history = History()
         all_callbacks = user_callbacks + [history] + ([ProgbarLogger(verbose)] if verbose else [])
-        params = {"epochs": epochs, "steps": steps, "samples": N, "batch_size": batch_size, "verbose": verbose}
+        params = {"epochs": epochs, "steps": train.steps, "samples": train.samples, "batch_size": train.batch_size,
+                  "verbose": verbose}
         hooks = CallbackList(all_callbacks, self, params)
         quiet_nan = any(isinstance(cb, TerminateOnNaN) for cb in user_callbacks)
         self.history = history
@@ -638,11 +670,17 @@ class Model:
             hooks.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 hooks.on_epoch_begin(epoch)
-                order = self.rng.permutation(N) if shuffle else None
-                logs = self._fit_epoch(x, y, order, batch_size, epoch, epochs, hooks, quiet_nan)
+                logs = self._fit_epoch(train, epoch, epochs, hooks, quiet_nan)
+                if getattr(train, "exhausted", False):
+                    if epoch == initial_epoch and not logs:
+                        raise ValueError("fit: the data yielded no batches")
+                    train.warn_exhausted(epochs - initial_epoch)
+                    self.stop_training = True
+                    if not logs:
+                        break
                 if val is not None:
                     with self._mode(False):
-                        val_logs = self._evaluate(*val, batch_size)
+                        val_logs = self._evaluate(val, "fit: validation_data")
                     logs.update({f"val_{k}": v for k, v in val_logs.items()})
                 logs["learning_rate"] = self.optimizer.learning_rate  # the rate the next step uses
                 hooks.on_epoch_end(epoch, logs)
@@ -651,27 +689,73 @@ class Model:
             hooks.on_train_end(logs)
         return history
 
-    def _fit_epoch(self, x, y, order, batch_size, epoch, epochs, hooks, quiet_nan):
-        """One pass over ``x``; returns the epoch logs (sample-weighted means)."""
-        N = x.shape[0]
-        steps = -(-N // batch_size)
+    def _fit_data(self, x, y, sample_weight, class_weight, batch_size, shuffle, validation_data,
+                  validation_split, steps_per_epoch, validation_steps):
+        """The training and validation batch sources of ``fit`` (see :mod:`fastcnn.data_adapter`)."""
+        if data_adapter.is_batch_iterable(x, y):
+            if sample_weight is not None or validation_split:
+                raise ValueError("fit: with a generator or iterable of batches, yield (x, y, sample_weight) "
+                                 "batches and pass validation_data; sample_weight= and validation_split "
+                                 "apply to arrays only")
+            train = data_adapter.IterableBatches(x, steps_per_epoch, self._prepare_xy, lambda: self.num_classes,
+                                                 class_weight, "fit")
+        else:
+            if y is None:
+                raise ValueError("fit: `y` is required when `x` is an array (omit it only for an iterable "
+                                 "of (x, y) batches)")
+            x, y = self._prepare_xy(x, y)
+            w = data_adapter.sample_weights(y, sample_weight, class_weight, self.num_classes)
+            if validation_data is None and validation_split > 0.0:
+                split_at = int(x.shape[0] * (1.0 - validation_split))
+                if split_at == 0 or split_at == x.shape[0]:
+                    raise ValueError(
+                        f"fit: validation_split={validation_split} of {x.shape[0]} samples leaves "
+                        f"{split_at} for training and {x.shape[0] - split_at} for validation; both must be > 0"
+                    )
+                validation_data = (x[split_at:], y[split_at:]) + (() if w is None else (w[split_at:],))
+                x, y, w = x[:split_at], y[:split_at], (None if w is None else w[:split_at])
+            train = data_adapter.ArrayBatches(x, y, w, batch_size, self.rng if shuffle else None, steps_per_epoch,
+                                              shard=None if self._dist is None else self._dist.shard)
+        val = None
+        if validation_data is not None:
+            val = self._batches(validation_data, None, None, batch_size, validation_steps, "fit: validation_data")
+        return train, val
+
+    def _batches(self, x, y, sample_weight, batch_size, steps, owner):
+        """Unshuffled batches for evaluation: of ``(x, y[, w])`` arrays or of an iterable."""
+        arrays = isinstance(x, tuple) or (isinstance(x, list) and bool(x) and isinstance(x[0], np.ndarray))
+        if owner != "evaluate" and arrays:  # validation_data=(x_val, y_val[, w_val]), a list of batches is not
+            x = tuple(x)
+            if len(x) not in (2, 3):
+                raise ValueError(f"{owner} must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), "
+                                 f"or an iterable of batches; received a tuple of length {len(x)}")
+            x, y, sample_weight = (x + (None,))[:3]
+        if data_adapter.is_batch_iterable(x, y):
+            if sample_weight is not None:
+                raise ValueError(f"{owner}: with an iterable of batches, yield (x, y, sample_weight) batches")
+            return data_adapter.IterableBatches(x, steps, self._prepare_xy, lambda: self.num_classes, None, owner)
+        if y is None:
+            raise ValueError(f"{owner}: expected arrays (x, y) or (x, y, sample_weight), or an iterable of "
+                             f"such batches; received {type(x).__name__}")
+        what = "x" if owner == "evaluate" else "validation_data"
+        x, y = self._prepare_xy(x, y, what=what)
+        w = None if sample_weight is None else data_adapter.check_sample_weight(
+            sample_weight, x.shape[0], "sample_weight" if owner == "evaluate" else f"{owner} sample weights")
+        return data_adapter.ArrayBatches(x, y, w, batch_size, None, steps)
+
+    def _fit_epoch(self, train, epoch, epochs, hooks, quiet_nan):
+        """One epoch of ``train``'s batches; returns the epoch logs (means over samples)."""
+        steps = train.steps
         hits = [0] * len(self._metric_fns)
         total_loss, seen = 0.0, 0
         logs = {}
-        for batch in range(steps):
-            start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
-            lo, hi = (start, stop) if self._dist is None else self._dist.shard(start, stop)
-            if order is None:
-                xb, yb = x[lo:hi], y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                xb, yb = x[idx], y[idx]
+        for batch, (xb, yb, wb) in enumerate(train.epoch()):
             hooks.on_train_batch_begin(batch)
-            loss, logits = self._train_step(xb, yb)
+            loss, logits = self._train_step(xb, yb, wb)
             if not math.isfinite(loss):
                 if not quiet_nan:
                     raise NonFiniteLossError(
-                        f"the loss is {loss} at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{steps}; "
+                        f"the loss is {loss} at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{steps or '?'}; "
                         f"training stopped and that step was not applied. Lower the learning rate or "
                         f"check the inputs for NaN/inf (pass callbacks=[TerminateOnNaN()] to stop "
                         f"without an error)."
@@ -679,7 +763,7 @@ class Model:
                 logs = {"loss": loss}
                 hooks.on_train_batch_end(batch, logs)
                 break
-            n = stop - start
+            n = xb.shape[0] if self._dist is None else train.rows  # a data-parallel batch: all ranks' rows
             seen += n
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
@@ -711,31 +795,48 @@ class Model:
 
     def _evaluate_sums(self, x, y, batch_size, fold=None):
         """``(sum of per-batch loss x batch size, [count of each metric])`` over ``(x, y)``."""
+        total_loss, hits, _ = self._batch_sums(data_adapter.ArrayBatches(x, y, None, batch_size), fold)
+        return total_loss, hits
+
+    def _batch_sums(self, batches, fold=None):
+        """``(sum of per-batch loss x batch size, [count of each metric], samples)`` over ``batches``."""
         loss_fn = self._loss_split(self._inference(fold)[0])[2]
-        total_loss, hits = 0.0, [0] * len(self._metric_fns)
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        total_loss, hits, N = 0.0, [0] * len(self._metric_fns), 0
+        for xb, yb, wb in batches.epoch():
             out = self._infer(xb, fold, for_loss=True)
-            loss, _ = loss_fn(out, yb)
+            loss, _ = self._loss(out, yb, wb, loss_fn)
             total_loss += loss * xb.shape[0]
             for i, metric in enumerate(self._metric_fns):
                 hits[i] += metric.count(out, yb)
-        return total_loss, hits
+            N += xb.shape[0]
+        return total_loss, hits, N
 
-    def _evaluate(self, x, y, batch_size, fold=None):
-        N = x.shape[0]
+    def _evaluate(self, batches, owner="evaluate", fold=None):
+        """Loss and metrics over every batch of ``batches`` (means over samples)."""
         if self._dist is None:
-            total_loss, hits = self._evaluate_sums(x, y, batch_size, fold)
+            total_loss, hits, N = self._batch_sums(batches, fold)
         else:  # each rank evaluates its share of the batches; the sums are added up
-            total_loss, hits = self._dist.evaluate_sums(self, x, y, batch_size, fold)
+            if not isinstance(batches, data_adapter.ArrayBatches) or batches.w is not None \
+                    or batches.steps != -(-batches.samples // batches.batch_size):
+                raise ValueError(f"{owner}: a distributed evaluation takes arrays (x, y), without sample "
+                                 f"weights or a number of steps")
+            total_loss, hits = self._dist.evaluate_sums(self, batches.x, batches.y, batches.batch_size, fold)
+            N = batches.samples
+        if N == 0:
+            raise ValueError(f"{owner} yielded no batches (a generator is used up after one pass: pass a list "
+                             f"or another re-iterable object, or an endless generator with a number of steps)")
         logs = {"loss": total_loss / N}
         for metric, count in zip(self._metric_fns, hits):
             logs[metric.name] = count / N
         return logs
 
-    def evaluate(self, x, y, batch_size=None, verbose=0, *, fold=None, distributed=False):
+    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None, *, fold=None,
+                 distributed=False):
         """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``.
 
+        ``x`` may also be an iterable of ``(x, y[, sample_weight])`` batches (omit ``y``),
+        of which ``steps`` batches are used (default: all). ``sample_weight`` (N,) weights
+        the loss as in :meth:`fit`; the accuracy is unweighted.
         ``fold``: fold BatchNormalization into the layer before it (default ``model.fold``).
         ``distributed=True``: every MPI process evaluates its share of the batches and
         all receive the totals (:func:`fastcnn.distributed.evaluate`).
@@ -743,14 +844,16 @@ class Model:
         if distributed:
             from fastcnn import distributed as _distributed
 
+            _no_distributed_data_options("evaluate", sample_weight=sample_weight, steps=steps)
             return _distributed.evaluate(self, x, y, batch_size=batch_size, verbose=verbose, fold=fold)
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "evaluate")
-        x, y = self._prepare_xy(x, y)
+        steps = None if steps is None else _check_positive_int(steps, "steps", "evaluate")
+        batches = self._batches(x, y, sample_weight, batch_size, steps, "evaluate")
         with self._mode(False):
-            logs = self._evaluate(x, y, batch_size, fold)
+            logs = self._evaluate(batches, fold=fold)
         if verbose:
             print(format_logs(logs))
         return logs

@@ -98,8 +98,10 @@ class ProgbarLogger(Callback):
         self._last_draw = now
         steps = self.params["steps"]
         per_step = self._train_seconds / self._steps_done
-        eta = format_duration(per_step * (steps - self._steps_done))
-        parts = [self._bar(self._steps_done, steps), f"ETA: {eta}", self._speed()]
+        parts = [self._bar(self._steps_done, steps)]
+        if steps is not None:  # None: a generator of unknown length
+            parts.append(f"ETA: {format_duration(per_step * (steps - self._steps_done))}")
+        parts.append(self._speed())
         if logs:
             parts.append(format_logs(logs))
         optimizer = getattr(self.model, "optimizer", None)
@@ -115,19 +117,24 @@ class ProgbarLogger(Callback):
         if logs:
             parts.append(format_logs(logs))
         if self.dynamic:
-            self._redraw(" - ".join([self._bar(steps_done, self.params["steps"])] + parts))
+            self._redraw(" - ".join([self._bar(steps_done, self.params["steps"] or steps_done)] + parts))
             self._write("\n")
         else:
-            head = f"Epoch {epoch + 1}/{self.params['epochs']} - {steps_done}/{self.params['steps']}"
+            head = f"Epoch {epoch + 1}/{self.params['epochs']} - {steps_done}/{self.params['steps'] or steps_done}"
             self._write(" - ".join([head] + parts) + "\n")
 
     # -- helpers -------------------------------------------------------------------
     def _speed(self):
+        if self.params.get("samples") is None:  # batches from a generator: their size is not known ahead
+            rate = self._steps_done / self._train_seconds if self._train_seconds > 0 else 0.0
+            return f"{rate:,.1f} steps/s"
         seen = min(self._steps_done * self.params["batch_size"], self.params["samples"])
         rate = seen / self._train_seconds if self._train_seconds > 0 else 0.0
         return f"{rate:,.0f} img/s"
 
     def _bar(self, done, total):
+        if total is None:
+            return f"{done}/Unknown"
         digits = len(str(total))
         filled = int(self.width * done / total) if total else self.width
         if done < total and filled < self.width:

@@ -475,6 +475,10 @@ def test_every_numba_op_keeps_float32(restore_threads):
         "leaky_relu": ((x,), dict(alpha=0.2)),
         "dropout": ((x,), dict(rate=0.5, rng=np.random.default_rng(0))),
         "batch_norm": ((x, np.ones(3, np.float32), np.zeros(3, np.float32)), dict(epsilon=1e-3)),
+        "flip2d": ((x,), dict(flip=np.array([[True, False], [True, True]]))),
+        "translate2d": ((x,), dict(shift=np.array([[1, -2], [0, 3]]), fill_mode="reflect", fill_value=0.5)),
+        "crop2d": ((x,), dict(offset=np.array([[0, 1], [2, 2]]), size=(4, 4))),
+        "rotate2d": ((x,), dict(angle=np.array([0.3, -2.0]), fill_mode="constant", fill_value=0.5)),
     }
     for op in registry.ops():
         if "numba" not in registry.implementations(op):

@@ -512,6 +512,25 @@ def dense_case(draw):
     return (x, rng.standard_normal((IN, OUT)), b), {}
 
 
+@st.composite
+def augment_case(draw, op):
+    """An NHWC batch and the op's draws (flips, shifts, crop offsets, angles), as the layers make them."""
+    x = draw(batch(4, 4))
+    N, H, W, _ = x.shape
+    rng = np.random.default_rng(draw(st.integers(0, 99)))
+    fill = {"fill_mode": draw(st.sampled_from(["constant", "nearest", "reflect", "wrap"])), "fill_value": 0.5}
+    if op == "flip2d":
+        return (x,), {"flip": rng.random((N, 2)) < 0.5}
+    if op == "translate2d":
+        return (x,), {"shift": rng.integers(-2 * H, 2 * H + 1, size=(N, 2)), **fill}
+    if op == "rotate2d":
+        return (x,), {"angle": rng.uniform(-4.0, 4.0, N), **fill}
+    if op == "crop2d":
+        size = (draw(st.integers(1, H)), draw(st.integers(1, W)))
+        return (x,), {"offset": rng.integers(0, (H - size[0] + 1, W - size[1] + 1), size=(N, 2)), "size": size}
+    return (x,), {"padding": tuple(tuple(draw(st.integers(0, 2)) for _ in range(2)) for _ in range(2))}
+
+
 #: op -> strategy drawing ``(args, kwargs)`` for :func:`compare`; conv and pooling have their own above.
 DRAWN_CASES = {
     "relu": batch().map(lambda x: ((x,), {})),
@@ -535,6 +554,7 @@ DRAWN_CASES = {
         lambda c: bn_case(np.random.default_rng(c[3]), *c[:3])),
     "add": st.tuples(batch(), st.integers(2, 3)).map(lambda xn: (tuple(xn[0] * (k + 1) for k in range(xn[1])), {})),
     "concatenate": batch().map(lambda x: ((x, 2 * x[..., :max(1, x.shape[-1] // 2)]), {"axis": x.ndim - 1})),
+    **{op: augment_case(op) for op in ("flip2d", "translate2d", "crop2d", "zero_pad2d", "rotate2d")},
 }
 
 

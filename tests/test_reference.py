@@ -60,6 +60,7 @@ def test_every_op_is_registered_under_reference():
         "leaky_relu", "sigmoid", "tanh", "softmax", "flatten", "dropout",
         "softmax_cross_entropy", "sparse_categorical_crossentropy", "batch_norm", "add", "concatenate",
         "sgd_update", "adam_update", "rmsprop_update",
+        "flip2d", "translate2d", "crop2d", "zero_pad2d", "rotate2d",
     }  # fmt: skip
     assert set(ref.OPS) == expected
     for op, (forward, backward) in ref.OPS.items():

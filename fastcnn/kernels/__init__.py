@@ -18,8 +18,8 @@ up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
 from fastcnn import planner
-from fastcnn.kernels import (_blas, activations, batchnorm, conv, conv_im2col, conv_pool, dense, loss, optim, pooling,
-                             winograd, winograd4)
+from fastcnn.kernels import (_blas, activations, augment, batchnorm, conv, conv_im2col, conv_pool, dense, loss, optim,
+                             pooling, winograd, winograd4)
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -55,3 +55,5 @@ register("softmax_cross_entropy", "numba", loss.softmax_cross_entropy)
 register("batch_norm", "numba", batchnorm.batch_norm_forward, batchnorm.batch_norm_backward)
 for _op in optim.__all__:  # optimizer updates: in place, no backward
     register(_op, "numba", getattr(optim, _op))
+for _op in ("flip2d", "translate2d", "crop2d", "rotate2d"):  # zero_pad2d: NumPy's slice copy
+    register(_op, "numba", getattr(augment, _op + "_forward"), getattr(augment, _op + "_backward"))

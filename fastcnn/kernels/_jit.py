@@ -15,7 +15,7 @@ import numba
 import fastcnn.parallel  # noqa: F401  (selects the threading layer)
 
 __all__ = ["FASTMATH", "PARALLEL_MIN_SIZE", "kernel", "inline_kernel", "ordered_kernel", "parallel_kernel", "twins",
-           "pick"]
+           "pick", "exact_parallel_kernel", "exact_inline_kernel", "exact_twins"]
 
 #: Fast-math flags for every kernel: reassociation (vectorized reductions),
 #: FMA contraction, approximate functions, reciprocal, no signed zeros.
@@ -42,6 +42,17 @@ inline_kernel = numba.njit(inline="always", **_OPTIONS)
 #: and undo a formula arranged to avoid cancellation (softmax backward).
 ordered_kernel = numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH - {"reassoc"}))
 
+#: Parallel kernel with no fast-math at all: IEEE arithmetic in the order written, no
+#: FMA contraction, so its float64 index arithmetic rounds exactly as Python's does
+#: (augmentation: a rotated pixel's nearest source must be the reference's, bit for bit).
+exact_parallel_kernel = numba.njit(parallel=True, cache=True, nogil=True)
+
+#: Helper inlined into :data:`exact_parallel_kernel` code, with the same (absent) flags.
+exact_inline_kernel = numba.njit(inline="always", cache=True, nogil=True)
+
+#: The serial counterpart of :data:`exact_parallel_kernel`.
+exact_kernel = numba.njit(cache=True, nogil=True)
+
 
 def twins(func):
     """Compile ``func`` twice: ``(parallel, serial)``; ``prange`` is plain ``range`` in the serial one.
@@ -49,11 +60,21 @@ def twins(func):
     The serial twin gets its own ``__qualname__`` so the two never share an
     on-disk cache entry.
     """
+    return parallel_kernel(func), kernel(_serial_copy(func))
+
+
+def exact_twins(func):
+    """:func:`twins` without fast-math: ``(exact_parallel_kernel, exact_kernel)`` builds of ``func``."""
+    return exact_parallel_kernel(func), exact_kernel(_serial_copy(func))
+
+
+def _serial_copy(func):
+    """``func`` under its own name and ``__qualname__`` (+ ``_serial``), so its cache entry is its own."""
     serial = types.FunctionType(func.__code__, func.__globals__, func.__name__ + "_serial",
                                 func.__defaults__, func.__closure__)
     serial.__qualname__ = func.__qualname__ + "_serial"
     serial.__module__ = func.__module__
-    return parallel_kernel(func), kernel(serial)
+    return serial
 
 
 def pick(pair, size):

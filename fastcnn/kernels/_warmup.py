@@ -12,7 +12,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 import numpy as np
 
 from fastcnn import registry
-from fastcnn.kernels import _shifted, activations, batchnorm, loss, optim, pooling
+from fastcnn.kernels import _shifted, activations, augment, batchnorm, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -78,6 +78,7 @@ def _run_dtype(dtype):
     y, cache = activations.softmax_forward(logits)
     activations.softmax_backward(np.ones_like(y), cache)
     loss.softmax_cross_entropy(logits, np.array([0, 1, 2, 0]))
+    augment.warmup(dtype)
 
 
 def warmup(dtypes=(np.float32,)):

@@ -1,6 +1,7 @@
 """Stateful layers: hyperparameters, params, grads, the last cache. NHWC throughout."""
 
 from fastcnn.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from fastcnn.layers.augment import RandomCrop, RandomFlip, RandomRotation, RandomTranslation, ZeroPadding2D
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.core import Dense, Dropout, Flatten
@@ -12,6 +13,7 @@ __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dense", "Flatten",
     "Dropout", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
     "BatchNormalization", "Add", "Concatenate",
+    "RandomFlip", "RandomTranslation", "RandomCrop", "RandomRotation", "ZeroPadding2D",
 ]
 
 #: Layer types a saved model may name (the allow-list used by load_model).

@@ -3,10 +3,10 @@
 See docs/ops.md for the contract every implementation follows.
 """
 
-from fastcnn.ops import activations, batchnorm, conv, dense, loss, merge, optim, pool
+from fastcnn.ops import activations, augment, batchnorm, conv, dense, loss, merge, optim, pool
 from fastcnn.registry import register
 
-for _module in (conv, pool, dense, activations, batchnorm, merge):
+for _module in (conv, pool, dense, activations, batchnorm, merge, augment):
     for _name in _module.__all__:
         if _name.endswith("_forward"):
             _op = _name[: -len("_forward")]

@@ -18,6 +18,18 @@ from fastcnn.reference.activations import (
     tanh_backward,
     tanh_forward,
 )
+from fastcnn.reference.augment import (
+    crop2d_backward,
+    crop2d_forward,
+    flip2d_backward,
+    flip2d_forward,
+    rotate2d_backward,
+    rotate2d_forward,
+    translate2d_backward,
+    translate2d_forward,
+    zero_pad2d_backward,
+    zero_pad2d_forward,
+)
 from fastcnn.reference.batchnorm import batch_norm_backward, batch_norm_forward
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dense import dense_backward, dense_forward
@@ -59,6 +71,11 @@ OPS = {
     "sgd_update": (sgd_update, None),
     "adam_update": (adam_update, None),
     "rmsprop_update": (rmsprop_update, None),
+    "flip2d": (flip2d_forward, flip2d_backward),
+    "translate2d": (translate2d_forward, translate2d_backward),
+    "crop2d": (crop2d_forward, crop2d_backward),
+    "zero_pad2d": (zero_pad2d_forward, zero_pad2d_backward),
+    "rotate2d": (rotate2d_forward, rotate2d_backward),
 }
 
 for _op, (_forward, _backward) in OPS.items():
@@ -103,4 +120,14 @@ __all__ = [
     "sgd_update",
     "adam_update",
     "rmsprop_update",
+    "flip2d_forward",
+    "flip2d_backward",
+    "translate2d_forward",
+    "translate2d_backward",
+    "crop2d_forward",
+    "crop2d_backward",
+    "zero_pad2d_forward",
+    "zero_pad2d_backward",
+    "rotate2d_forward",
+    "rotate2d_backward",
 ]
