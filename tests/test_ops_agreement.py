@@ -20,6 +20,11 @@ def fast_impls(op):
     return [name for name in registry.implementations(op) if name != "reference"]
 
 
+def fast_variants(op):
+    """:func:`fast_impls` without the ``"numba"`` dispatcher where the op has variants."""
+    return [name for name in fast_impls(op) if name != "numba" or not registry.variants(op)]
+
+
 def impl_params(*op_names):
     """(op, impl) pairs for every non-reference implementation of the ops."""
     return [pytest.param(op, impl, id=f"{op}-{impl}") for op in op_names for impl in fast_impls(op)]
@@ -458,12 +463,14 @@ def test_conv2d_agrees_hypothesis(config, kind, contiguous, dtype, seed):
     args, kwargs = conv_case(np.random.default_rng(seed), *config, kind=kind, contiguous=contiguous)
     OH, OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])
     assert OH >= 1 and OW >= 1
+    # Every family and variant where it applies, but not the "numba" dispatcher: it runs one of
+    # the variants compared here (the grid tests run it on DISPATCH_CASES).
     for op in CONV_OPS:
-        for impl in applicable_impls(op, args, kwargs):
+        for impl in applicable_impls(op, args, kwargs, fast_variants(op)):
             compare(op, impl, args, kwargs, dtype, seed)
     pool = (1 + seed % min(OH, 3), 1 + seed // 3 % min(OW, 3))  # 1 to 3, at most the output size
     for op in CONV_POOL_OPS:
-        for impl in applicable_impls(op, args, dict(kwargs, pool_size=pool)):
+        for impl in applicable_impls(op, args, dict(kwargs, pool_size=pool), fast_variants(op)):
             compare(op, impl, args, dict(kwargs, pool_size=pool), dtype, seed)
 
 
