@@ -54,8 +54,8 @@ import numpy as np
 
 from fastcnn import registry
 
-__all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner", "HEURISTICS",
-           "BUDGET_SECONDS", "REPEATS"]
+__all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner",
+           "HEURISTICS", "BUDGET_SECONDS", "REPEATS"]
 
 #: At most this long timing one geometry's variants (the warm-up runs excluded), so
 #: that planning a preset takes a few seconds.
