@@ -276,6 +276,24 @@ def test_a_variant_with_an_activation_argument(layer_of):
     assert (y >= 0).all() if isinstance(layer, L.Conv2D) else (y < 0).any()
 
 
+@pytest.mark.parametrize("op, impl, call, match", [
+    ("conv2d", "numba:winograd", dict(stride=(2, 2)), r"numba:winograd applies to 3x3 kernels at stride 1"),
+    ("conv2d_relu", "numba:winograd4", dict(k=5, padding=((2, 2), (2, 2))),
+     r"numba:winograd4 applies to 3x3 kernels .*received kernel \(5, 5\)"),
+    ("conv2d_maxpool2d", "numba:winograd", dict(padding=((3, 3), (3, 3)), pool=(2, 2)),
+     r"padding at most 2; received .*padding \(\(3, 3\), \(3, 3\)\)"),
+    ("conv2d_maxpool2d", "numba:shifted", dict(stride=(2, 2), pool=(2, 2)), r"numba:shifted applies at stride 1"),
+    ("conv2d_relu_maxpool2d", "numba:direct", dict(stride=(1, 2), pool=(2, 2)), r"numba:direct applies at stride 1"),
+])
+def test_a_variant_called_directly_outside_its_predicate_refuses(op, impl, call, match):
+    """Callers that run registry entries themselves must filter with registry.applicable; one that
+    does not gets a ValueError, not a read outside the kernel's buffers."""
+    args, kwargs = conv_call(**call)
+    assert impl not in registry.applicable(op, args, kwargs, registry.variants(op))
+    with pytest.raises(ValueError, match=match):
+        registry.get(op, impl).forward(*args, **kwargs)
+
+
 def test_a_variant_that_does_not_apply_is_a_clear_error():
     x = np.zeros((1, 6, 6, 3), np.float32)
     with pytest.raises(ValueError, match=r"Conv2D: impl 'numba:winograd' does not apply to this convolution "

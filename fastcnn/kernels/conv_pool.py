@@ -266,6 +266,9 @@ def stride_one(geometry):
 
 
 def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, path):
+    if path != "im2col" and tuple(stride) != (1, 1):  # outside stride_one: refuse rather than misread memory
+        raise ValueError(f"numba:{path} applies at stride 1 only; received stride {tuple(stride)} "
+                         f"(fastcnn.registry.applicable lists the variants that do)")
     x = np.ascontiguousarray(x)
     N, H, W, C = x.shape
     KH, KW, _, F = w.shape

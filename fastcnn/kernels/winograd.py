@@ -41,7 +41,7 @@ from fastcnn.kernels import _blas, _blockgemm, conv, conv_pool
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 
-__all__ = ["applies", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
+__all__ = ["applies", "check_domain", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
            "BLOCK_BYTES"]
 
@@ -56,6 +56,16 @@ def applies(geometry):
     """3x3 kernels at stride 1 with at most 2 padding on any side (the input gradient pads by ``2 - p``)."""
     return (tuple(geometry.w_shape[:2]) == (3, 3) and geometry.stride == (1, 1)
             and all(0 <= p <= 2 for side in geometry.padding for p in side))
+
+
+def check_domain(variant, w, stride, padding):
+    """Raise ``ValueError`` outside :func:`applies` (a variant called directly, bypassing the
+    planner and the layers' checks, would otherwise read outside its buffers)."""
+    if not (tuple(w.shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
+            and all(0 <= p <= 2 for side in padding for p in side)):
+        raise ValueError(f"{variant} applies to 3x3 kernels at stride 1 with padding at most 2; received kernel "
+                         f"{tuple(w.shape[:2])}, stride {tuple(stride)}, padding {tuple(padding)} "
+                         f"(fastcnn.registry.applicable lists the variants that do)")
 
 
 def filter_transform(w, dtype):
@@ -229,6 +239,7 @@ def _prepare(x, w, b):
 
 
 def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
+    check_domain("numba:winograd", w, stride, padding)
     x, U, bias = _prepare(x, w, b)
     N, H, W, C = x.shape
     OH, OW = output_hw((H, W), (3, 3), stride, padding)
@@ -281,6 +292,7 @@ def conv2d_relu_backward(dy, cache, need_dx=True):
 
 
 def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
+    check_domain("numba:winograd", w, stride, padding)
     x, U, bias = _prepare(x, w, b)
     N, H, W, C = x.shape
     F = U.shape[2]

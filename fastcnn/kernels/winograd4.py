@@ -29,7 +29,7 @@ from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, _blockgemm, conv
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
-from fastcnn.kernels.winograd import applies  # noqa: F401  (the same domain as F(2x2, 3x3))
+from fastcnn.kernels.winograd import applies, check_domain  # noqa: F401  (the same domain as F(2x2, 3x3))
 
 __all__ = ["applies", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
            "filter_transform", "VARIANTS", "BLOCK_BYTES"]
@@ -193,6 +193,7 @@ def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4"
 
 
 def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
+    check_domain("numba:winograd4", w, stride, padding)
     x = np.ascontiguousarray(x)
     dtype = x.dtype
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
