@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 
 from fastcnn import losses, metrics as metrics_lib, optim, registry
+from fastcnn._atomic import atomic_step
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax, fused
@@ -318,17 +319,22 @@ class Sequential:
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
         A non-finite loss returns before the backward pass: the weights are untouched.
+        The step is all-or-nothing (:mod:`fastcnn._atomic`): an exception or Ctrl-C
+        before the update leaves the model (weights, optimizer state, random
+        generators) exactly as before; the update itself completes before a Ctrl-C
+        is delivered.
         """
-        out = x
-        for step in self.steps:
-            out = step.forward(out)
-        loss, dlogits = self._loss_op.forward(out, y)
-        if not math.isfinite(loss):
-            return loss, out
-        d = dlogits
-        for step in reversed(self.steps):
-            d = step.backward(d)
-        self.optimizer.step(self.params())
+        with atomic_step(self) as transaction:
+            out = x
+            for step in self.steps:
+                out = step.forward(out)
+            loss, dlogits = self._loss_op.forward(out, y)
+            if not math.isfinite(loss):
+                return loss, out
+            d = dlogits
+            for step in reversed(self.steps):
+                d = step.backward(d)
+            transaction.commit(self.optimizer, self.params())
         return loss, out
 
     def train_on_batch(self, x, y):

@@ -1,0 +1,167 @@
+"""All-or-nothing training steps: a Ctrl-C (or any exception) never leaves a half-applied step.
+
+A training step has two phases:
+
+1. **compute**: forward, loss, backward. It writes only scratch memory (layer
+   caches, gradient buffers) and advances the random generators the layers
+   draw from (Dropout masks). An exception here is undone by restoring the
+   generators' states, taken before the step, so the model is exactly as it
+   was before the call.
+2. **commit**: the optimizer update of every parameter, its state and its step
+   count. It runs with SIGINT *deferred* (:func:`deferred_sigint`): a Ctrl-C
+   that arrives during the update is recorded and raised as soon as the update
+   is complete, so the model is exactly as after a full step. Gradients are
+   checked before the update starts, so the update itself has nothing to refuse.
+
+:func:`atomic_step` is the one place both phases meet; ``Sequential`` calls it
+from ``train_on_batch`` and ``fit``. Its cost per step is a handful of
+microseconds (two ``signal.signal`` calls and a copy of each generator's state).
+
+Numba kernels do not run Python signal handlers: a SIGINT that arrives inside a
+kernel is handled when the kernel returns, at the next Python instruction.
+"""
+
+import contextlib
+import signal
+import threading
+
+import numpy as np
+
+__all__ = ["atomic_step", "deferred_sigint", "PartialUpdateError"]
+
+#: Layer attributes holding non-trained state that a forward pass may change
+#: (e.g. moving statistics): dicts of arrays, copied before a step and restored
+#: when it does not complete.
+STATE_ATTRIBUTES = ("state",)
+
+
+class PartialUpdateError(RuntimeError):
+    """The optimizer update failed part-way (a bug, or memory exhausted): some parameters
+    may be updated and others not. The model should be reloaded from a checkpoint."""
+
+
+def _main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def deferred_sigint():
+    """Hold back SIGINT for the duration of the block, then deliver it.
+
+    Only in the main thread (the only one Python delivers signals to, and the only
+    one allowed to install handlers); elsewhere the block runs unchanged. A SIGINT
+    that arrives in the block is handed to the previous handler when the block
+    ends (for Python's default, ``KeyboardInterrupt`` is raised there).
+    """
+    if not _main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or previous == signal.SIG_IGN:  # not installed from Python, or ignored
+        yield
+        return
+    received = []
+
+    def record(signum, frame):
+        received.append(frame)
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+            else:
+                previous(signal.SIGINT, received[0])
+
+
+def _generators(model):
+    """Every numpy Generator the model draws from: its own (shuffling) and the layers' (Dropout)."""
+    found = [model.rng] if isinstance(getattr(model, "rng", None), np.random.Generator) else []
+    for layer in model.layers:
+        rng = getattr(layer, "rng", None)
+        if isinstance(rng, np.random.Generator):
+            found.append(rng)
+    return found
+
+
+def _layer_states(model):
+    """``[(dict, {key: copy})]`` of the non-trained state dicts listed in :data:`STATE_ATTRIBUTES`."""
+    saved = []
+    for layer in model.layers:
+        for attribute in STATE_ATTRIBUTES:
+            state = getattr(layer, attribute, None)
+            if isinstance(state, dict) and state:
+                saved.append((state, {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in state.items()}))
+    return saved
+
+
+def check_gradients(params):
+    """Refuse, before any parameter is touched, a gradient whose shape or dtype differs from its parameter."""
+    for name, p, g in params:
+        if g.shape != p.shape or g.dtype != p.dtype:
+            raise ValueError(
+                f"gradient for {name!r} has shape {g.shape} dtype {g.dtype}, expected shape {p.shape} "
+                f"dtype {p.dtype}; the step was not applied"
+            )
+
+
+class _Step:
+    """The state of one :func:`atomic_step`; :meth:`commit` applies the update."""
+
+    __slots__ = ("model", "generators", "rng_states", "layer_states", "committed")
+
+    def __init__(self, model):
+        self.model = model
+        self.generators = _generators(model)
+        self.rng_states = [g.bit_generator.state for g in self.generators]
+        self.layer_states = _layer_states(model)
+        self.committed = False
+
+    def commit(self, optimizer, params):
+        """Apply ``optimizer.step(params)`` whole, with SIGINT deferred until it is done."""
+        check_gradients(params)
+        with deferred_sigint():
+            try:
+                optimizer.step(params)
+            except Exception as error:
+                raise PartialUpdateError(
+                    f"the optimizer update failed part-way ({type(error).__name__}: {error}); the weights "
+                    f"and optimizer state may be inconsistent: reload the model from a checkpoint"
+                ) from error
+            self.committed = True
+
+    def rollback(self):
+        """Put back the generators and layer states (SIGINT deferred, so the rollback is whole too)."""
+        with deferred_sigint():
+            for g, state in zip(self.generators, self.rng_states):
+                g.bit_generator.state = state
+            for state, saved in self.layer_states:
+                state.clear()
+                state.update(saved)
+
+
+@contextlib.contextmanager
+def atomic_step(model):
+    """Run one training step all-or-nothing.
+
+    Usage::
+
+        with atomic_step(model) as step:
+            ...forward, loss, backward...
+            step.commit(model.optimizer, model.params())
+
+    If the block ends without :meth:`_Step.commit` having completed (an exception,
+    a ``KeyboardInterrupt``, or a plain exit such as a non-finite loss), the
+    model's random generators and layer states are put back as they were, and
+    the weights and optimizer state were never touched. Once the commit
+    completes, the step stands, even if a deferred Ctrl-C is raised right after.
+    """
+    step = _Step(model)
+    try:
+        yield step
+    finally:
+        if not step.committed:
+            step.rollback()
