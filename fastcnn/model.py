@@ -21,13 +21,13 @@ import warnings
 
 import numpy as np
 
-from fastcnn import losses, metrics as metrics_lib, optim, registry
+from fastcnn import _checks, losses, metrics as metrics_lib, optim, registry
 from fastcnn._atomic import atomic_step
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax, fused
 from fastcnn.layers.base import format_shape
-from fastcnn.progress import ProgbarLogger, format_logs
+from fastcnn.progress import EvaluationProgbar, ProgbarLogger, format_logs, is_dynamic_display
 
 __all__ = ["Sequential", "load_model"]
 
@@ -222,18 +222,28 @@ class Sequential:
         return {name: p.copy() for name, p, _ in self.params()}
 
     def set_weights(self, weights):
-        """Copy ``weights`` (as returned by :meth:`get_weights`) into the parameters, in place."""
+        """Copy ``weights`` into the parameters, in place.
+
+        ``weights``: a dict as returned by :meth:`get_weights`, or a Keras-style list of
+        arrays in the same order (``list(model.get_weights().values())``). Every array
+        is checked (float dtype, shape, finite) before any parameter changes.
+        """
         current = {name: p for name, p, _ in self.params()}
+        if isinstance(weights, (list, tuple)):
+            if len(weights) != len(current):
+                raise ValueError(f"set_weights: the model has {len(current)} weight arrays "
+                                 f"({', '.join(current)}), received a list of {len(weights)}")
+            weights = dict(zip(current, weights))
+        elif not isinstance(weights, dict):
+            raise TypeError(f"set_weights: expected a dict {{name: array}} as get_weights() returns, or a list "
+                            f"of arrays in that order; received {type(weights).__name__}")
         if set(weights) != set(current):
             missing = sorted(set(current) - set(weights))
             extra = sorted(set(weights) - set(current))
             raise ValueError(f"set_weights: names do not match the model (missing {missing}, unexpected {extra})")
+        checked = {name: _checks.check_weight(name, weights[name], p) for name, p in current.items()}
         for name, p in current.items():
-            w = np.asarray(weights[name])
-            if w.shape != p.shape:
-                raise ValueError(f"set_weights: {name!r} has shape {p.shape}, received {w.shape}")
-        for name, p in current.items():
-            p[...] = weights[name]
+            p[...] = checked[name]
 
     def count_params(self):
         return int(sum(layer.count_params() for layer in self.layers))
@@ -260,13 +270,14 @@ class Sequential:
                 self.train(previous)
 
     # -- inputs -----------------------------------------------------------------------
-    def _prepare_x(self, x, what="x"):
+    def _prepare_x(self, x, what="x", finite=False):
         """Validate a batch and return it in the model dtype, C-contiguous, building the model if needed.
 
         Accepts float32/float64 ``(N, *input_shape)`` and uint8 images (scaled to
-        [0, 1]); a missing channel axis of single-channel images is added.
+        [0, 1]); a missing channel axis of single-channel images is added. With
+        ``finite=True``, NaN/inf values are refused (:class:`NonFiniteInputError`).
         """
-        x = np.asarray(x)
+        x = _checks.as_array(x, what)
         if x.dtype == np.uint8:
             kind = "uint8"
         elif x.dtype in (np.float32, np.float64):
@@ -287,7 +298,7 @@ class Sequential:
             self.build(x.shape[1:])
             expected = self.input_shape
         if x.shape[1:] != expected:
-            hint = ""
+            hint = _checks.single_image_hint(x.shape, expected)
             if len(expected) == 3 and x.ndim == 4 and x.shape[1:] == (expected[2], expected[0], expected[1]):
                 hint = ". It looks like NCHW; fastcnn is NHWC: use x.transpose(0, 2, 3, 1)"
             raise ValueError(
@@ -298,10 +309,15 @@ class Sequential:
             x = x.astype(self.dtype) / self.dtype.type(255)
         elif x.dtype != self.dtype:
             x = x.astype(self.dtype)
-        return np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        if kind == "float":
+            if finite:
+                _checks.check_finite(x, what)
+            _checks.warn_unscaled(self, x, what)
+        return x
 
-    def _prepare_xy(self, x, y, what="x"):
-        x = self._prepare_x(x, what)
+    def _prepare_xy(self, x, y, what="x", finite=False):
+        x = self._prepare_x(x, what, finite)
         self._check_classifier()
         label_name = "y" if what == "x" else f"{what} labels"
         y = losses.check_labels(y, self.output_shape[0], num_samples=x.shape[0], what=label_name)
@@ -400,12 +416,13 @@ class Sequential:
                 or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: `validation_split` must be a float in [0, 1), received {validation_split!r}")
         user_callbacks = check_callbacks(callbacks)
+        shuffle = _checks.check_shuffle(shuffle)
         x, y = self._prepare_xy(x, y)
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: `validation_data` must be a tuple (x_val, y_val)")
-            val = self._prepare_xy(*validation_data, what="validation_data")
+            val = self._prepare_xy(*validation_data, what="validation_data", finite=True)
         elif validation_split > 0.0:
             split_at = int(x.shape[0] * (1.0 - validation_split))
             if split_at == 0 or split_at == x.shape[0]:
@@ -415,6 +432,7 @@ class Sequential:
                 )
             val = (x[split_at:], y[split_at:])
             x, y = x[:split_at], y[:split_at]
+            _checks.check_finite(val[0], "the validation_split samples of x")
 
         N = x.shape[0]
         steps = -(-N // batch_size)
@@ -496,10 +514,13 @@ class Sequential:
                       for step in self.steps)
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
-    def _evaluate(self, x, y, batch_size):
+    def _evaluate(self, x, y, batch_size, progress=False):
         N = x.shape[0]
         total_loss, correct = 0.0, 0
+        bar = EvaluationProgbar(N) if progress and is_dynamic_display() else None
         for start in range(0, N, batch_size):
+            if bar is not None:
+                bar.update(start)
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = self._infer(xb)
             loss, _ = self._loss_op.forward(out, yb)
@@ -508,6 +529,8 @@ class Sequential:
         logs = {"loss": total_loss / N}
         if "accuracy" in self.metrics:
             logs["accuracy"] = correct / N
+        if bar is not None:
+            bar.done()
         return logs
 
     def evaluate(self, x, y, batch_size=None, verbose=0):
@@ -516,9 +539,9 @@ class Sequential:
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "evaluate")
-        x, y = self._prepare_xy(x, y)
+        x, y = self._prepare_xy(x, y, finite=True)
         with self._mode(False):
-            logs = self._evaluate(x, y, batch_size)
+            logs = self._evaluate(x, y, batch_size, progress=verbose == 1)
         if verbose:
             print(format_logs(logs))
         return logs
@@ -529,7 +552,7 @@ class Sequential:
         _check_verbose(verbose, "predict")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "predict")
-        x = self._prepare_x(x)
+        x = self._prepare_x(x, finite=True)
         self._check_classifier()
         softmax = None if isinstance(self.layers[-1], Softmax) else registry.get("softmax", "auto")
         N = x.shape[0]
