@@ -26,6 +26,7 @@ the previous file.
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import warnings
@@ -116,6 +117,10 @@ def describe(model):
 # -- saving -----------------------------------------------------------------------------
 def _npz_path(path):
     path = os.fspath(path)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"save: the path must be a non-empty file name, received {path!r}")
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"save: {path!r} is a directory; give a file name such as {os.path.join(path, 'model.npz')!r}")
     return path if path.endswith(".npz") else path + ".npz"
 
 
@@ -131,6 +136,8 @@ def save_model(model, path):
         arrays[PARAMS + name] = p
     if model.optimizer is not None:
         for key, a in model.optimizer.state_arrays().items():
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):  # load_model would refuse the file
+                raise CheckpointError(f"refusing to save: optimizer state {key!r} holds NaN or infinite values")
             arrays[OPTIMIZER + key] = a
     text = json.dumps(describe(model), allow_nan=False, sort_keys=True)
     arrays[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -143,9 +150,11 @@ def save_model(model, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None:  # name the target, not the temporary file
+            raise OSError(error.errno, f"cannot write the model file: {error.strerror}", path) from error
         raise
     with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
         fd = os.open(directory, os.O_RDONLY)
@@ -180,17 +189,23 @@ class _Reader:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise CheckpointError(f"{path!r} is not a readable .npz archive ({e})") from None
         self.names = set()
-        for member in self.members:
+        for member, info in self.members.items():
             if not member.endswith(".npy"):
                 self.close()
                 raise CheckpointError(f"{path!r}: unexpected member {member!r} (every member must be an .npy array)")
+            if info.compress_type != zipfile.ZIP_STORED:
+                # model.save writes stored members: every byte of an array is then in the file, so a
+                # crafted file cannot make the loader allocate more memory than the file's own size
+                self.close()
+                raise CheckpointError(f"{path!r}: member {member!r} is compressed; model files hold "
+                                      f"uncompressed arrays (as model.save writes them)")
             self.names.add(member[:-4])
 
     def close(self):
         self.npz.close()
 
-    def read(self, name, shape=None, dtype=None, max_bytes=None):
-        """Read array ``name``, checking its header (shape, dtype, no objects) before its data."""
+    def header(self, name):
+        """``(shape, dtype)`` of array ``name`` from its ``.npy`` header alone (no data is read)."""
         where = f"{self.path!r}: array {name!r}"
         if name not in self.names:
             raise CheckpointError(f"{where} is missing")
@@ -205,8 +220,8 @@ class _Reader:
                     raise CheckpointError(f"{where} has an unknown .npy version {version}")
         except CheckpointError:
             raise
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as e:
-            raise CheckpointError(f"{where} has an unreadable header ({e})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, RuntimeError, MemoryError) as e:
+            raise CheckpointError(f"{where} has an unreadable header ({type(e).__name__}: {e})") from None
         got_shape, _, got_dtype = header
         if got_dtype.hasobject:
             raise CheckpointError(
@@ -214,18 +229,29 @@ class _Reader:
             )
         if got_dtype.kind not in "biuf" or got_dtype.fields is not None:
             raise CheckpointError(f"{where} has dtype {got_dtype}; only plain numeric arrays are allowed")
+        nbytes = math.prod(got_shape) * got_dtype.itemsize  # Python ints: no overflow
+        member_size = self.members[name + ".npy"].file_size
+        if nbytes > member_size:  # a crafted header: refused before anything of that size is allocated
+            raise CheckpointError(f"{where}: its header declares shape {tuple(got_shape)} ({nbytes:,} bytes) but "
+                                  f"the member holds {member_size:,} bytes: truncated or crafted")
+        return tuple(got_shape), got_dtype
+
+    def read(self, name, shape=None, dtype=None, max_bytes=None):
+        """Read array ``name``, checking its header (shape, dtype, no objects, size) before its data."""
+        where = f"{self.path!r}: array {name!r}"
+        got_shape, got_dtype = self.header(name)  # no objects, no more bytes than the member holds
         if shape is not None and tuple(got_shape) != tuple(shape):
             raise CheckpointError(f"{where} has shape {tuple(got_shape)}, the architecture expects {tuple(shape)}")
         if dtype is not None and got_dtype != np.dtype(dtype):
             raise CheckpointError(f"{where} has dtype {got_dtype}, the architecture expects {np.dtype(dtype)}")
-        nbytes = int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+        nbytes = math.prod(got_shape) * got_dtype.itemsize
         if max_bytes is not None and nbytes > max_bytes:
             raise CheckpointError(f"{where} is {nbytes} bytes, more than the {max_bytes} allowed")
         if self.members[name + ".npy"].file_size > nbytes + 65536:
             raise CheckpointError(f"{where}: the member is larger than its header says ({nbytes} bytes of data)")
         try:
             a = self.npz[name]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, MemoryError) as e:
             raise CheckpointError(f"{where} is unreadable: corrupt or truncated ({e})") from None
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise CheckpointError(f"{where} holds NaN or infinite values")
@@ -288,6 +314,42 @@ def _read_description(reader):
     return desc
 
 
+def _check_shapes(reader, desc, layers):
+    """Before anything is allocated: every parameter shape the description implies must equal the
+    shape in its array's header. The arrays are in the file (uncompressed), so a description asking
+    for absurd sizes (``filters=1e9``) is refused here instead of exhausting memory in ``build``."""
+    path = reader.path
+    shape = tuple(desc["model"]["input_shape"])
+    wanted = {}  # array name -> (shape, layer label)
+    for i, layer in enumerate(layers):
+        label = f"layers[{i}] ({type(layer).__name__})"
+        if layer.ndim is not None and len(shape) != layer.ndim - 1:
+            _fail(path, f"{label} takes inputs of rank {layer.ndim - 1} per sample; at its position they are {shape}")
+        try:
+            param_shapes = layer.param_shapes(shape)
+            out = tuple(int(s) for s in layer.compute_output_shape(shape))
+        except (TypeError, ValueError, ArithmeticError, IndexError) as e:
+            _fail(path, f"{label} cannot take inputs of shape {shape}: {e}")
+        if any(s < 1 for s in out):
+            _fail(path, f"{label} gives an empty output {out} for inputs {shape}")
+        for key, expected in param_shapes.items():
+            wanted[f"{PARAMS}layers.{i}.{key}"] = (tuple(int(s) for s in expected), label)
+        shape = out
+    _check_param_names(path, reader.names, wanted)
+    for name, (expected, label) in wanted.items():
+        got, _ = reader.header(name)
+        if got != expected:
+            _fail(path, f"array {name!r} has shape {got}, the architecture expects {expected} ({label})")
+
+
+def _check_param_names(path, names, wanted):
+    params_in_file = {n for n in names if n.startswith(PARAMS)}
+    if params_in_file != set(wanted):
+        missing = sorted(n[len(PARAMS):] for n in set(wanted) - params_in_file)
+        extra = sorted(n for n in params_in_file - set(wanted))
+        _fail(path, f"the weights do not match the architecture (missing {missing}, unexpected {extra})")
+
+
 def _build_layers(desc, path):
     layers = []
     for i, spec in enumerate(desc["model"]["layers"]):
@@ -327,10 +389,7 @@ def _read_payload(reader, desc, model):
     expected = {PARAMS + name: p for name, p, _ in model.params()}
     names = reader.names - {META_KEY}
     params_in_file = {n for n in names if n.startswith(PARAMS)}
-    if params_in_file != set(expected):
-        missing = sorted(n[len(PARAMS):] for n in set(expected) - params_in_file)
-        extra = sorted(n for n in params_in_file - set(expected))
-        _fail(path, f"the weights do not match the architecture (missing {missing}, unexpected {extra})")
+    _check_param_names(path, names, expected)
     weights = {key[len(PARAMS):]: reader.read(key, p.shape, p.dtype) for key, p in expected.items()}
 
     optimizer_arrays = None
@@ -396,6 +455,7 @@ def load_model(path):
         desc = _read_description(reader)
         arch = desc["model"]
         layers = _build_layers(desc, reader.path)
+        _check_shapes(reader, desc, layers)
         try:
             model = Sequential(layers, input_shape=tuple(arch["input_shape"]), seed=arch.get("seed"),
                                dtype=_DTYPES[arch["dtype"]])
