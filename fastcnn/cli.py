@@ -21,6 +21,7 @@ import json
 import math
 import os
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -29,10 +30,11 @@ import numpy as np
 
 import fastcnn
 from fastcnn import datasets, models, optim, registry
+from fastcnn._checks import first_non_finite
 from fastcnn.callbacks import Callback
 from fastcnn.errors import FastCNNError
 
-__all__ = ["main", "build_parser", "read_images"]
+__all__ = ["main", "build_parser", "read_images", "read_image_file", "is_dark_on_light"]
 
 PROG = "fastcnn"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -41,6 +43,14 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 #: IDX type codes (the third byte of an IDX file; the first two are zero).
 _IDX_TYPE_CODES = (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
+#: ``predict --invert`` choices.
+INVERT_CHOICES = ("auto", "yes", "no")
+#: A picture whose outermost ring of pixels is lighter than this on average (in [0, 1]) is
+#: dark on light, and inverted under ``--invert auto``. The largest ring mean among the 70,000
+#: Fashion-MNIST images is 0.42 (train) and 0.37 (test); a light background gives about 1.
+BORDER_THRESHOLD = 0.5
+#: Larger pictures are refused before they are decoded (4096 x 4096; Pillow's own bomb limit is 89 M).
+MAX_PICTURE_PIXELS = 1 << 24
 
 
 class CommandError(Exception):
@@ -149,8 +159,10 @@ def build_parser():
         description="Print, per image, the predicted class index, class name and probability. "
                     "PNG/JPEG images (needs Pillow) are converted to 28x28 grayscale in [0, 1] (resized, "
                     "not cropped: keep the object centered in a square picture); MNIST-style data is "
-                    "light on dark, so a dark-on-light image (mean > 0.5) is inverted, and the output "
-                    "says so. An IDX file contributes every image it holds.",
+                    "light on dark, so a picture whose border is light (mean of the outermost pixels "
+                    "> 0.5: a dark object on a light background) is inverted, and the output says so. "
+                    "An IDX file contributes every image it holds. A file that cannot be read is "
+                    "reported on its own line; the others are still predicted (exit status 1).",
     )
     predict.add_argument("model_path", metavar="MODEL.npz")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG image or IDX file")
@@ -158,6 +170,9 @@ def build_parser():
                          help="print the K most likely classes (default: %(default)s)")
     predict.add_argument("--dataset", choices=datasets.DATASETS,
                          help="name the classes as in this dataset (default: the one recorded in the model)")
+    predict.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
+                         help="invert PNG/JPEG pictures: auto = when their border is light, yes = always, "
+                              "no = never (default: %(default)s; IDX files are never inverted)")
     _add_threads_argument(predict)
     predict.set_defaults(run=cmd_predict)
 
@@ -430,41 +445,74 @@ def _read_idx_images(path):
         x = array.astype(np.float32) / np.float32(255)
     elif array.dtype.kind == "f":
         x = array.astype(np.float32)
+        bad = first_non_finite(x)
+        if bad is not None:
+            raise CommandError(f"{path}: image {bad} holds NaN or infinite pixels (as float32)")
     else:
         raise CommandError(f"{path}: expected uint8 (0..255) or float (0..1) pixels; the IDX file holds {array.dtype}")
     return x[..., None]  # (N, 28, 28, 1)
 
 
-def _read_picture(path):
+def is_dark_on_light(x):
+    """Whether the grayscale picture ``x`` (H, W) in [0, 1] is a dark object on a light background:
+    the mean of its outermost ring of pixels exceeds :data:`BORDER_THRESHOLD`. (The mean of the whole
+    picture would invert light objects that fill the frame: 548 of Fashion-MNIST's test images.)"""
+    ring = np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
+    return bool(ring.mean() > BORDER_THRESHOLD)
+
+
+def _read_picture(path, invert="auto"):
     """One PNG/JPEG/... image as float32 ``(1, 28, 28, 1)`` light-on-dark; also whether it was inverted."""
     Image = _require_pillow()
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_PICTURE_PIXELS:  # checked before decoding allocates it
+                raise CommandError(f"{path}: a {image.width}x{image.height} picture is larger than the "
+                                   f"{MAX_PICTURE_PIXELS:,} pixels predict reads; shrink it first")
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 # transparent pixels are background: put the picture on white
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             gray = image.convert("L")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error, ZeroDivisionError,
+            MemoryError, Image.DecompressionBombError) as error:  # what Pillow's decoders raise on bad data
         raise CommandError(f"{path}: not an IDX file nor an image Pillow can read ({error})") from None
     if gray.size != IMAGE_SHAPE[:2]:
         gray = gray.resize(IMAGE_SHAPE[:2], Image.Resampling.LANCZOS)
     x = np.asarray(gray, dtype=np.float32) / np.float32(255)  # (28, 28) in [0, 1]
-    inverted = bool(x.mean() > 0.5)  # dark on light: MNIST-style data is light on dark
+    inverted = invert == "yes" or (invert == "auto" and is_dark_on_light(x))  # MNIST-style data is light on dark
     if inverted:
         x = np.float32(1) - x
     return x[None, :, :, None], inverted
 
 
-def read_images(paths):
-    """Read the ``predict`` inputs.
+def read_image_file(path, invert="auto"):
+    """One ``predict`` input: ``(x, labels)`` as in :func:`read_images`; a bad file is a ``CommandError``."""
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file")
+    try:
+        if _is_idx(path):
+            x = _read_idx_images(path)
+            return x, [f"{path}[{i}]" for i in range(len(x))]
+        x, inverted = _read_picture(path, invert)
+    except OSError as error:  # unreadable: permissions, a directory, I/O error
+        raise CommandError(f"{path}: cannot read: {error.strerror or error}") from None
+    except FastCNNError as error:  # DatasetError from the IDX reader, already naming the file
+        raise CommandError(str(error)) from None
+    return x, [f"{path} (inverted)" if inverted else path]
+
+
+def read_images(paths, invert="auto"):
+    """Read the ``predict`` inputs (the first bad file raises; ``fastcnn predict`` reads each on its own).
 
     Parameters
     ----------
     paths : list of str
         PNG/JPEG (any format Pillow reads) images and IDX files (gzip-compressed
         or not), told apart by their first bytes.
+    invert : "auto", "yes" or "no"
+        Invert pictures (not IDX files): when their border is light, always, never.
 
     Returns
     -------
@@ -476,21 +524,31 @@ def read_images(paths):
     """
     batches, labels = [], []
     for path in paths:
-        if not os.path.isfile(path):
-            raise CommandError(f"{path}: no such file")
-        if _is_idx(path):
-            x = _read_idx_images(path)
-            labels += [f"{path}[{i}]" for i in range(len(x))]
-        else:
-            x, inverted = _read_picture(path)
-            labels.append(f"{path} (inverted)" if inverted else path)
+        x, names = read_image_file(path, invert)
         batches.append(x)
+        labels += names
     return np.concatenate(batches), labels
 
 
 def cmd_predict(args):
-    """``fastcnn predict MODEL.npz IMAGE...``: the most likely classes of each image."""
-    x, labels = read_images(args.images)
+    """``fastcnn predict MODEL.npz IMAGE...``: the most likely classes of each image.
+
+    Every readable file is predicted; each bad one is reported on its own line
+    (stderr), and the exit status is then 1.
+    """
+    batches, labels, failures = [], [], 0
+    for path in args.images:
+        try:
+            x, names = read_image_file(path, args.invert)
+        except CommandError as error:
+            _error(error)
+            failures += 1
+            continue
+        batches.append(x)
+        labels += names
+    if not batches:
+        return EXIT_ERROR
+    x = np.concatenate(batches)
     model = _load_model(args.model_path)
     _check_mnist_shaped(model, args.model_path)
     _set_threads(args.threads)
@@ -502,6 +560,10 @@ def cmd_predict(args):
     for label, row, classes in zip(labels, probs, order):
         guesses = [f"{k} {names[k]} ({row[k]:.4f})" if names else f"{k} ({row[k]:.4f})" for k in classes]
         print(f"{label}: {', '.join(guesses)}")
+    if failures:
+        _error(f"{_plural(failures, 'file')} of {len(args.images)} could not be read (see above); "
+               f"the others were predicted")
+        return EXIT_ERROR
     return 0
 
 
