@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import statistics
 import struct
 import sys
@@ -142,6 +143,13 @@ def build_parser():
     train.add_argument("--limit", type=_positive_int, metavar="N",
                        help="train on the first N training images only (quick runs)")
     train.add_argument("--plot", metavar="PNG", help="draw loss/accuracy curves to PNG (needs matplotlib)")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="save a resumable checkpoint (weights, optimizer and random state) to "
+                            "DIR/epoch-NNNN.npz after every epoch, atomically (DIR is created)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoint in --checkpoint-dir, exactly as an "
+                            "uninterrupted run would (same data, batch size and seed; starts from "
+                            "epoch 1 when DIR holds none). --epochs is the total, as in fit()")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser(
@@ -344,8 +352,64 @@ def _describe_optimizer(optimizer):
     return f"{type(optimizer).__name__} lr {optimizer.lr:g}"
 
 
+#: Checkpoint file names in ``--checkpoint-dir``: the 1-based number of completed epochs.
+CHECKPOINT_PATTERN = "epoch-{epoch:04d}.npz"
+_CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.npz$")
+#: Settings a resumed run must share with the run that wrote the checkpoint (exactness).
+_RUN_SETTINGS = ("model", "dataset", "batch_size", "limit", "seed")
+
+
+def _checkpoints(directory):
+    """``{completed epochs: path}`` of the checkpoints in ``directory``."""
+    found = {}
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            match = _CHECKPOINT_NAME.match(entry.name)
+            if match and entry.is_file():
+                found[int(match.group(1))] = entry
+    return found
+
+
+def _prepare_checkpoints(args):
+    """Check ``--checkpoint-dir`` / ``--resume``; returns ``(directory or None, newest checkpoint or None)``."""
+    if args.checkpoint_dir is None:
+        if args.resume:
+            raise UsageError("argument --resume: needs --checkpoint-dir DIR (where the checkpoints are)")
+        return None, None
+    directory = Path(args.checkpoint_dir).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise CommandError(f"--checkpoint-dir {directory}: not a directory")
+    found = _checkpoints(directory)
+    if found and not args.resume:
+        newest = found[max(found)]
+        raise CommandError(f"--checkpoint-dir {directory} already holds checkpoints (the newest is {newest.name}); "
+                           f"pass --resume to continue that run, or choose another directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"--checkpoint-dir {directory}: cannot create it: {error.strerror or error}") from None
+    if not os.access(directory, os.W_OK):
+        raise CommandError(f"--checkpoint-dir {directory}: not writable")
+    return directory, (found[max(found)] if found else None)
+
+
+def _resume(path, args, settings):
+    """The model of checkpoint ``path`` and its completed epochs, after checking it belongs to this run."""
+    model = _load_model(str(path))
+    saved = model.metadata.get("run", {})
+    different = [f"--{key.replace('_', '-')} {saved.get(key)!r} in the checkpoint, {settings[key]!r} now"
+                 for key in _RUN_SETTINGS if saved.get(key) != settings[key]]
+    if different:
+        raise CommandError(f"--resume: {path} was written by another run: {'; '.join(different)}")
+    if args.optimizer is not None or args.lr is not None:
+        raise CommandError("--resume: the optimizer and learning rate come from the checkpoint; "
+                           "drop --optimizer/--lr")
+    return model, int(_CHECKPOINT_NAME.match(path.name).group(1))
+
+
 def cmd_train(args):
     """``fastcnn train``: fit a preset, print progress and one summary line."""
+    checkpoint_dir, newest = _prepare_checkpoints(args)
     if args.save:
         _check_writable(args.save, "--save")
     if args.plot:
@@ -358,19 +422,34 @@ def cmd_train(args):
     (x_train, y_train), (x_test, y_test) = _load_data(args.dataset, args.data_dir)
     if args.limit is not None:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model = models.PRESETS[args.model](seed=args.seed, impl=args.impl)
-    _configure_optimizer(model, args.optimizer, args.lr)
+    settings = {"model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
+                "limit": args.limit, "seed": args.seed}
+    initial_epoch = 0
+    if newest is not None:
+        model, initial_epoch = _resume(newest, args, settings)
+    else:
+        model = models.PRESETS[args.model](seed=args.seed, impl=args.impl)
+        _configure_optimizer(model, args.optimizer, args.lr)
     model.metadata["dataset"] = args.dataset  # saved with the model: evaluate/predict read it back
+    model.metadata["run"] = settings  # --resume checks a checkpoint against these
+    callbacks = []
+    if checkpoint_dir is not None:
+        from fastcnn.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(checkpoint_dir / CHECKPOINT_PATTERN))
 
     if impl == "numba":
         _warm_up(args.model, args.impl, verbose)
+    if verbose and newest is not None:
+        print(f"Resuming from {newest}: {_plural(initial_epoch, 'epoch')} of {args.epochs} done")
     if verbose:
         print(f"Training {args.model} on {args.dataset}: {_plural(len(x_train), 'image')}, validating on "
               f"{_plural(len(x_test), 'test image')}; batch {args.batch_size}, "
               f"{_describe_optimizer(model.optimizer)}, impl {impl}, {_plural(threads, 'thread')}")
     timer = TrainingTimer()
     history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(x_test, y_test), callbacks=[timer], verbose=verbose)
+                        validation_data=(x_test, y_test), callbacks=[timer] + callbacks, verbose=verbose,
+                        initial_epoch=initial_epoch)
     accuracy = history.history.get("val_accuracy", [None])[-1]
     if accuracy is None:  # no epoch finished its validation
         accuracy = model.evaluate(x_test, y_test, batch_size=256)["accuracy"]
