@@ -271,6 +271,11 @@ def _check_dict(value, what, path, keys=()):
     return value
 
 
+def _is_name_in(value, names):
+    """``value in names`` for a JSON value: only a string can name something (a list is unhashable)."""
+    return isinstance(value, str) and value in names
+
+
 def _read_description(reader):
     meta = reader.read(META_KEY, dtype=np.uint8, max_bytes=MAX_META_BYTES)
     path = reader.path
@@ -289,7 +294,7 @@ def _read_description(reader):
     arch = _check_dict(desc["model"], "model", path, ("class", "input_shape", "dtype", "layers"))
     if arch["class"] != "Sequential":
         _fail(path, f"model class {arch['class']!r} is not 'Sequential'")
-    if arch["dtype"] not in _DTYPES:
+    if not _is_name_in(arch["dtype"], _DTYPES):
         _fail(path, f"dtype {arch['dtype']!r} is not one of {sorted(_DTYPES)}")
     shape = arch["input_shape"]
     if not isinstance(shape, list) or not shape or not all(type(s) is int and s > 0 for s in shape):
@@ -298,14 +303,14 @@ def _read_description(reader):
         _fail(path, "the layer list is empty or not a list")
     for i, spec in enumerate(arch["layers"]):
         _check_dict(spec, f"layers[{i}]", path, ("type", "config"))
-        if spec["type"] not in LAYER_TYPES:
+        if not _is_name_in(spec["type"], LAYER_TYPES):
             _fail(path, f"layers[{i}] has type {spec['type']!r}, which is not a fastcnn layer "
                         f"(allowed: {sorted(LAYER_TYPES)})")
         _check_dict(spec["config"], f"layers[{i}].config", path)
     if desc["compile"] is not None:
         comp = _check_dict(desc["compile"], "compile", path, ("optimizer", "loss", "metrics"))
         opt = _check_dict(comp["optimizer"], "optimizer", path, ("class", "config"))
-        if opt["class"] not in _OPTIMIZER_CLASSES:
+        if not _is_name_in(opt["class"], _OPTIMIZER_CLASSES):
             _fail(path, f"optimizer class {opt['class']!r} is not one of {sorted(_OPTIMIZER_CLASSES)}")
         _check_dict(opt["config"], "optimizer config", path)
     rng = _check_dict(desc["rng"], "rng", path, ("model", "layers"))

@@ -166,3 +166,19 @@ def test_non_finite_optimizer_state_is_refused_at_save_time(tmp_path):
     with pytest.raises(CheckpointError, match=r"optimizer state 'layers.0.weight/m' holds NaN or infinite"):
         model.save(tmp_path / "m.npz")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("field", ["dtype", "layer type", "optimizer class"])
+def test_a_list_where_a_name_belongs_is_a_checkpoint_error(saved, field):
+    # Found by the fuzz target (tests/fuzz): a JSON list in these fields raised TypeError: unhashable type.
+    def edit(desc):
+        if field == "dtype":
+            desc["model"]["dtype"] = []
+        elif field == "layer type":
+            desc["model"]["layers"][1]["type"] = ["ReLU"]
+        else:
+            desc["compile"]["optimizer"]["class"] = []
+
+    edit_description(saved, edit)
+    with pytest.raises(CheckpointError, match=r"is not one of|is not a fastcnn layer"):
+        load_model(saved)

@@ -44,6 +44,8 @@ def mutated_files(draw):
     raw = bytearray(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(0, 3))):
         how = draw(st.sampled_from(["zero-bytes", "type", "ndim", "dimension", "byte", "truncate", "append"]))
+        if how in ("zero-bytes", "type", "ndim", "dimension") and len(raw) < 4:
+            continue  # already truncated into the magic number
         if how == "zero-bytes":
             raw[draw(st.integers(0, 1))] = draw(st.integers(0, 255))
         elif how == "type":
