@@ -15,17 +15,21 @@ A training step has two phases:
 
 :func:`atomic_step` is the one place both phases meet; ``Sequential`` calls it
 from ``train_on_batch`` and ``fit``. Its cost per step is a handful of
-microseconds (two ``signal.signal`` calls and a copy of each generator's state).
+microseconds (two ``signal.signal`` calls and a copy of each layer generator's state).
 
 Numba kernels do not run Python signal handlers: a SIGINT that arrives inside a
 kernel is handled when the kernel returns, at the next Python instruction.
 """
 
 import contextlib
-import signal
 import threading
 
 import numpy as np
+
+try:  # the C functions under ``signal``: its wrappers convert to enums at ~4 us per call
+    import _signal as _sig
+except ImportError:  # pragma: no cover - other Python implementations
+    import signal as _sig
 
 __all__ = ["atomic_step", "deferred_sigint", "PartialUpdateError"]
 
@@ -40,46 +44,53 @@ class PartialUpdateError(RuntimeError):
     may be updated and others not. The model should be reloaded from a checkpoint."""
 
 
-def _main_thread():
-    return threading.current_thread() is threading.main_thread()
+_MAIN_THREAD = threading.main_thread()
 
 
-@contextlib.contextmanager
-def deferred_sigint():
-    """Hold back SIGINT for the duration of the block, then deliver it.
+class deferred_sigint:
+    """Hold back SIGINT for the duration of the ``with`` block, then deliver it.
 
     Only in the main thread (the only one Python delivers signals to, and the only
     one allowed to install handlers); elsewhere the block runs unchanged. A SIGINT
     that arrives in the block is handed to the previous handler when the block
     ends (for Python's default, ``KeyboardInterrupt`` is raised there).
     """
-    if not _main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None or previous == signal.SIG_IGN:  # not installed from Python, or ignored
-        yield
-        return
-    received = []
 
-    def record(signum, frame):
-        received.append(frame)
+    __slots__ = ("previous", "received")
 
-    signal.signal(signal.SIGINT, record)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            if previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
+    def __enter__(self):
+        self.previous = None
+        self.received = None
+        if threading.current_thread() is not _MAIN_THREAD:
+            return self
+        previous = _sig.getsignal(_sig.SIGINT)
+        if previous is None or previous == _sig.SIG_IGN:  # not installed from Python, or ignored
+            return self
+        self.received = []
+        self.previous = previous
+        _sig.signal(_sig.SIGINT, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.received.append(frame)
+
+    def __exit__(self, *exc):
+        previous = self.previous
+        if previous is None:
+            return False
+        _sig.signal(_sig.SIGINT, previous)
+        if self.received:
+            if previous == _sig.SIG_DFL:
+                _sig.raise_signal(_sig.SIGINT)
             else:
-                previous(signal.SIGINT, received[0])
+                previous(_sig.SIGINT, self.received[0])
+        return False
 
 
 def _generators(model):
-    """Every numpy Generator the model draws from: its own (shuffling) and the layers' (Dropout)."""
-    found = [model.rng] if isinstance(getattr(model, "rng", None), np.random.Generator) else []
+    """The numpy Generators a step draws from: the layers' (Dropout masks). The model's own
+    Generator (shuffling) is drawn from between steps, never inside one."""
+    found = []
     for layer in model.layers:
         rng = getattr(layer, "rng", None)
         if isinstance(rng, np.random.Generator):

@@ -1,9 +1,12 @@
 """Checks of the values users hand to ``predict`` / ``evaluate`` / ``fit`` / ``set_weights``.
 
 Kept out of :mod:`fastcnn.model` so the model code reads as the training loop. Each
-check is cheap on the success path: finiteness is one NumPy sum (SIMD, no
-temporary array: a sum is finite only if every term is), and only when it is not
-finite is the first offending sample searched for.
+check is cheap on the success path: finiteness is one BLAS dot product of the data
+with itself (no temporary array; NaN and inf propagate into it, so a finite result
+proves every value finite; about 6 us for a batch of 64 MNIST images, 70 us for
+1000), and only when it is not finite is the first offending sample searched for
+(or the values found finite after all: the squares overflowed). The range warning
+looks at a few samples of the first batch a model sees.
 """
 
 import math
@@ -20,8 +23,10 @@ __all__ = ["as_array", "check_finite", "warn_unscaled", "single_image_hint", "ch
 #: A float input whose largest value exceeds this looks like 0..255 pixels that were not scaled
 #: (standardized inputs, (x - mean) / std, stay well below it).
 UNSCALED_THRESHOLD = 10.0
+#: Samples the range check looks at.
+UNSCALED_SAMPLES = 8
 
-_warned_unscaled = weakref.WeakSet()  # models already warned: once per model
+_range_checked = weakref.WeakSet()  # models whose inputs were looked at once
 
 
 def as_array(x, what):
@@ -54,7 +59,10 @@ def check_finite(x, what):
 
     The message names the kinds of values found, their number and the first sample holding one.
     """
-    if x.dtype.kind != "f" or math.isfinite(np.add.reduce(x, axis=None)):
+    if x.dtype.kind != "f":
+        return
+    flat = x.reshape(-1)
+    if math.isfinite(np.dot(flat, flat)):
         return
     index = first_non_finite(x)
     if index is None:  # the sum overflowed; every value is finite
@@ -69,16 +77,20 @@ def check_finite(x, what):
 
 
 def warn_unscaled(model, x, what):
-    """Warn once per model when float inputs exceed 1 by far (0..255 pixels that were not scaled)."""
-    if model in _warned_unscaled or x.dtype.kind != "f":
+    """Warn when float inputs exceed 1 by far (0..255 pixels that were not scaled).
+
+    Looked at once per model, on the first float batch it is given (its first
+    :data:`UNSCALED_SAMPLES` samples), so the check costs nothing afterwards.
+    """
+    if x.dtype.kind != "f" or model in _range_checked:
         return
-    largest = float(np.max(x))
+    _range_checked.add(model)
+    largest = float(np.max(x[:UNSCALED_SAMPLES]))
     if largest > UNSCALED_THRESHOLD:
-        _warned_unscaled.add(model)
         warnings.warn(
             f"{what} is float with values up to {largest:g}; fastcnn expects float images in [0, 1]. "
             f"If these are 0..255 pixels, divide by 255 (or pass uint8 images, which are scaled). "
-            f"This warning is shown once per model.",
+            f"(Checked once per model, on its first batch.)",
             UserWarning, stacklevel=4,
         )
 

@@ -115,8 +115,9 @@ def test_float_inputs_in_0_255_warn_once_per_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.predict(x)  # once per model
-        model.predict(images(4) * 5)  # standardized-like values do not warn
-        small_net().predict(images(4) * 5)
+        small_net().predict(images(4) * 5)  # standardized-like values do not warn
+    with pytest.warns(UserWarning, match=r"x is float with values up to"):
+        small_net().fit(images(8) * 255, np.arange(8), verbose=0)
 
 
 def test_shuffle_batch_is_refused_instead_of_meaning_true():
