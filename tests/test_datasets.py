@@ -668,3 +668,13 @@ def test_a_header_declaring_a_huge_array_costs_no_memory(tmp_path):
     path.write_bytes(gzip.compress(b"\x00\x00\x0e\x03" + np.array([2**32 - 1] * 3, ">u4").tobytes() + bytes(64)))
     with pytest.raises(DatasetError, match=r"its header .* declares 633,[\d,]+ bytes of data, the file holds 64: wrong number"):
         ds.read_idx(path)
+
+
+def test_data_that_is_not_a_whole_number_of_items_is_a_dataset_error(tmp_path):
+    # Found by the IDX fuzz target on the old reader: mnist.parse_idx raised a raw
+    # "ValueError: bytes length not a multiple of item size" for int16 data of odd length.
+    path = tmp_path / "odd-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x0b\x01" + np.array([2], ">u4").tobytes() + bytes(5))
+    with pytest.raises(DatasetError, match=r"declares 4 bytes of data, the file holds 5: wrong number of items; "
+                                           r"the file has trailing data"):
+        ds.read_idx(path)

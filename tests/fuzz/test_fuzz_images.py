@@ -59,7 +59,7 @@ PNG_SIZES = st.sampled_from([0, 1, 28, 2**15, 2**16, 2**24, 2**31 - 1, 2**31, 2*
 
 def _png_ihdr(raw, draw):
     """Rewrite a PNG's IHDR fields, with the CRC recomputed."""
-    if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+    if len(raw) < 33 or raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
         return raw
     width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", raw[16:29])
     field = draw(st.sampled_from(["size", "depth", "colour", "interlace"]))
