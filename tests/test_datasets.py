@@ -649,8 +649,8 @@ def test_an_explicit_path_never_falls_back_to_another_copy(tmp_path, monkeypatch
      r"holds 2,360: the magic number is wrong; the data fits magic 0x00000803 \(uint8, shape \(3, 28, 28\)\)"),
     # float32 data under the uint8 type byte
     (b"\x00\x00\x08\x01" + np.array([5], ">u4").tobytes() + bytes(20),
-     r"its header .* declares 5 bytes of data, the file holds 20: the magic number is wrong; the data fits magic 0x00000c01 "
-     r"\(int32, shape \(5,\)\) or 0x00000d01 \(float32, shape \(5,\)\)$"),
+     r"its header .* declares 5 bytes of data, the file holds 20: the magic number is wrong; "
+     r"the data fits magic 0x00000c01 \(int32, shape \(5,\)\) or 0x00000d01 \(float32, shape \(5,\)\)$"),
     (b"\x00\x00\x08\x01" + np.array([5], ">u4").tobytes() + bytes(4),
      r"its header .* declares 5 bytes of data, the file holds 4: wrong number of items; the file is truncated"),
     (b"\x00\x00\x08\x01" + np.array([5], ">u4").tobytes() + bytes(7),
@@ -666,7 +666,8 @@ def test_a_wrong_magic_number_is_named_as_such(tmp_path, content, match):
 def test_a_header_declaring_a_huge_array_costs_no_memory(tmp_path):
     path = tmp_path / "huge-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(b"\x00\x00\x0e\x03" + np.array([2**32 - 1] * 3, ">u4").tobytes() + bytes(64)))
-    with pytest.raises(DatasetError, match=r"its header .* declares 633,[\d,]+ bytes of data, the file holds 64: wrong number"):
+    with pytest.raises(DatasetError, match=r"its header .* declares 633,[\d,]+ bytes of data, the file holds 64: "
+                                           r"wrong number"):
         ds.read_idx(path)
 
 

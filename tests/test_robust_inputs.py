@@ -86,7 +86,8 @@ def test_set_weights_takes_a_keras_style_list_in_get_weights_order():
     source, target = small_net(seed=1), small_net(seed=2)
     target.set_weights(list(source.get_weights().values()))
     assert all(np.array_equal(a, b) for a, b in zip(source.get_weights().values(), target.get_weights().values()))
-    with pytest.raises(ValueError, match=r"the model has 4 weight arrays \(layers.0.weight, .*\), received a list of 3"):
+    with pytest.raises(ValueError, match=r"the model has 4 weight arrays \(layers.0.weight, .*\), received a "
+                                         r"list of 3"):
         target.set_weights(list(source.get_weights().values())[:3])
     with pytest.raises(TypeError, match=r"expected a dict \{name: array\} .* or a list of arrays"):
         target.set_weights(np.zeros(3))

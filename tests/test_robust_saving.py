@@ -182,3 +182,14 @@ def test_a_list_where_a_name_belongs_is_a_checkpoint_error(saved, field):
     edit_description(saved, edit)
     with pytest.raises(CheckpointError, match=r"is not one of|is not a fastcnn layer"):
         load_model(saved)
+
+
+def test_the_cli_reports_a_crafted_model_file_in_one_line(saved, capsys):
+    # Before the fix: a MemoryError traceback from building the model.
+    from fastcnn import cli
+
+    edit_description(saved, lambda desc: desc["model"]["layers"][0]["config"].update(filters=10**9))
+    assert cli.main(["evaluate", str(saved)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("fastcnn: error: ") and "the architecture expects (3, 3, 1, 1000000000)" in err
