@@ -52,6 +52,10 @@ INVERT_CHOICES = ("auto", "yes", "no")
 BORDER_THRESHOLD = 0.5
 #: Larger pictures are refused before they are decoded (4096 x 4096; Pillow's own bomb limit is 89 M).
 MAX_PICTURE_PIXELS = 1 << 24
+#: No image codec packs more pixels than this into one byte of file (deflate peaks near 1032 for a
+#: blank grayscale PNG, JPEG near 100); a header claiming more describes data the file cannot hold,
+#: and is refused before the decoder allocates the whole picture.
+MAX_PIXELS_PER_BYTE = 2048
 
 
 class CommandError(Exception):
@@ -545,9 +549,14 @@ def _read_picture(path, invert="auto"):
     Image = _require_pillow()
     try:
         with Image.open(path) as image:
-            if image.width * image.height > MAX_PICTURE_PIXELS:  # checked before decoding allocates it
+            pixels = image.width * image.height  # checked before decoding allocates them
+            if pixels > MAX_PICTURE_PIXELS:
                 raise CommandError(f"{path}: a {image.width}x{image.height} picture is larger than the "
                                    f"{MAX_PICTURE_PIXELS:,} pixels predict reads; shrink it first")
+            size = os.path.getsize(path)
+            if pixels > MAX_PIXELS_PER_BYTE * size:
+                raise CommandError(f"{path}: its header says {image.width}x{image.height} pixels, more than a "
+                                   f"{size:,}-byte file can hold: truncated or corrupt")
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 # transparent pixels are background: put the picture on white

@@ -144,3 +144,22 @@ def test_a_picture_too_large_to_decode_is_refused_before_decoding(model_file, tm
     assert (code, out) == (1, "")
     assert err == (f"fastcnn: error: {path}: a 5000x4000 picture is larger than the 16,777,216 pixels predict "
                    f"reads; shrink it first\n")
+
+
+def test_a_picture_header_claiming_more_pixels_than_the_file_can_hold_is_refused(model_file, tmp_path, capsys):
+    # Found by the image fuzz target: a small PNG whose header claimed up to 16 M pixels made
+    # Pillow allocate the whole picture (268 MB traced) before finding the data missing.
+    import struct
+    import zlib
+
+    Image = pytest.importorskip("PIL.Image")
+    path = tmp_path / "claims-big.png"
+    out = tmp_path / "small.png"
+    Image.new("RGBA", (40, 30), (10, 20, 30, 255)).save(out)
+    raw = out.read_bytes()
+    body = b"IHDR" + struct.pack(">II", 4096, 4096) + raw[24:29]
+    path.write_bytes(raw[:12] + body + struct.pack(">I", zlib.crc32(body)) + raw[33:])
+    code, out_text, err = run(capsys, "predict", model_file, path)
+    assert (code, out_text) == (1, "")
+    assert err == (f"fastcnn: error: {path}: its header says 4096x4096 pixels, more than a "
+                   f"{path.stat().st_size:,}-byte file can hold: truncated or corrupt\n")
