@@ -6,6 +6,7 @@ NHWC activations, HWIO conv weights, float32 by default. See README.md.
 from fastcnn import callbacks, datasets, layers, losses, metrics, models, optim, registry
 from fastcnn.model import Sequential, load_model
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
+from fastcnn.errors import NonFiniteInputError
 from fastcnn.parallel import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -39,4 +40,5 @@ __all__ = [
     "DatasetError",
     "CheckpointError",
     "NonFiniteLossError",
+    "NonFiniteInputError",
 ]

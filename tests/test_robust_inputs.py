@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+import fastcnn
+
 from fastcnn import layers as L
 from fastcnn.errors import FastCNNError, NonFiniteInputError
 from fastcnn.model import Sequential
@@ -41,6 +43,7 @@ def test_non_finite_inputs_are_refused_naming_the_first_sample(call, value, kind
         else:
             model.fit(images(8), np.arange(8), validation_data=(x, y), verbose=0)
     assert isinstance(info.value, ValueError) and isinstance(info.value, FastCNNError)
+    assert fastcnn.NonFiniteInputError is NonFiniteInputError
     assert all(np.array_equal(a, b) for a, b in zip(before.values(), model.get_weights().values()))
 
 
