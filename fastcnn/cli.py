@@ -17,6 +17,7 @@ command runs in-process in tests: ``fastcnn.cli.main(["train", "--limit", "200"]
 
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
@@ -56,6 +57,8 @@ MAX_PICTURE_PIXELS = 1 << 24
 #: blank grayscale PNG, JPEG near 100); a header claiming more describes data the file cannot hold,
 #: and is refused before the decoder allocates the whole picture.
 MAX_PIXELS_PER_BYTE = 2048
+#: Larger picture files are refused before they are read.
+MAX_PICTURE_BYTES = 64 << 20
 
 
 class CommandError(Exception):
@@ -547,13 +550,20 @@ def is_dark_on_light(x):
 def _read_picture(path, invert="auto"):
     """One PNG/JPEG/... image as float32 ``(1, 28, 28, 1)`` light-on-dark; also whether it was inverted."""
     Image = _require_pillow()
+    size = os.path.getsize(path)
+    if size > MAX_PICTURE_BYTES:
+        raise CommandError(f"{path}: a {size:,}-byte picture is larger than the {MAX_PICTURE_BYTES:,} bytes "
+                           f"predict reads; shrink it first")
+    with open(path, "rb") as f:
+        # from memory: a crafted chunk length then cannot make the decoder's file reads
+        # allocate more than the file holds (a file read of n bytes allocates n up front)
+        data = io.BytesIO(f.read())
     try:
-        with Image.open(path) as image:
+        with Image.open(data) as image:
             pixels = image.width * image.height  # checked before decoding allocates them
             if pixels > MAX_PICTURE_PIXELS:
                 raise CommandError(f"{path}: a {image.width}x{image.height} picture is larger than the "
                                    f"{MAX_PICTURE_PIXELS:,} pixels predict reads; shrink it first")
-            size = os.path.getsize(path)
             if pixels > MAX_PIXELS_PER_BYTE * size:
                 raise CommandError(f"{path}: its header says {image.width}x{image.height} pixels, more than a "
                                    f"{size:,}-byte file can hold: truncated or corrupt")

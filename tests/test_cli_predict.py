@@ -163,3 +163,28 @@ def test_a_picture_header_claiming_more_pixels_than_the_file_can_hold_is_refused
     assert (code, out_text) == (1, "")
     assert err == (f"fastcnn: error: {path}: its header says 4096x4096 pixels, more than a "
                    f"{path.stat().st_size:,}-byte file can hold: truncated or corrupt\n")
+
+
+def test_a_crafted_chunk_length_does_not_make_the_reader_allocate_it(model_file, tmp_path):
+    # Found by the image fuzz target: an IDAT chunk claiming 285 MB in an 880-byte PNG made Pillow's
+    # file read allocate 285 MB; predict now hands Pillow the file's bytes from memory.
+    import struct
+    import tracemalloc
+
+    Image = pytest.importorskip("PIL.Image")
+    small = tmp_path / "small.png"
+    Image.fromarray(np.arange(784, dtype=np.uint8).reshape(28, 28)).save(small)
+    raw = small.read_bytes()
+    assert raw[37:41] == b"IDAT"
+    path = tmp_path / "long-chunk.png"
+    path.write_bytes(raw[:33] + struct.pack(">I", 0x11000000 + struct.unpack(">I", raw[33:37])[0]) + raw[37:])
+    tracemalloc.start()
+    try:
+        try:
+            cli.read_image_file(str(path))
+        except cli.CommandError:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20

@@ -22,6 +22,7 @@ from fastcnn import cli, datasets
 from _fuzzing import fuzz_settings, guarded
 
 Image = pytest.importorskip("PIL.Image")
+Image.init()  # import every format plugin now: the first unidentifiable file would, and time it
 WORK = Path(tempfile.mkdtemp(prefix="fastcnn-fuzz-images-"))
 
 
