@@ -1,7 +1,7 @@
 """Shared by the fuzz targets: how many cases, and the guard every case runs under.
 
 ``FASTCNN_FUZZ=long`` (``make fuzz``) runs many random cases per target; otherwise (CI) a
-bounded, derandomized number, about 20 s per target on the 2-core test machine. Each case
+bounded, derandomized number (500: 6 to 15 s per target on the 2-core test machine). Each case
 must end in success or the parser's typed error, within :data:`CASE_SECONDS`, with no
 traced allocation above :data:`MAX_TRACED_BYTES`; the address space is capped at
 :data:`ADDRESS_SPACE_SLACK` above the current size, so a runaway allocation is a

@@ -86,7 +86,7 @@ def read_checked(path):
     return array
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=500)
 @given(case=mutated_files(), check=st.sampled_from(["read_idx", "images", "labels"]))
 def test_fuzz_read_idx(case, check):
     raw, compressed = case

@@ -104,7 +104,7 @@ def read_checked(path, invert):
     return x
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=500)
 @given(raw=mutated_files(), invert=st.sampled_from(cli.INVERT_CHOICES))
 def test_fuzz_read_image_file(raw, invert):
     path = WORK / "case"

@@ -130,7 +130,7 @@ def mutated_files(draw):
     return zipped(files)
 
 
-@fuzz_settings(ci_examples=100)
+@fuzz_settings(ci_examples=500)
 @given(raw=mutated_files())
 def test_fuzz_load_model(raw):
     path = WORK / "case.npz"
