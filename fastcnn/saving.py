@@ -186,7 +186,8 @@ class _Reader:
         try:
             self.npz = np.load(path, allow_pickle=False)
             self.members = {info.filename: info for info in self.npz.zip.infolist()}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        # RuntimeError: zipfile's NotImplementedError for an unsupported zip version
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as e:
             raise CheckpointError(f"{path!r} is not a readable .npz archive ({e})") from None
         self.names = set()
         for member, info in self.members.items():
