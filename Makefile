@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,image,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[test,image,plot,mpi]'
 	touch $@
 
 data:
@@ -22,8 +22,8 @@ demo: $(VENV)/.installed data
 	$(BIN)/fastcnn train --dataset fashion-mnist --model mnist_cnn --epochs 1
 
 test: $(VENV)/.installed data
-	FASTCNN_REQUIRE_DATA=1 $(BIN)/python -m pytest -q
-	FASTCNN_BENCH_SMALL=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
+	FASTCNN_REQUIRE_DATA=1 FASTCNN_REQUIRE_MPI=1 $(BIN)/python -m pytest -q
+	FASTCNN_BENCH_SMALL=1 FASTCNN_REQUIRE_MPI=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
 
 # The fuzz targets of tests/fuzz with 50x the cases CI runs, random (FASTCNN_FUZZ_EXAMPLES=N sets the number).
 fuzz: $(VENV)/.installed

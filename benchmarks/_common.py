@@ -106,6 +106,15 @@ PRESET_LAYERS = {
         ("conv", 14, 14, 3, 3, 32, 64), ("conv", 14, 14, 3, 3, 64, 64),
         ("dense", 3136, 256), ("dense", 256, 10),
     ],
+    "resnet_mini": [  # in the model's layer order (topological: each block's shortcut after its main path)
+        ("conv", 28, 28, 3, 3, 1, 16),
+        *[("conv", 28, 28, 3, 3, 16, 16)] * 4,
+        ("conv", 14, 14, 3, 3, 16, 32), ("conv", 14, 14, 3, 3, 32, 32), ("conv", 14, 14, 1, 1, 16, 32),
+        ("conv", 14, 14, 3, 3, 32, 32), ("conv", 14, 14, 3, 3, 32, 32),
+        ("conv", 7, 7, 3, 3, 32, 64), ("conv", 7, 7, 3, 3, 64, 64), ("conv", 7, 7, 1, 1, 32, 64),
+        ("conv", 7, 7, 3, 3, 64, 64), ("conv", 7, 7, 3, 3, 64, 64),
+        ("dense", 64, 10),
+    ],
 }
 
 PRESETS = tuple(PRESET_LAYERS)

@@ -103,17 +103,15 @@ def predict_truth(preset, n):
 def loss_and_grads_without_dropout(model, x, y):
     """Loss and gradients of one forward/backward with every Dropout layer off (no update).
 
-    The layer protocol run by hand, so dropout can be disabled without
-    touching the model's code: the check for PyTorch, whose dropout masks
-    cannot match fastcnn's.
+    The model's own training pass with its Dropout layers switched to evaluation
+    (BatchNormalization stays in training mode): the check for PyTorch, whose
+    dropout masks cannot match fastcnn's.
     """
-    out = x
     for layer in model.layers:
         layer.train(not isinstance(layer, Dropout))
-        out = layer.forward(out)
+    out = model._forward(x)
     loss, d = registry.get("softmax_cross_entropy", "numpy").forward(out, y)
-    for layer in reversed(model.layers):
-        d = layer.backward(d)
+    model._backward(d)
     model.train(True)
     return loss, grads(model)
 

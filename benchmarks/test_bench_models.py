@@ -106,3 +106,24 @@ def test_predict(benchmark, preset, n, impl):
         f"float64 {truth_impl}, same weights: max rel error {max_rel_error(probs, truth):.1e}"
     )
 
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+def test_predict_batchnorm_folding(benchmark, fold):
+    """resnet_mini prediction with BatchNormalization folded into the convolutions and without.
+
+    From the state after one training step (moving statistics away from 0 and 1);
+    the check: both ways agree to the float32 tolerance.
+    """
+    preset, n, impl = "resnet_mini", BATCH, "numba"
+    x, _ = _presets.batch(n)
+    model = _presets.build(preset, impl)
+    _presets.restore(model, _presets.state_after_one_step(preset, n))
+    other = model.predict(x, batch_size=n, fold=not fold)  # also warms up
+    model.predict(x, batch_size=n, fold=fold)
+
+    record(benchmark, f"{preset} predict, batch {n}, BatchNormalization folding", preset, n, impl, training=False)
+    benchmark.extra_info["fold"] = fold
+    probs = benchmark(model.predict, x, batch_size=n, fold=fold)
+    assert_close(probs, other, dtype=np.float32, name=f"{preset} predict fold={fold}")
+    benchmark.extra_info["check"] = f"folded vs unfolded: max rel error {max_rel_error(probs, other):.1e}"

@@ -2,7 +2,7 @@
 
 Skipped cleanly when PyTorch is not installed (``pip install torch`` — the CPU
 build is enough). The networks are written the way a PyTorch user would write
-them (NCHW, ``nn.Sequential``, the optimizer and hyperparameters of the
+them (NCHW, ``nn.Sequential``, a BasicBlock module for resnet_mini, the optimizer and hyperparameters of the
 fastcnn preset) and start from the fastcnn preset's weights, converted to
 PyTorch's layouts. Groups are named like benchmarks/test_bench_models.py's,
 so each PyTorch row sits beside fastcnn's rows.
@@ -28,8 +28,50 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 
+class BasicBlock(nn.Module):
+    """resnet_mini's residual block as a PyTorch user writes it (torchvision's BasicBlock), with
+    fastcnn's (TensorFlow's) "same" padding: at stride 2 on an even size the extra row and
+    column are padded at the bottom and right only, where ``padding=1`` would pad both sides."""
+
+    def __init__(self, c_in, filters, stride):
+        super().__init__()
+        pad = nn.ZeroPad2d((0, 1, 0, 1)) if stride == 2 else nn.ZeroPad2d(1)
+        self.conv1 = nn.Sequential(pad, nn.Conv2d(c_in, filters, 3, stride=stride, bias=False))
+        self.bn1 = nn.BatchNorm2d(filters, eps=1e-3, momentum=0.1)  # fastcnn/Keras momentum 0.9
+        self.conv2 = nn.Conv2d(filters, filters, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(filters, eps=1e-3, momentum=0.1)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != filters:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, filters, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(filters, eps=1e-3, momentum=0.1))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class ResNetMini(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16, eps=1e-3, momentum=0.1), nn.ReLU())
+        blocks, c_in = [], 16
+        for stage, filters in enumerate((16, 32, 64)):
+            for block in range(2):
+                blocks.append(BasicBlock(c_in, filters, 2 if stage > 0 and block == 0 else 1))
+                c_in = filters
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
 def torch_net(preset):
     """The preset's architecture in PyTorch (NCHW input ``(N, 1, 28, 28)``)."""
+    if preset == "resnet_mini":
+        return ResNetMini()
     if preset == "tutorial_cnn":
         return nn.Sequential(
             nn.Conv2d(1, 8, 3, bias=False), nn.MaxPool2d(2),

@@ -4,10 +4,12 @@ NHWC activations, HWIO conv weights, float32 by default. See README.md.
 """
 
 from fastcnn import callbacks, datasets, layers, losses, metrics, models, optim, registry
-from fastcnn.model import Sequential, load_model
+from fastcnn.graph import Input
+from fastcnn.model import Model, Sequential, load_model
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
 from fastcnn.errors import NonFiniteInputError
 from fastcnn.parallel import get_num_threads, set_num_threads
+from fastcnn import distributed  # noqa: E402  (imports mpi4py only when used)
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,8 @@ def warmup(dtypes=("float32",)):
 
 
 __all__ = [
+    "Input",
+    "Model",
     "Sequential",
     "warmup",
     "set_num_threads",
@@ -36,6 +40,7 @@ __all__ = [
     "layers",
     "optim",
     "registry",
+    "distributed",
     "FastCNNError",
     "DatasetError",
     "CheckpointError",

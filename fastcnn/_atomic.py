@@ -13,8 +13,8 @@ A training step has two phases:
    is complete, so the model is exactly as after a full step. Gradients are
    checked before the update starts, so the update itself has nothing to refuse.
 
-:func:`atomic_step` is the one place both phases meet; ``Sequential`` calls it
-from ``train_on_batch`` and ``fit``. Its cost per step is a handful of
+:func:`atomic_step` is the one place both phases meet; ``Model._train_step`` calls it
+(``train_on_batch`` and every batch of ``fit``, functional models and ``Sequential`` alike). Its cost per step is a handful of
 microseconds (two ``signal.signal`` calls and a copy of each layer generator's state).
 
 Numba kernels do not run Python signal handlers: a SIGINT that arrives inside a
@@ -145,13 +145,28 @@ class _Step:
             self.committed = True
 
     def rollback(self):
-        """Put back the generators and layer states (SIGINT deferred, so the rollback is whole too)."""
+        """Put back the generators and layer states (SIGINT deferred, so the rollback is whole too).
+
+        State arrays are restored **in place** (other objects, such as a data-parallel
+        step or a plan, may hold references to them); an entry whose array was replaced
+        by one of another shape, or that is not an array, is put back as it was.
+        """
         with deferred_sigint():
             for g, state in zip(self.generators, self.rng_states):
                 g.bit_generator.state = state
             for state, saved in self.layer_states:
-                state.clear()
-                state.update(saved)
+                for key in [k for k in state if k not in saved]:
+                    del state[key]
+                for key, value in saved.items():
+                    current = state.get(key)
+                    if (isinstance(value, np.ndarray) and isinstance(current, np.ndarray)
+                            and current.shape == value.shape and current.dtype == value.dtype):
+                        current[...] = value
+                    else:
+                        state[key] = value
+            changed = getattr(self.model, "_weights_changed", None)
+            if changed is not None:  # cached inference plans may hold folded statistics
+                changed()
 
 
 @contextlib.contextmanager

@@ -299,6 +299,32 @@ def _memory(rows):
                         "interpreter, libraries, model, optimizer state, buffers).", ""]
 
 
+def _under_load(rows):
+    """benchmarks/test_bench_contention.py: fastcnn's default, fastcnn on one thread and PyTorch
+    under the same background load, per cell."""
+    cells = {}
+    for r in rows:
+        if r.kind == "contention" and r.seconds:
+            cells.setdefault(r.group, {})[r.impl] = r
+    if not cells:
+        return []
+    lines = ["### Under load", "",
+             "| benchmark | fastcnn default | fastcnn 1 thread | fastcnn all threads | PyTorch | "
+             "default / best fastcnn | PyTorch / default |", "|---|--:|--:|--:|--:|--:|--:|"]
+    for group, row in cells.items():
+        default, one, every, torch = (row.get(k) for k in ("numba", "numba-1", "numba-all", "torch"))
+        cell = (lambda r: format_time(r.seconds) if r else "—")
+        own = [r.seconds for r in (default, one, every) if r]
+        ratio = f"{default.seconds / min(own):.2f}" if default and own else "—"
+        vs_torch = f"**{torch.seconds / default.seconds:.2f}×**" if default and torch else "—"
+        lines.append(f"| {_cell(group)} | {cell(default)} | {cell(one)} | {cell(every)} | {cell(torch)} | {ratio} | "
+                     f"{vs_torch} |")
+    return lines + ["", "Each cell ran while one process per core spun in a loop (started and stopped by the "
+                        "benchmark). \"default / best fastcnn\" is the default's time over the fastest of the "
+                        "default and the fixed counts (1.00: the default is the best); \"PyTorch / default\" above 1: "
+                        "fastcnn is faster.", ""]
+
+
 def render_markdown(json_dict):
     """The performance section of the README, as Markdown text."""
     rows, peak = derive(json_dict)
@@ -319,13 +345,13 @@ def render_markdown(json_dict):
         "as a share of the float32 matmul measured in the same run.",
         "",
     ]
-    out += _against_torch(rows) + _memory(rows)
+    out += _against_torch(rows) + _under_load(rows) + _memory(rows)
     sections = (("End to end", "model"), ("Ops", "op"))
     for title, kind in sections:
         chosen = [r for r in rows if r.kind == kind]
         if chosen:
             out += [f"### {title}", ""] + _table(chosen) + [""]
-    others = [r for r in rows if r.kind not in ("model", "op", "peak", "memory")]
+    others = [r for r in rows if r.kind not in ("model", "op", "peak", "memory", "contention")]
     if others:
         out += ["### Other", ""] + _table(others) + [""]
     if any(r.note for r in rows):

@@ -220,12 +220,13 @@ def _add_data_arguments(parser, default):
 
 def _add_threads_argument(parser):
     parser.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="threads for Numba kernels and BLAS (default: all cores)")
+                        help="threads for Numba kernels and BLAS, fixed (default: adaptive, at most the "
+                             "usable cores: affinity and cgroup quota)")
 
 
 # -- shared steps ---------------------------------------------------------------------------
 def _set_threads(threads):
-    """Apply ``--threads``; returns the number of threads in use."""
+    """Apply ``--threads``; returns the number of threads in use (adaptive: the most it uses)."""
     from fastcnn import parallel
 
     if threads is not None:
@@ -236,7 +237,8 @@ def _set_threads(threads):
                 f"(NUMBA_NUM_THREADS), received {threads}"
             )
         parallel.set_num_threads(threads)
-    return parallel.get_num_threads()
+        return parallel.get_num_threads()
+    return parallel.thread_policy()[1]  # adaptive: at most this many (README, "Threads on a busy machine")
 
 
 def _missing_files(directory):
@@ -415,7 +417,21 @@ def _resume(path, args, settings):
 
 
 def cmd_train(args):
-    """``fastcnn train``: fit a preset, print progress and one summary line."""
+    """``fastcnn train``: fit a preset, print progress and one summary line.
+
+    Under ``mpiexec -n N`` (N > 1, seen in the launcher's environment) the preset
+    trains data-parallel on the N processes (:mod:`fastcnn.distributed`): rank 0
+    prints and writes the files, an error on any rank ends them all.
+    """
+    if not fastcnn.distributed.launched():
+        return _train(args, distributed=False)
+    fastcnn.distributed.init(threads=args.threads)  # default: the cores / the ranks on this machine
+    quiet = contextlib.nullcontext() if fastcnn.distributed.is_root() else contextlib.redirect_stdout(io.StringIO())
+    with fastcnn.distributed.abort_on_error(brief=(CommandError, FastCNNError, OSError, KeyboardInterrupt)), quiet:
+        return _train(args, distributed=True)
+
+
+def _train(args, distributed):
     checkpoint_dir, newest = _prepare_checkpoints(args)
     if args.save:
         _check_writable(args.save, "--save")
@@ -452,14 +468,17 @@ def cmd_train(args):
     if verbose:
         print(f"Training {args.model} on {args.dataset}: {_plural(len(x_train), 'image')}, validating on "
               f"{_plural(len(x_test), 'test image')}; batch {args.batch_size}, "
-              f"{_describe_optimizer(model.optimizer)}, impl {impl}, {_plural(threads, 'thread')}")
+              f"{_describe_optimizer(model.optimizer)}, impl {impl}, {_plural(threads, 'thread')}"
+              + (f" x {_plural(fastcnn.distributed.size(), 'rank')}" if distributed else ""))
     timer = TrainingTimer()
     history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(x_test, y_test), callbacks=[timer] + callbacks, verbose=verbose,
-                        initial_epoch=initial_epoch)
+                        initial_epoch=initial_epoch, distributed=distributed)
     accuracy = history.history.get("val_accuracy", [None])[-1]
     if accuracy is None:  # no epoch finished its validation
-        accuracy = model.evaluate(x_test, y_test, batch_size=256)["accuracy"]
+        accuracy = model.evaluate(x_test, y_test, batch_size=256, distributed=distributed)["accuracy"]
+    if distributed and not fastcnn.distributed.is_root():
+        return 0  # rank 0 writes the files and the last line
 
     if args.save:
         print(f"Saved the model to {model.save(args.save)}")
@@ -471,7 +490,8 @@ def cmd_train(args):
     rate = timer.images / timer.seconds if timer.seconds > 0 else 0.0
     seconds = f"{timer.seconds:.1f}" if timer.seconds >= 10 else f"{timer.seconds:.2f}"
     print(f"test accuracy {accuracy:.4f} | {timer.images:,} images in {seconds} s "
-          f"({rate:,.0f} images/s) | {args.model} on {args.dataset}, impl {impl}, {_plural(threads, 'thread')}")
+          f"({rate:,.0f} images/s) | {args.model} on {args.dataset}, impl {impl}, {_plural(threads, 'thread')}"
+          + (f" x {_plural(fastcnn.distributed.size(), 'rank')}" if distributed else ""))
     return 0
 
 

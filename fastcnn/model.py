@@ -1,11 +1,25 @@
-"""The Sequential model: a stack of layers with Keras's ``compile`` / ``fit`` /
-``evaluate`` / ``predict``, ``summary`` and safe ``save`` / ``load``.
+"""Models: :class:`Model` (a graph of layers) and :class:`Sequential` (a chain, its special case),
+with Keras's ``compile`` / ``fit`` / ``evaluate`` / ``predict``, ``summary`` and safe ``save`` / ``load``.
 
-Training step (:meth:`Sequential.train_on_batch`, and each batch of ``fit``):
-forward through the layers, the fused ``softmax_cross_entropy`` registry op on
-the logits, backward through the layers in reverse, one optimizer step. Inputs
-are validated and converted to the model dtype once per call; batches are then
-taken through index arrays and the layers' checks are skipped in the hot loop.
+Structure. One engine: a model is its layers in topological order and, for
+each, the tensors it reads (``_inputs_of``; tensor 0 is the model input,
+tensor ``i + 1`` the output of ``layers[i]``, see :mod:`fastcnn.graph`).
+:class:`Model` gets them from ``fc.Input`` and layer calls; :class:`Sequential`
+is the chain ``_inputs_of[i] == [i]`` and keeps its lazy ``build(input_shape)``.
+What a pass runs is a plan (:mod:`fastcnn.plan`, the one home of fusion and
+of BatchNormalization folding): the training plan (``model.steps``) and, per
+``fold`` setting, an inference plan that is rebuilt after anything changes
+the weights or state (an optimizer step, a training-mode forward,
+``set_weights``, ``load``). A gradient reaching a tensor along several paths
+is summed in place into the first arrival's array when that array belongs to
+no one else (see :meth:`Model._backward`).
+
+Training step (:meth:`Model.train_on_batch`, and each batch of ``fit``):
+forward through the training plan, the fused ``softmax_cross_entropy``
+registry op on the logits, backward through the plan in reverse, one
+optimizer step. Inputs are validated and converted to the model dtype once
+per call; batches are then taken through index arrays and the layers' checks
+are skipped in the hot loop.
 
 Randomness: one ``np.random.default_rng(seed)`` is the root. It spawns the
 model's Generator (``model.rng``: shuffling) and one child per layer (its
@@ -21,15 +35,16 @@ import warnings
 
 import numpy as np
 
-from fastcnn import _checks, losses, metrics as metrics_lib, optim, registry
+from fastcnn import _checks, graph, losses, metrics as metrics_lib, optim, parallel, registry
 from fastcnn._atomic import atomic_step
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
-from fastcnn.layers import Layer, Softmax, fused
+from fastcnn.layers import Layer, Softmax
 from fastcnn.layers.base import format_shape
+from fastcnn.plan import build_plan
 from fastcnn.progress import EvaluationProgbar, ProgbarLogger, format_logs, is_dynamic_display
 
-__all__ = ["Sequential", "load_model"]
+__all__ = ["Model", "Sequential", "load_model"]
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -54,47 +69,69 @@ def _check_verbose(verbose, owner):
     return int(verbose)
 
 
-class Sequential:
-    """A linear stack of layers for classification, trained on the CPU.
+class Model:
+    """A graph of layers from one input to one output (logits), trained on the CPU.
+
+    Build it with the functional API::
+
+        x = fc.Input((28, 28, 1))
+        y = L.Conv2D(16, 3, padding="same")(x)
+        y = L.Add()([y, L.Conv2D(16, 1)(x)])
+        ...
+        model = fc.Model(x, logits)
 
     Parameters
     ----------
-    layers : list of :class:`fastcnn.layers.Layer`
-        Applied in order; the last one should output logits ``(N, K)``.
-    input_shape : tuple of int, optional
-        Per-sample shape without the batch axis, e.g. ``(28, 28, 1)`` (NHWC).
-        Given: every layer is built now. Omitted: on the first ``fit`` / call.
+    inputs : symbolic tensor from :func:`fastcnn.Input` (or a list of one)
+    outputs : symbolic tensor the graph computes from it (or a list of one); logits ``(N, K)``
+    name : str, optional
     seed : int, optional
         Seeds weight initialization, shuffling and dropout masks.
     dtype : float32 (default) or float64
         The dtype of every weight and activation. Float inputs of the other
         dtype and uint8 images (scaled by 1/255) are converted once per call.
     fuse : bool, default True
-        Run a Conv2D and the ReLU after it as one fused op (see
-        :mod:`fastcnn.layers.fused`): the same results, less memory traffic.
-        ``model.steps`` shows the plan.
+        Run chains Conv2D -> ReLU -> MaxPool2D as fused ops (see
+        :mod:`fastcnn.plan`): the same results, less memory traffic.
+        ``model.steps`` shows the training plan.
+
+    Attributes
+    ----------
+    fold : bool, default True
+        At inference (``evaluate``, ``predict``, eval-mode calls), fold each
+        BatchNormalization that directly follows a Conv2D or Dense into that
+        layer's weights; ``predict(..., fold=False)`` overrides it per call.
 
     Shape:
         input (N, *input_shape) -> logits (N, K). fastcnn is NHWC: an NCHW batch
         must be transposed with ``x.transpose(0, 2, 3, 1)``.
     """
 
-    def __init__(self, layers, input_shape=None, seed=None, dtype=np.float32, *, fuse=True):
-        if isinstance(layers, Layer):
-            layers = [layers]
-        layers = list(layers)
-        if not layers:
-            raise ValueError("Sequential needs at least one layer, received an empty list")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential: layers[{i}] must be a fastcnn Layer, received {layer!r}")
-        if len({id(layer) for layer in layers}) != len(layers):
-            raise ValueError("Sequential: the same layer instance appears twice; create a new layer for each position")
+    def __init__(self, inputs, outputs, name=None, *, seed=None, dtype=np.float32, fuse=True):
+        inputs, outputs = self._single(inputs, "inputs"), self._single(outputs, "outputs")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Model: `name` must be a str or None, received {name!r}")
+        layers, inputs_of = graph.topology(inputs, outputs)
+        self._setup(layers, inputs_of, seed, dtype, fuse, name, "Model")
+        self._build(inputs.shape)
+
+    @staticmethod
+    def _single(t, what):
+        if isinstance(t, (list, tuple)):
+            if len(t) != 1:
+                raise ValueError(f"Model: fastcnn models take one input and one output; `{what}` has {len(t)}")
+            t = t[0]
+        return t
+
+    def _setup(self, layers, inputs_of, seed, dtype, fuse, name, owner):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(f"Sequential: `seed` must be a non-negative int or None, received {seed!r}")
+            raise ValueError(f"{owner}: `seed` must be a non-negative int or None, received {seed!r}")
         if np.dtype(dtype) not in (np.float32, np.float64):
-            raise TypeError(f"Sequential: `dtype` must be float32 or float64, received {np.dtype(dtype)}")
+            raise TypeError(f"{owner}: `dtype` must be float32 or float64, received {np.dtype(dtype)}")
         self.layers = layers
+        self.name = name
+        self._inputs_of = [list(ins) for ins in inputs_of]  # tensor indices each layer reads
+        self._output = len(layers)  # the output tensor: the last layer's, in topological order
         self.seed = None if seed is None else int(seed)
         self.dtype = np.dtype(dtype)
         self._root_rng = np.random.default_rng(self.seed)
@@ -112,47 +149,85 @@ class Sequential:
         self.history = None
         self.metadata = {}  # free-form JSON-serializable notes saved with the model (e.g. the dataset)
         self._fuse = bool(fuse)
-        self.steps = list(layers)  # the plan one pass runs; fused steps are set by build()
-        if input_shape is not None:
-            self.build(input_shape)
+        self.fold = True
+        self._plan = None  # the training plan, once built
+        self._inference_plans = {}  # fold -> (plan, frees); cleared whenever weights or state may change
+        self._shapes = None  # per-sample shape of every tensor
+        self._dist = None  # set by fastcnn.distributed while a data-parallel fit/evaluate runs
 
     # -- construction -----------------------------------------------------------------
-    def build(self, input_shape):
-        """Build every layer for per-sample inputs of ``input_shape`` (no batch axis)."""
-        if self.built:
-            raise ValueError(f"Sequential is already built for inputs {format_shape((None,) + self.input_shape)}")
-        try:
-            shape = tuple(int(s) for s in input_shape)
-        except TypeError:
-            raise TypeError(f"Sequential: `input_shape` must be a tuple of ints, received {input_shape!r}") from None
-        if not shape or any(s < 1 for s in shape) or any(isinstance(s, bool) for s in input_shape):
-            raise ValueError(
-                f"Sequential: `input_shape` must be positive ints such as (28, 28, 1), received {input_shape!r}"
-            )
-        input_shape = shape
+    def _build(self, input_shape):
+        """Build every layer for per-sample model inputs of ``input_shape``; seeded, in topological order."""
         rngs = self._root_rng.spawn(len(self.layers))
-        for i, (layer, rng) in enumerate(zip(self.layers, rngs)):
+        shapes = [tuple(input_shape)]
+        for i, (layer, rng, ins) in enumerate(zip(self.layers, rngs, self._inputs_of)):
+            received = [shapes[t] for t in ins] if getattr(layer, "merge", False) else shapes[ins[0]]
             if layer.built:
-                if layer.input_shape != shape or layer.dtype != self.dtype:
+                if layer.input_shape != received or layer.dtype != self.dtype:
+                    seen = received if isinstance(received, list) else format_shape((None,) + received)
+                    built_for = (layer.input_shape if isinstance(layer.input_shape, list)
+                                 else format_shape((None,) + layer.input_shape))
                     raise ValueError(
                         f"layers.{i} ({type(layer).__name__}) was already built for inputs "
-                        f"{format_shape((None,) + layer.input_shape)} {layer.dtype}; at this position it "
-                        f"receives {format_shape((None,) + shape)} {self.dtype}"
+                        f"{built_for} {layer.dtype}; at this position it receives {seen} {self.dtype}"
                     )
             else:
                 try:
-                    layer.build(shape, self.dtype, rng=rng)
+                    layer.build(received, self.dtype, rng=rng)
                 except ValueError as e:
                     raise ValueError(f"layers.{i} ({type(layer).__name__}): {e}") from None
             if hasattr(layer, "reseed"):
                 layer.reseed(rng)  # dropout masks from the model's seed
-            layer.needs_input_grad = i > 0  # nothing consumes the first layer's dx
-            shape = layer.output_shape
-        self.input_shape = input_shape
-        self.output_shape = shape
+            layer.needs_input_grad = any(t != 0 for t in ins)  # nothing consumes the model input's gradient
+            shapes.append(layer.output_shape)
+        self._shapes = shapes
+        self.input_shape = shapes[0]
+        self.output_shape = shapes[self._output]
         self.built = True
-        self.steps = fused.plan(self.layers, self._fuse)
+        self._replan()
         return self
+
+    def _replan(self):
+        self._plan = build_plan(self.layers, self._inputs_of, self._output, fuse=self._fuse)
+        self._inference_plans = {}
+
+    def _inference(self, fold=None):
+        """``(plan, frees)`` for inference (folded BatchNormalization when ``fold``, default
+        ``self.fold``), built on first use after any change to the weights or state."""
+        fold = self.fold if fold is None else bool(fold)
+        entry = self._inference_plans.get(fold)
+        if entry is None:
+            plan = build_plan(self.layers, self._inputs_of, self._output, fuse=self._fuse, fold=fold)
+            entry = self._inference_plans[fold] = (plan, self._release_points(plan))
+        return entry
+
+    def inference_steps(self, fold=None):
+        """What one inference pass runs (see ``steps``): folded layers replace Conv2D/Dense + BatchNormalization."""
+        return [step.runner for step in self._inference(fold)[0]]
+
+    def _weights_changed(self):
+        """Forget the inference plans: their folded weights may be stale."""
+        if self._inference_plans:
+            self._inference_plans = {}
+
+    def _release_points(self, plan):
+        """``frees[k]``: tensors no step after step ``k`` reads (dropped during inference passes)."""
+        last = {}
+        for k, step in enumerate(plan):
+            for t in step.inputs:
+                last[t] = k
+        frees = [[] for _ in plan]
+        for t, k in last.items():
+            if t != self._output:
+                frees[k].append(t)
+        return frees
+
+    @property
+    def steps(self):
+        """What one training pass runs: layers, and fused steps where chains match (see :mod:`fastcnn.plan`)."""
+        if self._plan is None:
+            return list(self.layers)
+        return [step.runner for step in self._plan]
 
     @property
     def fuse(self):
@@ -163,7 +238,7 @@ class Sequential:
     def fuse(self, value):
         self._fuse = bool(value)
         if self.built:
-            self.steps = fused.plan(self.layers, self._fuse)
+            self._replan()
 
     def compile(self, optimizer, loss="softmax_cross_entropy", metrics=("accuracy",), *, loss_impl="auto"):
         """Set the optimizer, the loss (on logits) and the metrics reported by ``fit``/``evaluate``.
@@ -217,18 +292,27 @@ class Sequential:
         return [(f"layers.{i}.{key}", p, layer.grads[key])
                 for i, layer in enumerate(self.layers) for key, p in layer.params.items()]
 
+    def states(self):
+        """``[(name, array), ...]`` of the non-trainable state (BatchNormalization's moving
+        statistics), named ``"layers.<i>.<state>"``; never given to the optimizer."""
+        return [(f"layers.{i}.{key}", a) for i, layer in enumerate(self.layers) for key, a in layer.state.items()]
+
     def get_weights(self):
-        """A copy of every parameter: ``{"layers.<i>.<param>": array}``."""
-        return {name: p.copy() for name, p, _ in self.params()}
+        """A copy of every parameter and state array: ``{"layers.<i>.<name>": array}``."""
+        weights = {name: p.copy() for name, p, _ in self.params()}
+        weights.update((name, a.copy()) for name, a in self.states())
+        return weights
 
     def set_weights(self, weights):
-        """Copy ``weights`` into the parameters, in place.
+        """Copy ``weights`` into the parameters and non-trainable state, in place.
 
         ``weights``: a dict as returned by :meth:`get_weights`, or a Keras-style list of
-        arrays in the same order (``list(model.get_weights().values())``). Every array
-        is checked (float dtype, shape, finite) before any parameter changes.
+        arrays in the same order (``list(model.get_weights().values())``: the parameters,
+        then the state arrays). Every array is checked (float dtype, shape, finite)
+        before any parameter or state changes.
         """
         current = {name: p for name, p, _ in self.params()}
+        current.update(self.states())
         if isinstance(weights, (list, tuple)):
             if len(weights) != len(current):
                 raise ValueError(f"set_weights: the model has {len(current)} weight arrays "
@@ -244,9 +328,14 @@ class Sequential:
         checked = {name: _checks.check_weight(name, weights[name], p) for name, p in current.items()}
         for name, p in current.items():
             p[...] = checked[name]
+        self._weights_changed()
 
     def count_params(self):
+        """Every weight, trained or not (the summary's "Total params")."""
         return int(sum(layer.count_params() for layer in self.layers))
+
+    def count_trainable_params(self):
+        return int(sum(layer.count_trainable_params() for layer in self.layers))
 
     def train(self, mode=True):
         """Training mode (dropout active) for direct calls ``model(x)``."""
@@ -325,32 +414,104 @@ class Sequential:
 
     # -- running ----------------------------------------------------------------------
     def __call__(self, x):
-        """Forward ``x`` in the current mode (see :meth:`train`/:meth:`eval`); returns the logits."""
-        out = self._prepare_x(x)
-        for step in self.steps:
-            out = step.forward(out)
-        return out
+        """Forward ``x`` in the current mode (see :meth:`train`/:meth:`eval`); returns the logits.
 
+        In evaluation mode this is the inference plan (BatchNormalization folded when ``fold``).
+        """
+        x = self._prepare_x(x)
+        if self.training:
+            return self._forward(x)
+        return self._forward(x, self._inference())
+
+    def _forward(self, x, inference=None):
+        """Run the training plan, or ``inference`` (``(plan, frees)`` from :meth:`_inference`),
+        on a validated batch; returns the output tensor."""
+        if inference is None:
+            plan, frees = self._plan, None
+            self._weights_changed()  # a training forward updates BatchNormalization's moving statistics
+        else:
+            plan, frees = inference
+        values = [None] * (len(self.layers) + 1)  # tensor index -> array
+        values[0] = x
+        for k, step in enumerate(plan):
+            values[step.output] = step.forward(values)
+            if frees is not None:  # inference: drop what no later step reads
+                for t in frees[k]:
+                    values[t] = None
+        return values[self._output]
+
+    def _backward(self, dy):
+        """Backward through the training plan from the output gradient ``dy``; writes every layer's grads.
+
+        A tensor read by several layers gets the sum of their gradients: the first
+        arrival is kept and later ones are added into it **in place** when it is a
+        writeable array of its own (not the incoming gradient itself or a view of it,
+        and not handed to another input too, as ``Add`` hands one array to all its inputs);
+        otherwise the first sum allocates one new array, which later arrivals reuse.
+        In a data-parallel fit, ``self._dist.on_backward`` sees each step's runner once
+        its gradients are written (they start their allreduce while backward goes on).
+        """
+        dist = self._dist
+        n = len(self.layers) + 1
+        grads = [None] * n  # tensor index -> its gradient so far
+        owned = [False] * n  # whether grads[t] may be added into in place
+        grads[self._output], owned[self._output] = dy, True
+        for step in reversed(self._plan):
+            d = grads[step.output]
+            grads[step.output] = None
+            dins = step.backward(d)
+            if dist is not None:
+                dist.on_backward(step.runner)
+            for k, (t, g) in enumerate(zip(step.inputs, dins)):
+                if t == 0 or g is None:  # the model input's gradient is not needed
+                    continue
+                if grads[t] is None:
+                    grads[t] = g
+                    owned[t] = g.flags.writeable and not (
+                        np.may_share_memory(g, d) or any(other is g for j, other in enumerate(dins) if j != k))
+                elif owned[t]:
+                    grads[t] += g
+                else:
+                    grads[t] = grads[t] + g
+                    owned[t] = True
+
+    @parallel.adaptive("train")  # the thread count: see fastcnn.parallel
     def _train_step(self, x, y):
         """One optimizer step on a validated batch; returns ``(loss, logits)``.
 
-        A non-finite loss returns before the backward pass: the weights are untouched.
-        The step is all-or-nothing (:mod:`fastcnn._atomic`): an exception or Ctrl-C
-        before the update leaves the model (weights, optimizer state, random
-        generators) exactly as before; the update itself completes before a Ctrl-C
-        is delivered.
+        A non-finite loss returns before the backward pass: the weights and the
+        non-trainable state (moving statistics) are left as they were.
+        The step is all-or-nothing (:mod:`fastcnn._atomic`): an exception, Ctrl-C or a
+        non-finite loss before the update leaves the model (weights, optimizer state,
+        moving statistics, random generators) exactly as before, restored in place;
+        the update itself completes before a Ctrl-C is delivered.
+        In a data-parallel fit (``self._dist``, see :mod:`fastcnn.distributed`) ``x`` is
+        this rank's slice of the batch; the loss gradient is scaled by the slice's share
+        of the batch, each step's gradients are summed over the ranks as soon as backward
+        has produced them (see :meth:`_backward`), the moving statistics are averaged over
+        the ranks, and the loss returned is the whole batch's.
         """
+        dist = self._dist
+        if dist is not None and x.shape[0] == 0:
+            loss, out = dist.empty_step(self)  # a last batch smaller than the number of ranks
+            self._weights_changed()
+            return loss, out
         with atomic_step(self) as transaction:
-            out = x
-            for step in self.steps:
-                out = step.forward(out)
+            # A plain return before the commit (non-finite loss) rolls back the moving
+            # statistics and the random generators (``atomic_step``'s exit).
+            out = self._forward(x)
             loss, dlogits = self._loss_op.forward(out, y)
-            if not math.isfinite(loss):
+            if dist is not None:
+                dlogits = dist.begin_backward(loss, dlogits, out, y)
+            elif not math.isfinite(loss):
                 return loss, out
-            d = dlogits
-            for step in reversed(self.steps):
-                d = step.backward(d)
+            self._backward(dlogits)
+            if dist is not None:
+                loss = dist.end_backward()  # waits for every gradient bucket before the update
+                if not math.isfinite(loss):
+                    return loss, out
             transaction.commit(self.optimizer, self.params())
+        self._weights_changed()
         return loss, out
 
     def train_on_batch(self, x, y):
@@ -373,7 +534,7 @@ class Sequential:
         return loss
 
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose="auto", initial_epoch=0):
+            callbacks=None, verbose="auto", initial_epoch=0, distributed=False):
         """Train for ``epochs`` epochs; returns a :class:`fastcnn.callbacks.History`.
 
         Parameters
@@ -399,6 +560,10 @@ class Sequential:
             2 one line per epoch.
         initial_epoch : int, default 0
             Epoch to start at (for resuming a run).
+        distributed : bool, default False
+            Train data-parallel on every MPI process (``mpiexec -n N python
+            script.py``; needs the ``[mpi]`` extra): ``batch_size`` is the global
+            batch. Same as :func:`fastcnn.distributed.fit`.
 
         Raises
         ------
@@ -406,6 +571,12 @@ class Sequential:
             If a batch gives a NaN or infinite loss, unless a
             :class:`~fastcnn.callbacks.TerminateOnNaN` callback is given.
         """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                    validation_data=validation_data, validation_split=validation_split,
+                                    callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
         self._check_compiled("fit")
         verbose = _check_verbose(verbose, "fit")
         epochs = _check_positive_int(epochs, "epochs", "fit")
@@ -469,10 +640,11 @@ class Sequential:
         logs = {}
         for batch in range(steps):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
+            lo, hi = (start, stop) if self._dist is None else self._dist.shard(start, stop)
             if order is None:
-                xb, yb = x[start:stop], y[start:stop]
+                xb, yb = x[lo:hi], y[lo:hi]
             else:
-                idx = order[start:stop]
+                idx = order[lo:hi]
                 xb, yb = x[idx], y[idx]
             hooks.on_train_batch_begin(batch)
             loss, logits = self._train_step(xb, yb)
@@ -492,40 +664,48 @@ class Sequential:
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
             if track_accuracy:
-                correct += metrics_lib.count_correct(logits, yb)
+                correct += metrics_lib.count_correct(logits, yb) if self._dist is None else self._dist.batch_correct
                 logs["accuracy"] = correct / seen
             hooks.on_train_batch_end(batch, logs)
             if self.stop_training:
                 break
         return dict(logs)
 
-    def _infer(self, x):
-        """Logits of ``x`` in the current mode, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
-        step = self._inference_pass()
+    @parallel.adaptive("infer")  # the thread count: see fastcnn.parallel
+    def _infer(self, x, fold=None):
+        """Logits of ``x`` through the inference plan, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
+        inference = self._inference(fold)
+        step = self._inference_pass(fold)
         if x.shape[0] <= step:
-            for layer in self.steps:
-                x = layer.forward(x)
-            return x
-        return np.concatenate([self._infer(x[i:i + step]) for i in range(0, x.shape[0], step)])
+            return self._forward(x, inference)
+        return np.concatenate([self._forward(x[i:i + step], inference) for i in range(0, x.shape[0], step)])
 
-    def _inference_pass(self):
-        """Samples per inference pass: the largest activation of a pass within INFERENCE_PASS_BYTES."""
-        largest = max(math.prod(step.layers[-1].output_shape if hasattr(step, "layers") else step.output_shape)
-                      for step in self.steps)
+    def _inference_pass(self, fold=None):
+        """Samples per inference pass: the largest tensor a step writes within INFERENCE_PASS_BYTES."""
+        largest = max(math.prod(self._shapes[step.output]) for step in self._inference(fold)[0])
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
-    def _evaluate(self, x, y, batch_size, progress=False):
-        N = x.shape[0]
+    def _evaluate_sums(self, x, y, batch_size, fold=None, bar=None):
+        """``(sum of per-batch loss x batch size, correct predictions)`` over ``(x, y)``;
+        ``bar``: an :class:`~fastcnn.progress.EvaluationProgbar` updated before each batch."""
         total_loss, correct = 0.0, 0
-        bar = EvaluationProgbar(N) if progress and is_dynamic_display() else None
-        for start in range(0, N, batch_size):
+        for start in range(0, x.shape[0], batch_size):
             if bar is not None:
                 bar.update(start)
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = self._infer(xb)
+            out = self._infer(xb, fold)
             loss, _ = self._loss_op.forward(out, yb)
             total_loss += loss * xb.shape[0]
             correct += metrics_lib.count_correct(out, yb)
+        return total_loss, correct
+
+    def _evaluate(self, x, y, batch_size, fold=None, progress=False):
+        N = x.shape[0]
+        bar = EvaluationProgbar(N) if progress and self._dist is None and is_dynamic_display() else None
+        if self._dist is None:
+            total_loss, correct = self._evaluate_sums(x, y, batch_size, fold, bar)
+        else:  # each rank evaluates its share of the batches; the sums are added up
+            total_loss, correct = self._dist.evaluate_sums(self, x, y, batch_size, fold)
         logs = {"loss": total_loss / N}
         if "accuracy" in self.metrics:
             logs["accuracy"] = correct / N
@@ -533,22 +713,35 @@ class Sequential:
             bar.done()
         return logs
 
-    def evaluate(self, x, y, batch_size=None, verbose=0):
-        """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``."""
+    def evaluate(self, x, y, batch_size=None, verbose=0, *, fold=None, distributed=False):
+        """Loss and metrics over ``(x, y)`` in evaluation mode: ``{"loss": ..., "accuracy": ...}``.
+
+        ``fold``: fold BatchNormalization into the layer before it (default ``model.fold``).
+        ``distributed=True``: every MPI process evaluates its share of the batches and
+        all receive the totals (:func:`fastcnn.distributed.evaluate`).
+        """
+        if distributed:
+            from fastcnn import distributed as _distributed
+
+            return _distributed.evaluate(self, x, y, batch_size=batch_size, verbose=verbose, fold=fold)
         self._check_compiled("evaluate")
         verbose = _check_verbose(verbose, "evaluate")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "evaluate")
         x, y = self._prepare_xy(x, y, finite=True)
         with self._mode(False):
-            logs = self._evaluate(x, y, batch_size, progress=verbose == 1)
+            logs = self._evaluate(x, y, batch_size, fold, progress=verbose == 1)
         if verbose:
             print(format_logs(logs))
         return logs
 
-    def predict(self, x, batch_size=None, verbose=0):
+    def predict(self, x, batch_size=None, verbose=0, *, fold=None):
         """Class probabilities ``(N, K)`` in evaluation mode: the softmax of the logits
-        (not applied again when the last layer is a Softmax layer)."""
+        (not applied again when the last layer is a Softmax layer).
+
+        ``fold``: fold BatchNormalization into the Conv2D/Dense before it (default
+        ``model.fold``, True); the same results to rounding, without BN's cost.
+        """
         _check_verbose(verbose, "predict")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "predict")
@@ -559,7 +752,7 @@ class Sequential:
         probs = np.empty((N, self.output_shape[0]), dtype=self.dtype)  # (N, K)
         with self._mode(False):
             for start in range(0, N, batch_size):
-                out = self._infer(x[start:start + batch_size])
+                out = self._infer(x[start:start + batch_size], fold)
                 if softmax is not None:
                     out, _ = softmax.forward(out)
                 probs[start:start + out.shape[0]] = out
@@ -581,32 +774,43 @@ class Sequential:
         return self
 
     # -- description ------------------------------------------------------------------
+    def _connected_to(self, i):
+        return ", ".join("input" if t == 0 else f"layers.{t - 1}" for t in self._inputs_of[i])
+
+    def _summary_title(self):
+        title = type(self).__name__ + (f" {self.name!r}" if getattr(self, "name", None) else "")
+        return f"{title}: input {format_shape((None,) + self.input_shape)}, {self.dtype}"
+
     def summary_string(self):
-        """The table :meth:`summary` prints."""
+        """The table :meth:`summary` prints: each layer's output shape and weight count (trained
+        and not), the layers it reads (functional models), and the totals."""
         if not self.built:
             raise ValueError("the model is not built yet: pass input_shape= to Sequential or call fit() first")
-        rows = [("Layer (type)", "Output shape", "Param #")]
+        chain = isinstance(self, Sequential)
+        rows = [("Layer (type)", "Output shape", "Param #") + (() if chain else ("Connected to",))]
         for i, layer in enumerate(self.layers):
             label = f"layers.{i}" + (f" {layer.name!r}" if layer.name else "") + f" ({type(layer).__name__})"
-            rows.append((label, format_shape((None,) + layer.output_shape), f"{layer.count_params():,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(3)]
-        lines = [f"Sequential: input {format_shape((None,) + self.input_shape)}, {self.dtype}"]
+            row = (label, format_shape((None,) + layer.output_shape), f"{layer.count_params():,}")
+            rows.append(row + (() if chain else (self._connected_to(i),)))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = [self._summary_title()]
 
         def fmt(row):
-            return f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}"
+            text = f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}"
+            return text if chain else f"{text}  {row[3]}"
 
-        rule = "=" * len(fmt(rows[0]))
+        rule = "=" * max(len(fmt(r)) for r in rows)
         lines += [fmt(rows[0]), rule] + [fmt(r) for r in rows[1:]] + [rule]
-        total = self.count_params()
-        lines += [f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0"]
+        total, trainable = self.count_params(), self.count_trainable_params()
+        lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {total - trainable:,}"]
         return "\n".join(lines)
 
     def summary(self, print_fn=print):
         """Print the layers, their output shapes and parameter counts, and the totals."""
         print_fn(self.summary_string())
 
-    def __repr__(self):
-        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+    def _repr_extra(self):
         extra = []
         if self.input_shape is not None:
             extra.append(f"input_shape={self.input_shape}")
@@ -616,13 +820,78 @@ class Sequential:
             extra.append(f"seed={self.seed}")
         if self.optimizer is not None:
             extra.append(f"optimizer={self.optimizer!r}")
-        if extra:
-            lines.append("  " + ", ".join(extra))
-        return "Sequential(\n" + "\n".join(lines) + "\n)"
+        return ["  " + ", ".join(extra)] if extra else []
+
+    def __repr__(self):
+        lines = [f"  ({i}): {layer!r} <- {self._connected_to(i)}" for i, layer in enumerate(self.layers)]
+        head = "Model(" + (f"name={self.name!r}" if self.name else "")
+        return head + "\n" + "\n".join(lines + self._repr_extra()) + "\n)"
+
+
+class Sequential(Model):
+    """A linear stack of layers for classification: the :class:`Model` whose graph is a chain.
+
+    Parameters
+    ----------
+    layers : list of :class:`fastcnn.layers.Layer`
+        Applied in order; the last one should output logits ``(N, K)``.
+    input_shape : tuple of int, optional
+        Per-sample shape without the batch axis, e.g. ``(28, 28, 1)`` (NHWC).
+        Given: every layer is built now. Omitted: on the first ``fit`` / call.
+    seed : int, optional
+        Seeds weight initialization, shuffling and dropout masks.
+    dtype : float32 (default) or float64
+        The dtype of every weight and activation. Float inputs of the other
+        dtype and uint8 images (scaled by 1/255) are converted once per call.
+    fuse : bool, default True
+        Run a Conv2D and the ReLU after it as one fused op (see
+        :mod:`fastcnn.plan`): the same results, less memory traffic.
+        ``model.steps`` shows the plan.
+
+    Shape:
+        input (N, *input_shape) -> logits (N, K). fastcnn is NHWC: an NCHW batch
+        must be transposed with ``x.transpose(0, 2, 3, 1)``.
+    """
+
+    def __init__(self, layers, input_shape=None, seed=None, dtype=np.float32, *, fuse=True):
+        if isinstance(layers, Layer):
+            layers = [layers]
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer, received an empty list")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: layers[{i}] must be a fastcnn Layer, received {layer!r}")
+            if getattr(layer, "merge", False):
+                raise TypeError(f"Sequential: layers[{i}] ({type(layer).__name__}) merges several tensors; "
+                                f"build the graph with fc.Input and fc.Model")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("Sequential: the same layer instance appears twice; create a new layer for each position")
+        self._setup(layers, [[i] for i in range(len(layers))], seed, dtype, fuse, None, "Sequential")
+        if input_shape is not None:
+            self.build(input_shape)
+
+    def build(self, input_shape):
+        """Build every layer for per-sample inputs of ``input_shape`` (no batch axis)."""
+        if self.built:
+            raise ValueError(f"Sequential is already built for inputs {format_shape((None,) + self.input_shape)}")
+        try:
+            shape = tuple(int(s) for s in input_shape)
+        except TypeError:
+            raise TypeError(f"Sequential: `input_shape` must be a tuple of ints, received {input_shape!r}") from None
+        if not shape or any(s < 1 for s in shape) or any(isinstance(s, bool) for s in input_shape):
+            raise ValueError(
+                f"Sequential: `input_shape` must be positive ints such as (28, 28, 1), received {input_shape!r}"
+            )
+        return self._build(shape)
+
+    def __repr__(self):
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines + self._repr_extra()) + "\n)"
 
 
 def load_model(path):
-    """Rebuild a model saved with :meth:`Sequential.save` (see :mod:`fastcnn.saving`)."""
+    """Rebuild a model saved with :meth:`Model.save` (see :mod:`fastcnn.saving`)."""
     from fastcnn.saving import load_model as _load_model
 
     return _load_model(path)

@@ -1,7 +1,8 @@
-"""Preset networks: the three models every comparison in fastcnn uses.
+"""Preset networks: the three models every comparison in fastcnn uses, and a small ResNet.
 
-Each function returns a built and compiled :class:`fastcnn.Sequential` whose
-last layer outputs logits (loss ``"softmax_cross_entropy"``, metric accuracy).
+Each function returns a built and compiled model (:class:`fastcnn.Sequential`,
+or a functional :class:`fastcnn.Model` for ``resnet_mini``) whose last layer
+outputs logits (loss ``"softmax_cross_entropy"``, metric accuracy).
 All take ``seed=`` (weights, shuffling, dropout), ``impl=`` (passed to every
 layer and the loss), ``input_shape=`` (NHWC, default MNIST's ``(28, 28, 1)``)
 and ``dtype=``.
@@ -10,10 +11,11 @@ and ``dtype=``.
 import numpy as np
 
 from fastcnn import layers as L
-from fastcnn.model import Sequential
+from fastcnn.graph import Input
+from fastcnn.model import Model, Sequential
 from fastcnn.optim import SGD, Adam
 
-__all__ = ["tutorial_cnn", "mnist_cnn", "vgg_mini", "PRESETS"]
+__all__ = ["tutorial_cnn", "mnist_cnn", "vgg_mini", "resnet_mini", "residual_block", "PRESETS"]
 
 
 def _compiled(layers, optimizer, *, seed, impl, input_shape, dtype):
@@ -66,5 +68,73 @@ def vgg_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, dt
     return _compiled(layers, Adam(lr=1e-3), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype)
 
 
+#: BatchNormalization momentum of resnet_mini: PyTorch's default (its momentum=0.1). With
+#: Keras's 0.99 the moving statistics average the last ~100 steps and lag the weights in a
+#: short run: after one Fashion-MNIST epoch the test accuracy was 79.9% with them and 88.0%
+#: with statistics re-estimated from 16 batches at the final weights.
+RESNET_BN_MOMENTUM = 0.9
+
+
+def _conv_bn(x, filters, kernel_size, stride, impl, momentum=RESNET_BN_MOMENTUM):
+    """Conv2D ("same", no bias: BatchNormalization's beta is the offset) then BatchNormalization."""
+    x = L.Conv2D(filters, kernel_size, stride=stride, padding="same", use_bias=False,
+                 kernel_initializer="he_normal", impl=impl)(x)
+    return L.BatchNormalization(momentum=momentum, impl=impl)(x)
+
+
+def residual_block(x, filters, stride=1, impl="auto"):
+    """A basic residual block: conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU.
+
+    The shortcut is the identity, or a strided 1x1 conv-BN where the shape
+    changes (``stride > 1`` or another number of channels).
+    """
+    y = _conv_bn(x, filters, 3, stride, impl)
+    y = L.ReLU(impl=impl)(y)
+    y = _conv_bn(y, filters, 3, 1, impl)
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, stride, impl)
+    return L.ReLU(impl=impl)(L.Add(impl=impl)([y, shortcut]))
+
+
+def resnet_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, dtype=np.float32):
+    """A small ResNet for 28x28 inputs, as a functional :class:`fastcnn.Model`.
+
+    3x3 stem (16 filters, BN, ReLU); three stages of two basic residual blocks
+    (:func:`residual_block`) at 16, 32 and 64 filters, the first block of stages 2
+    and 3 with stride 2 and a 1x1 strided conv-BN shortcut (28 -> 14 -> 7);
+    GlobalAvgPool2D; Dense(num_classes). Convolutions have no bias (each is
+    followed by a BatchNormalization, which at inference is folded into it) and
+    He-normal weights; BatchNormalization momentum 0.9 (:data:`RESNET_BN_MOMENTUM`).
+    176,090 weights for 28x28x1, of which 1,120 are the non-trainable moving
+    statistics.
+
+    Training recipe (Fashion-MNIST): ``Adam(1e-3)`` (compiled here), batch 128,
+    3 epochs, inputs scaled to [0, 1], no augmentation::
+
+        model = fc.models.resnet_mini(seed=0)
+        model.fit(x_train, y_train, epochs=3, batch_size=128, validation_data=(x_test, y_test))
+
+    Measured so far (AMD EPYC, 2 cores shared with other jobs): one epoch of
+    this recipe with BatchNormalization momentum 0.99 reached 79.9% test
+    accuracy (88.0% with the BN statistics re-estimated), which led to the
+    momentum of 0.9 (a third of an epoch with it: 81.1%); the issue's target,
+    91.5% within 3 epochs, is not yet verified.
+
+    A cosine learning-rate schedule and AdamW (``fastcnn.optim``, where
+    available) and random crops/flips (augmentation layers in front of the
+    stem) are the usual next steps; they are not part of this recipe.
+    """
+    x = Input(input_shape)
+    y = L.ReLU(impl=impl)(_conv_bn(x, 16, 3, 1, impl))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(2):
+            y = residual_block(y, filters, stride=2 if stage > 0 and block == 0 else 1, impl=impl)
+    y = L.GlobalAvgPool2D(impl=impl)(y)
+    logits = L.Dense(num_classes, impl=impl)(y)
+    model = Model(x, logits, name="resnet_mini", seed=seed, dtype=dtype)
+    return model.compile(Adam(lr=1e-3), loss="softmax_cross_entropy", metrics=["accuracy"], loss_impl=impl)
+
+
 #: Preset name -> function (used by the command line).
-PRESETS = {f.__name__: f for f in (tutorial_cnn, mnist_cnn, vgg_mini)}
+PRESETS = {f.__name__: f for f in (tutorial_cnn, mnist_cnn, vgg_mini, resnet_mini)}

@@ -28,12 +28,39 @@ use the ``spawn`` start method.
 
 Numba's thread count is per calling thread (``numba.set_num_threads`` is
 thread-local); the BLAS count is process-wide.
+
+How many threads (see README.md, "Threads on a busy machine"):
+
+- The ceiling is :func:`default_num_threads`: the CPUs this process may run on
+  (``os.sched_getaffinity``, which ``taskset`` and container cpusets set),
+  lowered to the cgroup CPU quota rounded up (``cpu.max``, or
+  ``cpu.cfs_quota_us / cpu.cfs_period_us`` on cgroup v1), and to
+  ``NUMBA_NUM_THREADS``.
+- Unless the user fixed a count (:func:`set_num_threads`, ``--threads`` or
+  ``FASTCNN_THREADS=n``), each training step and inference pass of a model runs
+  under :func:`adaptive`: it times the ceiling and one thread on the same work,
+  keeps the faster, and re-times the other now and then: at most
+  1/:data:`PROBE_EVERY` of the run while the machine is steady, sooner when the
+  count in use speeds up or slows down (see :class:`_Tuner`). On a busy machine a parallel region
+  ends only when its slowest thread has had its time slice (and libgomp's
+  waiting threads spin meanwhile), so a step of small kernels can run several
+  times slower on two threads than on one; on a quiet machine the ceiling wins
+  and is kept. Results do not depend on the choice: the kernels split their
+  work into a fixed number of groups (``NUMBA_NUM_THREADS``) whatever the
+  thread count, so any sequence of thread counts gives bit-identical results.
 """
 
+import collections
+import functools
+import math
 import numbers
 import os
+import threading
+import time
+import weakref
 
 import numba  # noqa: E402
+from numba.np.ufunc import parallel as _numba_parallel  # noqa: E402
 
 
 def _choose_threading_layer():
@@ -56,7 +83,8 @@ try:  # noqa: E402
 except ImportError:  # optional at run time; BLAS then keeps its import-time size
     threadpoolctl = None
 
-__all__ = ["set_num_threads", "get_num_threads", "max_num_threads", "blas_num_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "max_num_threads", "blas_num_threads", "default_num_threads",
+           "cpu_quota", "reset_num_threads", "thread_policy", "adaptive", "PROBE_EVERY"]
 
 
 def max_num_threads():
@@ -65,7 +93,8 @@ def max_num_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in Numba kernels and in BLAS.
+    """Use ``n`` threads in Numba kernels and in BLAS, always (no adaptation; see
+    :func:`reset_num_threads` to go back to fastcnn's choice).
 
     Parameters
     ----------
@@ -87,13 +116,17 @@ def set_num_threads(n):
             f"set_num_threads: `n` must be between 1 and {limit} "
             f"(NUMBA_NUM_THREADS, the threads this process started with), received {n}"
         )
+    global _fixed
+    _fixed = int(n)
     numba.set_num_threads(int(n))
     if threadpoolctl is not None:
         threadpoolctl.threadpool_limits(limits=int(n), user_api="blas")
+    _blas_applied[0] = int(n)
 
 
 def get_num_threads():
-    """Threads the Numba kernels use in the calling thread (BLAS is set to match by :func:`set_num_threads`)."""
+    """Threads the Numba kernels use in the calling thread (BLAS is set to match by :func:`set_num_threads`);
+    under the adaptive policy, the count the last model step or inference pass chose."""
     return int(numba.get_num_threads())
 
 
@@ -106,3 +139,313 @@ def blas_num_threads():
         for info in threadpoolctl.threadpool_info()
         if info.get("user_api") == "blas"
     }
+
+
+# -- the default thread count: affinity and cgroup quota ------------------------------------
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _parse_cpu_max(text):
+    """CPUs of a cgroup v2 ``cpu.max`` (``"150000 100000"`` -> 1.5); None for ``max``, empty or malformed."""
+    parts = (text or "").split()
+    if len(parts) not in (1, 2) or parts[0] == "max":
+        return None
+    try:
+        quota = int(parts[0])
+        period = int(parts[1]) if len(parts) == 2 else 100000
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _parse_cfs(quota_text, period_text):
+    """CPUs of cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; None for -1 (no limit) or malformed."""
+    try:
+        quota, period = int((quota_text or "").strip()), int((period_text or "").strip())
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _ancestors(base, path):
+    """``base/path``, its parents, ..., ``base`` (a limit on any of them applies)."""
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    return [os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def cpu_quota(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """The CPU time per period the process's cgroup may use, in CPUs (``1.5``), or None if unlimited.
+
+    cgroup v2: ``cpu.max`` of the process's cgroup and of every parent up to
+    ``root``; cgroup v1: ``cpu.cfs_quota_us / cpu.cfs_period_us`` under
+    ``root/cpu`` (or ``root/cpu,cpuacct``). The smallest limit found wins.
+    Missing, unreadable or malformed files are ignored.
+    """
+    v2_path, v1_path = "/", "/"
+    for line in (_read(proc_cgroup) or "").splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        if fields[0] == "0" and fields[1] == "":
+            v2_path = fields[2]
+        elif "cpu" in fields[1].split(","):
+            v1_path = fields[2]
+    found = []
+    for d in _ancestors(root, v2_path):
+        found.append(_parse_cpu_max(_read(os.path.join(d, "cpu.max"))))
+    for base in (os.path.join(root, "cpu"), os.path.join(root, "cpu,cpuacct")):
+        for d in _ancestors(base, v1_path):
+            found.append(_parse_cfs(_read(os.path.join(d, "cpu.cfs_quota_us")),
+                                    _read(os.path.join(d, "cpu.cfs_period_us"))))
+    found = [q for q in found if q is not None]
+    return min(found) if found else None
+
+
+def _affinity_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+_QUOTA = []
+
+
+def _quota():
+    """:func:`cpu_quota`, read once per process (it opens a dozen files: milliseconds on a busy machine)."""
+    if not _QUOTA:
+        _QUOTA.append(cpu_quota())
+    return _QUOTA[0]
+
+
+def default_num_threads():
+    """Threads fastcnn uses at most unless told otherwise.
+
+    The CPUs in the process's affinity mask, at most the cgroup CPU quota
+    (:func:`cpu_quota`) rounded **up** (a 1.5-CPU quota gives 2: two threads
+    get 1.5 CPUs of work done per period, one thread only 1; when the second
+    thread does not pay, :func:`adaptive` drops to one), at most
+    :func:`max_num_threads`, at least 1. The affinity mask is read at each call,
+    the quota once per process.
+    """
+    n = _affinity_count()
+    quota = _quota()
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, min(n, max_num_threads()))
+
+
+# -- the policy: fixed by the user, or adaptive ---------------------------------------------
+
+#: The count fixed by :func:`set_num_threads`, or None (then ``FASTCNN_THREADS``, else adaptive).
+_fixed = None
+#: The BLAS thread count this module last set (so it is set again only when it changes).
+_blas_applied = [None]
+
+
+def _env_threads():
+    """``FASTCNN_THREADS``: None (unset or ``auto``) or a fixed count."""
+    text = os.environ.get("FASTCNN_THREADS", "").strip()
+    if text in ("", "auto"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    limit = max_num_threads()
+    if not 1 <= n <= limit:
+        raise ValueError(f"FASTCNN_THREADS must be 'auto' or an int between 1 and {limit} "
+                         f"(NUMBA_NUM_THREADS), received {text!r}")
+    return n
+
+
+#: ``[time, ceiling]``: :func:`default_num_threads` as last read by :func:`thread_policy`.
+_CEILING = [-math.inf, None]
+#: Seconds :func:`thread_policy` keeps the ceiling before reading the affinity mask again.
+CEILING_TTL = 1.0
+
+
+def thread_policy():
+    """``("fixed", n)`` when the count was fixed (:func:`set_num_threads`, ``FASTCNN_THREADS=n``),
+    else ``("adaptive", ceiling)`` with ``ceiling = default_num_threads()`` (re-read at most
+    every :data:`CEILING_TTL` seconds: this runs before every step)."""
+    fixed = _fixed if _fixed is not None else _env_threads()
+    if fixed is not None:
+        return "fixed", fixed
+    now = time.monotonic()
+    if now - _CEILING[0] > CEILING_TTL:
+        _CEILING[:] = [now, default_num_threads()]
+    return "adaptive", _CEILING[1]
+
+
+def reset_num_threads():
+    """Forget :func:`set_num_threads`: back to ``FASTCNN_THREADS`` if set, else the adaptive choice."""
+    global _fixed
+    _fixed = None
+
+
+def _apply(n):
+    """Numba (this thread) and BLAS on ``n`` threads; nearly free when nothing changes.
+
+    Numba's count (thread-local) is read through the pool's own C getter once
+    the pool runs (``numba.get_num_threads`` takes a lock first); OpenBLAS's
+    through its own getter. Without those, what this module last set is assumed.
+    """
+    getter = getattr(_numba_parallel, "_get_num_threads", None)
+    current = getter() if getter is not None else None
+    if current != n:
+        numba.set_num_threads(n)
+    get_blas, set_blas = _blas_functions()
+    if get_blas is not None and set_blas is not None:
+        if get_blas() != n:
+            set_blas(n)
+    elif _blas_applied[0] != n and threadpoolctl is not None:
+        threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    _blas_applied[0] = n
+
+
+def _blas_functions():
+    """OpenBLAS's ``(get, set)`` thread-count functions as NumPy loaded it, or ``(None, None)``."""
+    try:
+        from fastcnn.kernels import _blas
+    except ImportError:  # pragma: no cover - numba present but kernels unavailable
+        return None, None
+    return _blas._GET_THREADS, _blas._SET_THREADS
+
+
+# -- adaptive: time the ceiling and one thread, keep the faster -----------------------------
+
+#: Re-time the count not in use once the time spent since its last trial reaches
+#: this many times its own (median) duration: at most 1/PROBE_EVERY of the run is spent on it.
+PROBE_EVERY = 50
+#: ... or, once the count in use has become :data:`CHANGED` times faster or slower than
+#: when the two were last compared, as soon as that time reaches PROBE_SOON times it.
+PROBE_SOON = 10
+CHANGED = 1.5
+#: Durations kept per count (their median decides).
+SAMPLES = 3
+#: Tuners kept per model (one per kind of call and input shape).
+MAX_TUNERS = 64
+
+
+class _Tuner:
+    """The thread count for one kind of work (a model's training step at one input shape, ...).
+
+    The first call only warms up (compilation, buffers) and is not timed. Then
+    each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
+    candidate with the lowest median of its last :data:`SAMPLES` durations runs,
+    and the other one runs once whenever the time spent since its last trial
+    reaches :data:`PROBE_EVERY` times its median, or :data:`PROBE_SOON` times
+    once the count in use has become :data:`CHANGED` times faster or slower than
+    at the last comparison (the load changed: then that one trial replaces the
+    other count's stale durations). (Two candidates; the choice is
+    recomputed when a duration is recorded, so :meth:`choose` is a few comparisons.)
+    """
+
+    def __init__(self, candidates):
+        self.candidates = tuple(candidates)
+        self.times = {n: collections.deque(maxlen=SAMPLES) for n in self.candidates}
+        self.medians = {n: math.inf for n in self.candidates}
+        self.warm = False
+        self.ready = False  # every candidate has SAMPLES durations
+        self.best, self.other = self.candidates[0], self.candidates[-1]
+        self.since_probe = 0.0
+        self.probing = False
+        self.reference = math.inf
+
+    def choose(self):
+        self.probing = False
+        if self.ready:
+            other = self.medians[self.other]
+            due = self.since_probe >= PROBE_EVERY * other
+            if not due and self.since_probe >= PROBE_SOON * other:
+                # The count in use got much faster or slower since the other was last timed:
+                # the machine changed, and the other's durations are stale.
+                ratio = self.medians[self.best] / self.reference
+                if not 1 / CHANGED < ratio < CHANGED:
+                    due = True
+                    self.times[self.other].clear()  # this trial alone stands for the other count
+            if due:
+                self.probing = True
+                return self.other
+            return self.best
+        if not self.warm:
+            return self.candidates[0]
+        return min(self.candidates, key=lambda n: len(self.times[n]))
+
+    def record(self, n, seconds):
+        if not self.warm:
+            self.warm = True
+            return
+        self.times[n].append(seconds)
+        self.medians[n] = _median(self.times[n])
+        if self.probing:
+            self.since_probe = 0.0
+        else:
+            self.since_probe += seconds
+        first, second = self.candidates[0], self.candidates[-1]
+        before = self.best
+        self.best, self.other = (second, first) if self.medians[second] < self.medians[first] else (first, second)
+        if not self.ready:
+            self.ready = all(len(t) == SAMPLES for t in self.times.values())
+        if self.probing or not self.ready or self.best != before:
+            self.reference = self.medians[self.best]  # the level the comparison was made at
+
+
+def _median(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else math.inf
+
+
+#: Tuners per owner (a model), by key; weak on the owner.
+_TUNERS = weakref.WeakKeyDictionary()
+_local = threading.local()
+
+
+def adaptive(kind):
+    """Decorator for a method ``f(self, x, ...)``: run it on the thread count :class:`_Tuner` picks.
+
+    One tuner per ``(self, kind, x.shape)``. A fixed policy (:func:`thread_policy`)
+    just applies its count; calls nested in an adaptive call run on the count
+    chosen for the outer one. The count chosen stays in force after the call
+    (:func:`get_num_threads` reports it).
+    """
+    def decorate(method):
+        @functools.wraps(method)
+        def run(self, x, *args, **kwargs):
+            if getattr(_local, "active", False):
+                return method(self, x, *args, **kwargs)
+            policy, n = thread_policy()
+            if policy == "fixed" or n <= 1:
+                _apply(n)
+                return method(self, x, *args, **kwargs)
+            try:
+                tuners = _TUNERS.setdefault(self, {})
+            except TypeError:  # not weak-referenceable
+                tuners = {}
+            key = (kind, getattr(x, "shape", None), n)
+            tuner = tuners.get(key)
+            if tuner is None:
+                if len(tuners) >= MAX_TUNERS:  # a stream of new shapes: start over rather than grow
+                    tuners.clear()
+                tuner = tuners[key] = _Tuner((n, 1))
+            chosen = tuner.choose()
+            _apply(chosen)  # and left there: setting it back after each call would cost more than the choice
+            _local.active = True
+            start = time.perf_counter()
+            try:
+                out = method(self, x, *args, **kwargs)
+            finally:
+                _local.active = False
+            tuner.record(chosen, time.perf_counter() - start)
+            return out
+
+        return run
+
+    return decorate

@@ -4,11 +4,15 @@ Members (each an ``.npy`` inside the zip):
 
 - ``__fastcnn__``: uint8 bytes of a UTF-8 JSON description: format and version,
   the architecture (layer type names, ``get_config()``, ``impl``, input_shape,
-  dtype, seed), the compile settings (optimizer class and config, loss,
+  dtype, seed; for a functional ``Model`` also its name and ``inputs``: per
+  layer, the tensors it reads, 0 for the model input and ``j + 1`` for the
+  output of layer ``j < i``), the compile settings (optimizer class and config, loss,
   metrics), the state of every numpy Generator (the model's shuffling
   Generator and each Dropout layer's, so a resumed run continues exactly) and
   ``model.metadata`` (a free-form JSON dict, e.g. the training dataset);
 - ``params/layers.<i>.<param>``: the weights;
+- ``state/layers.<i>.<name>``: the non-trainable state (BatchNormalization's
+  moving statistics);
 - ``optimizer/<param name>/<slot>`` and ``optimizer/iterations``: the optimizer
   state (:meth:`fastcnn.optim.Optimizer.state_arrays`).
 
@@ -45,6 +49,8 @@ FORMAT = "fastcnn.model"
 FORMAT_VERSION = 1
 META_KEY = "__fastcnn__"
 PARAMS = "params/"
+STATE = "state/"
+MODEL_CLASSES = ("Sequential", "Model")
 OPTIMIZER = "optimizer/"
 MAX_META_BYTES = 1 << 20
 #: Bit generators whose state may be restored (all of numpy's; PCG64 is the default).
@@ -85,14 +91,19 @@ def _layer_generators(model):
 
 def describe(model):
     """The JSON-serializable description stored in ``__fastcnn__``."""
+    from fastcnn.model import Sequential
+
     arch = {
-        "class": "Sequential",
+        "class": "Sequential" if isinstance(model, Sequential) else "Model",
         "input_shape": list(model.input_shape),
         "dtype": model.dtype.name,
         "seed": model.seed,
         "layers": [{"type": type(layer).__name__, "impl": layer.impl, "config": layer.get_config()}
                    for layer in model.layers],
     }
+    if arch["class"] == "Model":
+        arch["name"] = model.name
+        arch["inputs"] = [list(ins) for ins in model._inputs_of]
     compiled = None
     if model.optimizer is not None:
         compiled = {
@@ -134,6 +145,10 @@ def save_model(model, path):
         if not np.all(np.isfinite(p)):
             raise CheckpointError(f"refusing to save: parameter {name!r} holds NaN or infinite values")
         arrays[PARAMS + name] = p
+    for name, a in model.states():
+        if not np.all(np.isfinite(a)):
+            raise CheckpointError(f"refusing to save: state {name!r} holds NaN or infinite values")
+        arrays[STATE + name] = a
     if model.optimizer is not None:
         for key, a in model.optimizer.state_arrays().items():
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):  # load_model would refuse the file
@@ -293,8 +308,8 @@ def _read_description(reader):
         _fail(path, f"format version {desc['format_version']!r}; this fastcnn "
                     f"({fastcnn.__version__}) reads version {FORMAT_VERSION}")
     arch = _check_dict(desc["model"], "model", path, ("class", "input_shape", "dtype", "layers"))
-    if arch["class"] != "Sequential":
-        _fail(path, f"model class {arch['class']!r} is not 'Sequential'")
+    if arch["class"] not in MODEL_CLASSES:
+        _fail(path, f"model class {arch['class']!r} is not one of {list(MODEL_CLASSES)}")
     if not _is_name_in(arch["dtype"], _DTYPES):
         _fail(path, f"dtype {arch['dtype']!r} is not one of {sorted(_DTYPES)}")
     shape = arch["input_shape"]
@@ -308,6 +323,8 @@ def _read_description(reader):
             _fail(path, f"layers[{i}] has type {spec['type']!r}, which is not a fastcnn layer "
                         f"(allowed: {sorted(LAYER_TYPES)})")
         _check_dict(spec["config"], f"layers[{i}].config", path)
+    if arch["class"] == "Model":
+        _check_graph(arch, path)
     if desc["compile"] is not None:
         comp = _check_dict(desc["compile"], "compile", path, ("optimizer", "loss", "metrics"))
         opt = _check_dict(comp["optimizer"], "optimizer", path, ("class", "config"))
@@ -321,27 +338,36 @@ def _read_description(reader):
 
 
 def _check_shapes(reader, desc, layers):
-    """Before anything is allocated: every parameter shape the description implies must equal the
-    shape in its array's header. The arrays are in the file (uncompressed), so a description asking
-    for absurd sizes (``filters=1e9``) is refused here instead of exhausting memory in ``build``."""
+    """Before anything is allocated: every parameter and state shape the description implies
+    (following a functional model's per-layer inbound tensors) must equal the shape in its
+    array's header. The arrays are in the file (uncompressed), so a description asking for
+    absurd sizes (``filters=1e9``) is refused here instead of exhausting memory in ``build``.
+    The graph's structure was checked by :func:`_check_graph` before."""
     path = reader.path
-    shape = tuple(desc["model"]["input_shape"])
+    arch = desc["model"]
+    inbound = arch["inputs"] if arch["class"] == "Model" else [[i] for i in range(len(layers))]
+    shapes = [tuple(arch["input_shape"])]  # tensor index (0: the model input, j + 1: layer j's output) -> shape
     wanted = {}  # array name -> (shape, layer label)
-    for i, layer in enumerate(layers):
+    for i, (layer, ins) in enumerate(zip(layers, inbound)):
         label = f"layers[{i}] ({type(layer).__name__})"
-        if layer.ndim is not None and len(shape) != layer.ndim - 1:
+        merge = getattr(layer, "merge", False)
+        shape = [shapes[t] for t in ins] if merge else shapes[ins[0]]
+        if not merge and layer.ndim is not None and len(shape) != layer.ndim - 1:
             _fail(path, f"{label} takes inputs of rank {layer.ndim - 1} per sample; at its position they are {shape}")
         try:
             param_shapes = layer.param_shapes(shape)
+            state_shapes = layer.state_shapes(shape)
             out = tuple(int(s) for s in layer.compute_output_shape(shape))
         except (TypeError, ValueError, ArithmeticError, IndexError) as e:
             _fail(path, f"{label} cannot take inputs of shape {shape}: {e}")
-        if any(s < 1 for s in out):
+        if not out or any(s < 1 for s in out):
             _fail(path, f"{label} gives an empty output {out} for inputs {shape}")
-        for key, expected in param_shapes.items():
-            wanted[f"{PARAMS}layers.{i}.{key}"] = (tuple(int(s) for s in expected), label)
-        shape = out
-    _check_param_names(path, reader.names, wanted)
+        for prefix, expected_shapes in ((PARAMS, param_shapes), (STATE, state_shapes)):
+            for key, expected in expected_shapes.items():
+                wanted[f"{prefix}layers.{i}.{key}"] = (tuple(int(s) for s in expected), label)
+        shapes.append(out)
+    _check_param_names(path, reader.names, {n: v for n, v in wanted.items() if n.startswith(PARAMS)})
+    _check_state_names(path, reader.names, {n: v for n, v in wanted.items() if n.startswith(STATE)})
     for name, (expected, label) in wanted.items():
         got, _ = reader.header(name)
         if got != expected:
@@ -354,6 +380,66 @@ def _check_param_names(path, names, wanted):
         missing = sorted(n[len(PARAMS):] for n in set(wanted) - params_in_file)
         extra = sorted(n for n in params_in_file - set(wanted))
         _fail(path, f"the weights do not match the architecture (missing {missing}, unexpected {extra})")
+
+
+def _check_state_names(path, names, wanted):
+    state_in_file = {n for n in names if n.startswith(STATE)}
+    if state_in_file != set(wanted):
+        missing = sorted(n[len(STATE):] for n in set(wanted) - state_in_file)
+        extra = sorted(n for n in state_in_file - set(wanted))
+        _fail(path, f"the non-trainable state does not match the architecture (missing {missing}, "
+                    f"unexpected {extra})")
+
+
+def _check_graph(arch, path):
+    """Validate a functional model's ``inputs``: each layer reads the model input or earlier
+    layers, merge layers two or more tensors and the others one, and every layer but the
+    last is read (the last is the output)."""
+    inputs = arch.get("inputs")
+    layers = arch["layers"]
+    if arch.get("name") is not None and not isinstance(arch["name"], str):
+        _fail(path, f"the model name {arch['name']!r} is not a string")
+    if not isinstance(inputs, list) or len(inputs) != len(layers):
+        _fail(path, f"the graph's `inputs` must be a list of {len(layers)} lists (one per layer), found {inputs!r}")
+    read = set()
+    for i, (spec, ins) in enumerate(zip(layers, inputs)):
+        if not isinstance(ins, list) or not ins or not all(type(t) is int and 0 <= t <= i for t in ins):
+            _fail(path, f"layers[{i}] reads tensors {ins!r}; each must be 0 (the input) or j + 1 for a layer j < {i}")
+        merge = getattr(LAYER_TYPES[spec["type"]], "merge", False)
+        if merge and len(ins) < 2 or not merge and len(ins) != 1:
+            expected = "two or more tensors" if merge else "one tensor"
+            _fail(path, f"layers[{i}] ({spec['type']}) reads {len(ins)} tensors; it takes {expected}")
+        read.update(ins)
+    unread = [i for i in range(len(layers) - 1) if i + 1 not in read]
+    if unread or 0 not in read:
+        _fail(path, f"the graph has layers whose output nothing reads ({unread}) or never reads its input")
+
+
+def _build_model(desc, path, layers=None):
+    """The model (uncompiled) a validated description describes (``layers``: already built
+    from it by :func:`_build_layers`)."""
+    from fastcnn.graph import Input
+    from fastcnn.model import Model, Sequential
+
+    arch = desc["model"]
+    if layers is None:
+        layers = _build_layers(desc, path)
+    try:
+        if arch["class"] == "Sequential":
+            return Sequential(layers, input_shape=tuple(arch["input_shape"]), seed=arch.get("seed"),
+                              dtype=_DTYPES[arch["dtype"]])
+        tensors = [Input(tuple(arch["input_shape"]))]
+        for layer, ins in zip(layers, arch["inputs"]):
+            args = [tensors[t] for t in ins]
+            tensors.append(layer(args if getattr(layer, "merge", False) else args[0]))
+        model = Model(tensors[0], tensors[-1], name=arch.get("name"), seed=arch.get("seed"),
+                      dtype=_DTYPES[arch["dtype"]])
+    except (TypeError, ValueError) as e:
+        _fail(path, f"the architecture cannot be built: {e}")
+    if [id(layer) for layer in model.layers] != [id(layer) for layer in layers]:
+        _fail(path, "the graph's layers are not listed in the order fastcnn saves them (topological, "
+                    "depth-first from the output)")
+    return model
 
 
 def _build_layers(desc, path):
@@ -397,10 +483,14 @@ def _read_payload(reader, desc, model):
     params_in_file = {n for n in names if n.startswith(PARAMS)}
     _check_param_names(path, names, expected)
     weights = {key[len(PARAMS):]: reader.read(key, p.shape, p.dtype) for key, p in expected.items()}
+    expected_state = {STATE + name: a for name, a in model.states()}
+    state_in_file = {n for n in names if n.startswith(STATE)}
+    _check_state_names(path, names, expected_state)
+    state_arrays = {key[len(STATE):]: reader.read(key, a.shape, a.dtype) for key, a in expected_state.items()}
 
     optimizer_arrays = None
     opt_names = {n for n in names if n.startswith(OPTIMIZER)}
-    other = names - params_in_file - opt_names
+    other = names - params_in_file - opt_names - state_in_file
     if other:
         _fail(path, f"unexpected arrays {sorted(other)}")
     if desc["compile"] is None:
@@ -430,7 +520,7 @@ def _read_payload(reader, desc, model):
         _fail(path, f"random generator states for layers {sorted(rng['layers'])}, expected {sorted(expected_layers)}")
     for key, state in rng["layers"].items():
         generators[int(key)] = _generator(state, f"rng.layers.{key}", path)
-    return weights, optimizer_arrays, generators
+    return {**weights, **state_arrays}, optimizer_arrays, generators
 
 
 def _apply(model, desc, weights, optimizer_arrays, generators):
@@ -454,19 +544,12 @@ def load_model(path):
         pickled objects, names unknown layer types, or its arrays do not match
         its architecture (names, shapes, dtypes, finiteness).
     """
-    from fastcnn.model import Sequential
-
     reader = _Reader(path)
     try:
         desc = _read_description(reader)
-        arch = desc["model"]
         layers = _build_layers(desc, reader.path)
         _check_shapes(reader, desc, layers)
-        try:
-            model = Sequential(layers, input_shape=tuple(arch["input_shape"]), seed=arch.get("seed"),
-                               dtype=_DTYPES[arch["dtype"]])
-        except (TypeError, ValueError) as e:
-            _fail(reader.path, f"the architecture cannot be built: {e}")
+        model = _build_model(desc, reader.path, layers)
         if desc["compile"] is not None:
             comp = desc["compile"]
             try:
@@ -487,7 +570,8 @@ def load_model(path):
 def _architecture(arch):
     """The parts of an architecture description that must match to share weights."""
     return {"input_shape": list(arch["input_shape"]), "dtype": arch["dtype"],
-            "layers": [(spec["type"], spec["config"]) for spec in arch["layers"]]}
+            "layers": [(spec["type"], spec["config"]) for spec in arch["layers"]],
+            "inputs": arch.get("inputs") or [[i] for i in range(len(arch["layers"]))]}  # Sequential: a chain
 
 
 def load_into(model, path):
@@ -533,5 +617,7 @@ def _first_difference(theirs, ours):
     for i, (a, b) in enumerate(zip(theirs["layers"], ours["layers"])):
         if a != b:
             return f"layers.{i} is {a[0]}({a[1]}) in the file, {b[0]}({b[1]}) in the model"
+    if theirs["inputs"] != ours["inputs"]:
+        return f"the layers read {theirs['inputs']} in the file, {ours['inputs']} in the model"
     return "unknown difference"
 

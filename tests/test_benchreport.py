@@ -178,3 +178,14 @@ def test_memory_table_shares_of_pytorch(run):
     text = benchreport.render_markdown(run)
     assert table_rows(text, "Memory") == [[group, "Numba", "210 MB", "50%"], [group, "PyTorch", "420 MB", "100%"]]
     assert "### Other" not in text
+
+
+def test_under_load_table_compares_the_default_with_one_thread_and_pytorch(run):
+    group = "tutorial_cnn train_on_batch, batch 64, 2 busy processes"
+    run["benchmarks"] += [bench(group, "numba", 0.0044, 0.1, kind="contention"),
+                          bench(group, "numba-1", 0.004, 0.1, kind="contention"),
+                          bench(group, "numba-all", 0.032, 0.1, kind="contention"),
+                          bench(group, "torch", 0.011, 0.1, kind="contention")]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "Under load") == [[group, "4.4 ms", "4 ms", "32 ms", "11 ms", "1.10", "**2.50×**"]]
+    assert "### Other" not in text

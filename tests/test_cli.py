@@ -45,6 +45,7 @@ def isolated(monkeypatch, tmp_path):
     numba_threads, blas_threads = numba.get_num_threads(), parallel.blas_num_threads()
     yield
     numba.set_num_threads(numba_threads)
+    parallel.reset_num_threads()  # --threads fixed the count: back to the default policy
     if blas_threads:
         import threadpoolctl
 
@@ -138,7 +139,7 @@ def test_train_prints_epochs_and_one_summary_line(trained):
     assert summary["images"] == "320"  # 160 images x 2 epochs
     assert (summary["model"], summary["dataset"]) == ("tutorial_cnn", "fashion-mnist")
     assert summary["impl"] == registry.resolve("conv2d", "auto")
-    assert int(summary["threads"]) == parallel.get_num_threads()
+    assert int(summary["threads"]) == parallel.thread_policy()[1]
     seconds, rate = float(summary["seconds"]), int(summary["rate"].replace(",", ""))
     assert 0 < seconds and 320 / (seconds + 0.005) - 1 <= rate <= 320 / max(seconds - 0.005, 1e-9) + 1
     last_val = float(re.search(r"val_accuracy: (\d\.\d{4})", epochs[-1])[1])
@@ -375,3 +376,28 @@ def test_quick_bench_prints_both_tables(capsys, monkeypatch):
     assert "| dense 9216->128 | (2,9216) | " in out
     assert re.search(r"\| conv 3x3, 32->64 \| \(2,26,26,32\) \| skipped \(\d\) \| 1 ms \| 1 ms \| 1\.00x \|", out)
     assert "| tutorial_cnn | 1,000 | 2,500 | 2.50x |" in out
+
+
+def test_evaluate_and_predict_a_saved_functional_model(capsys, tmp_path):
+    """resnet_mini (a functional Model with BatchNormalization) saved, then evaluated and used by the CLI."""
+    from fastcnn import models
+
+    data = tmp_path / "data"
+    splits = write_dataset(data)
+    x_test, y_test = splits["t10k"]
+    model = models.resnet_mini(seed=0)
+    model.train_on_batch(x_test[:8], y_test[:8])  # moving statistics away from 0 and 1
+    path = model.save(tmp_path / "resnet.npz")
+    code, out, err = run(capsys, "evaluate", path, "--data-dir", data, "--dataset", "fashion-mnist")
+    assert code == 0, err
+    logs = model.evaluate(x_test, y_test, batch_size=256)  # the CLI's default batch
+    assert out == (f"loss {logs['loss']:.4f} | accuracy {logs['accuracy']:.4f} | "
+                   f"100 test images of fashion-mnist\n")
+    images = tmp_path / "two-idx3-ubyte"
+    datasets.write_idx(images, x_test[:2])
+    code, out, err = run(capsys, "predict", path, images, "--dataset", "fashion-mnist")
+    assert code == 0, err
+    probs = model.predict(x_test[:2])
+    for i, line in enumerate(out.splitlines()):
+        k = int(np.argmax(probs[i]))
+        assert line.startswith(f"{images}[{i}]: {k} ") and line.endswith(f"({probs[i, k]:.4f})")

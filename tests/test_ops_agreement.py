@@ -269,6 +269,61 @@ def test_dense_agrees(op, impl, shape, bias, dtype):
     compare(op, impl, (rng.standard_normal((N, IN)), rng.standard_normal((IN, OUT)), b), {}, dtype)
 
 
+def bn_case(rng, shape, mode, affine=True):
+    """``(args, kwargs)`` for batch_norm: training (batch statistics) or inference (given statistics)."""
+    C = shape[-1]
+    x = 1.5 * rng.standard_normal(shape) + rng.standard_normal(C)  # per-channel offsets
+    gamma, beta = (rng.standard_normal(C), rng.standard_normal(C)) if affine else (None, None)
+    args = (x, gamma, beta)
+    if mode == "inference":
+        args += (rng.standard_normal(C), rng.uniform(0.5, 2.0, C))
+    return args, {"epsilon": 1e-3}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("mode", ["training", "inference"])
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5, 6)], ids=["2d", "4d"])
+@pytest.mark.parametrize("op,impl", impl_params("batch_norm"))
+def test_batch_norm_agrees(op, impl, shape, mode, affine, dtype):
+    """Forward, dx, dgamma, dbeta; and the batch statistics the layer updates its moving ones from."""
+    args, kwargs = bn_case(np.random.default_rng(12), shape, mode, affine)
+    compare(op, impl, args, kwargs, dtype)
+    _, cache_ref = registry.get(op, "reference").forward(*args, **kwargs)
+    _, cache = registry.get(op, impl).forward(*[cast_like(a, dtype) for a in args], **kwargs)
+    for k, name in enumerate(("mean", "variance")):
+        assert cache[k].dtype == dtype and cache[k].shape == (shape[-1],)
+        assert_close(cache[k], cache_ref[k], dtype=dtype, name=f"batch_norm/{impl} {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op,impl", impl_params("batch_norm"))
+def test_batch_norm_strided_and_many_rows_agree(op, impl, dtype):
+    """A strided input, and more rows than one block of the Numba kernels' partial sums."""
+    rng = np.random.default_rng(13)
+    # 572 rows (three blocks of 256); channel means far from 0 relative to the spread, where
+    # a variance computed as E[x^2] - E[x]^2 would cancel
+    x = strided_copy(rng.standard_normal((4, 13, 11, 3)) + np.array([2.0, -50.0, 100.0]))
+    compare(op, impl, (x, rng.standard_normal(3), rng.standard_normal(3)), {"epsilon": 1e-3}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("n_inputs", [2, 3])
+@pytest.mark.parametrize("op,impl", impl_params("add"))
+def test_add_agrees(op, impl, n_inputs, dtype):
+    rng = np.random.default_rng(14)
+    compare(op, impl, tuple(rng.standard_normal((2, 3, 4, 2)) for _ in range(n_inputs)), {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shapes,axis", [([(2, 3, 3, 2), (2, 3, 3, 4)], 3), ([(2, 5), (2, 1), (2, 3)], 1),
+                                         ([(2, 2, 3, 2), (2, 4, 3, 2)], 1)])
+@pytest.mark.parametrize("op,impl", impl_params("concatenate"))
+def test_concatenate_agrees(op, impl, shapes, axis, dtype):
+    rng = np.random.default_rng(15)
+    compare(op, impl, tuple(rng.standard_normal(shape) for shape in shapes), {"axis": axis}, dtype)
+
+
 def compare_loss(impl, logits, labels, dtype):
     """The fused loss in ``impl`` (at ``dtype``) against the float64 reference: loss and dlogits."""
     loss_ref, d_ref = registry.get("softmax_cross_entropy", "reference").forward(
@@ -403,6 +458,13 @@ DRAWN_CASES = {
     "dropout": st.tuples(batch(), st.sampled_from([0.0, 0.1, 0.5, 0.9])).map(
         lambda xr: ((xr[0],), {"rate": xr[1], "rng": None})),
     "dense": dense_case(),
+    # At least 4 samples per channel: with 2, training-mode dx is zero up to epsilon's effect,
+    # and a norm-wise relative error of rounding noise means nothing.
+    "batch_norm": st.tuples(st.sampled_from([(4, 3), (7, 1), (3, 2, 2, 2), (2, 3, 1, 4), (2, 1, 2, 5)]),
+                            st.sampled_from(["training", "inference"]), st.booleans(), st.integers(0, 99)).map(
+        lambda c: bn_case(np.random.default_rng(c[3]), *c[:3])),
+    "add": st.tuples(batch(), st.integers(2, 3)).map(lambda xn: (tuple(xn[0] * (k + 1) for k in range(xn[1])), {})),
+    "concatenate": batch().map(lambda x: ((x, 2 * x[..., :max(1, x.shape[-1] // 2)]), {"axis": x.ndim - 1})),
 }
 
 

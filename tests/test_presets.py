@@ -8,11 +8,11 @@ from fastcnn import models
 from fastcnn.optim import SGD, Adam
 
 # Keras's MNIST example (these layers) reports 1,199,882 parameters.
-PARAM_COUNTS = {"tutorial_cnn": 13_602, "mnist_cnn": 1_199_882, "vgg_mini": 870_634}
+PARAM_COUNTS = {"tutorial_cnn": 13_602, "mnist_cnn": 1_199_882, "vgg_mini": 870_634, "resnet_mini": 176_090}
 
 
 def test_presets_registry():
-    assert list(models.PRESETS) == ["tutorial_cnn", "mnist_cnn", "vgg_mini"]
+    assert list(models.PRESETS) == ["tutorial_cnn", "mnist_cnn", "vgg_mini", "resnet_mini"]
     assert models.PRESETS["mnist_cnn"] is models.mnist_cnn
 
 
@@ -50,6 +50,23 @@ def test_architectures_and_optimizers():
     assert [c.filters for c in convs] == [32, 32, 64, 64] and {c.padding for c in convs} == {"same"}
     assert vgg.layers[-1].units == 10 and isinstance(vgg.layers[-2], L.ReLU)
     assert all(m.loss == "softmax_cross_entropy" for m in (tutorial, mnist, vgg))
+
+
+def test_resnet_mini_architecture():
+    from fastcnn import Model
+
+    model = models.resnet_mini(seed=0)
+    assert type(model) is Model and isinstance(model.optimizer, Adam) and model.optimizer.lr == 1e-3
+    convs = [layer for layer in model.layers if isinstance(layer, L.Conv2D)]
+    assert [c.filters for c in convs] == [16] * 5 + [32] * 5 + [64] * 5
+    strided = [(c.kernel_size, c.output_shape) for c in convs if c.stride == (2, 2)]
+    assert strided == [((3, 3), (14, 14, 32)), ((1, 1), (14, 14, 32)), ((3, 3), (7, 7, 64)), ((1, 1), (7, 7, 64))]
+    assert all(c.padding == "same" and not c.use_bias for c in convs)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("BatchNormalization") == 15 and kinds.count("Add") == 6
+    assert kinds[-2:] == ["GlobalAvgPool2D", "Dense"] and model.output_shape == (10,)
+    assert model.summary_string().endswith("Trainable params: 174,970\nNon-trainable params: 1,120")
+    assert "BatchNormalization" not in [type(s).__name__ for s in model.inference_steps()]  # all folded
 
 
 def test_impl_and_input_shape_reach_every_layer():

@@ -58,7 +58,7 @@ def test_every_op_is_registered_under_reference():
     expected = {
         "conv2d", "dense", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "relu",
         "leaky_relu", "sigmoid", "tanh", "softmax", "flatten", "dropout",
-        "softmax_cross_entropy",
+        "softmax_cross_entropy", "batch_norm", "add", "concatenate",
     }  # fmt: skip
     assert set(ref.OPS) == expected
     for op, (forward, backward) in ref.OPS.items():
@@ -353,6 +353,50 @@ def test_dropout_rate_zero_is_identity_without_a_draw():
     np.testing.assert_array_equal(ref.dropout_backward(dy, cache), dy)
 
 
+# --- batch_norm, add, concatenate ----------------------------------------------------
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("mode", ["training", "inference"])
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 2, 4)], ids=["2d", "4d"])
+def test_batch_norm_gradcheck(shape, mode, affine):
+    C = shape[-1]
+    x = normal(shape, seed=40) + normal((C,), seed=41)
+    gamma, beta = (normal((C,), seed=42), normal((C,), seed=43)) if affine else (None, None)
+    stats = {} if mode == "training" else {"mean": normal((C,), seed=44), "var": 0.5 + normal((C,), seed=45) ** 2}
+    forward = partial(ref.batch_norm_forward, epsilon=1e-3, **stats)
+    gradcheck(forward, ref.batch_norm_backward, [x, gamma, beta], seed=46)
+    _, cache = forward(x, gamma, beta)
+    _, dgamma, dbeta = ref.batch_norm_backward(normal(shape, seed=47), cache)
+    assert (dgamma is None, dbeta is None) == (not affine, not affine)
+
+
+def test_batch_norm_by_hand():
+    # One channel of [1, 2, 3, 6]: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5.
+    x = np.array([[1.0], [2.0], [3.0], [6.0]])
+    y, (mean, var, *_) = ref.batch_norm_forward(x, np.array([2.0]), np.array([0.5]), epsilon=0.5)
+    assert (mean[0], var[0]) == (3.0, 3.5)
+    np.testing.assert_allclose(y[:, 0], 2.0 * (x[:, 0] - 3.0) / 2.0 + 0.5)  # sqrt(3.5 + 0.5) = 2
+    y, _ = ref.batch_norm_forward(x, None, None, np.array([1.0]), np.array([3.0]), epsilon=1.0)
+    np.testing.assert_allclose(y[:, 0], (x[:, 0] - 1.0) / 2.0)  # inference: the given statistics
+
+
+@pytest.mark.parametrize("n_inputs", [2, 3])
+def test_add_gradcheck_and_values(n_inputs):
+    xs = [normal((2, 3, 2), seed=50 + k) for k in range(n_inputs)]
+    gradcheck(ref.add_forward, ref.add_backward, xs)
+    np.testing.assert_allclose(ref.add_forward(*xs)[0], sum(xs))
+
+
+@pytest.mark.parametrize("axis", [1, 3])
+def test_concatenate_gradcheck_and_values(axis):
+    shapes = [(2, 3, 2, 2), (2, 3, 2, 1)] if axis == 3 else [(2, 1, 2, 2), (2, 3, 2, 2)]
+    xs = [normal(shape, seed=60 + k) for k, shape in enumerate(shapes)]
+    forward = partial(ref.concatenate_forward, axis=axis)
+    gradcheck(forward, ref.concatenate_backward, xs)
+    np.testing.assert_array_equal(forward(*xs)[0], np.concatenate(xs, axis=axis))
+
+
 # --- softmax_cross_entropy -----------------------------------------------------------
 
 
@@ -438,6 +482,10 @@ OP_CASES = {
         ref.dropout_backward,
         [(2, 3, 4)],
     ),
+    "batch_norm": (partial(ref.batch_norm_forward, epsilon=1e-3), ref.batch_norm_backward,
+                   [(2, 3, 3, 4), (4,), (4,)]),
+    "add": (ref.add_forward, ref.add_backward, [(2, 3, 4), (2, 3, 4)]),
+    "concatenate": (partial(ref.concatenate_forward, axis=2), ref.concatenate_backward, [(2, 3, 4), (2, 3, 2)]),
 }
 
 

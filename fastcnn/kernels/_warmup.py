@@ -10,7 +10,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 
 import numpy as np
 
-from fastcnn.kernels import _shifted, activations, conv, conv_pool, dense, loss, optim, pooling
+from fastcnn.kernels import _shifted, activations, batchnorm, conv, conv_pool, dense, loss, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -63,6 +63,11 @@ def _run_dtype(dtype):
         activations.dropout_backward(np.ones_like(y), cache)
         optim.adam_update(a.copy(), a, np.zeros_like(a), np.zeros_like(a), beta_1=0.9, beta_2=0.999, lr=1e-3,
                           bias_correction_1=0.1, bias_correction_2=0.001, epsilon=1e-7, weight_decay=0.0)
+
+    gamma = np.ones(3, dtype=dtype)  # (C,)
+    for stats in ((), (np.zeros(3, dtype=dtype), np.ones(3, dtype=dtype))):  # training, inference
+        y, cache = batchnorm.batch_norm_forward(x, gamma, gamma, *stats, epsilon=1e-3)
+        batchnorm.batch_norm_backward(np.ones_like(y), cache)
 
     logits = rng.standard_normal((4, 3)).astype(dtype)  # (N, K)
     y, cache = activations.softmax_forward(logits)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from fastcnn.kernels._jit import kernel, ordered_kernel, pick, twins
-from fastcnn.ops.activations import dropout_bits, dropout_threshold
+from fastcnn.ops.activations import dropout_bits, dropout_span, dropout_threshold
 
 __all__ = [
     "relu_forward", "relu_backward",
@@ -220,13 +220,14 @@ def _dropout_backward(dx, dy, keep, scale):
 _dropout_backward_pair = twins(_dropout_backward)
 
 
-def dropout_forward(x, *, rate, rng):
+def dropout_forward(x, *, rate, rng, rows=None):
     """Inverted dropout with the contract's mask (see :func:`fastcnn.ops.activations.dropout_bits`):
-    the draw is NumPy's, the threshold test, scaling and a ``uint8`` mask one kernel pass."""
+    the draw is NumPy's, the threshold test, scaling and a ``uint8`` mask one kernel pass.
+    ``rows``: see :func:`fastcnn.ops.activations.dropout_span`."""
     if rate == 0:
         return x, None
     x = np.ascontiguousarray(x)
-    bits = dropout_bits(rng, x.size)  # (size,) uint32
+    bits = dropout_bits(rng, x.size, *dropout_span(x.shape, rows))  # (size,) uint32
     scale = x.dtype.type(1.0 / (1.0 - rate))
     y = np.empty(x.shape, dtype=x.dtype)  # x.shape
     keep = np.empty(x.shape, dtype=np.uint8)  # x.shape

@@ -5,6 +5,12 @@
 - ``forward(x) -> y`` caches what ``backward`` needs; ``backward(dy) -> dx``
   writes ``layer.grads``.
 - ``params`` and ``grads`` are dicts with the same keys, shapes and dtypes.
+- ``state`` holds non-trainable arrays (BatchNormalization's moving
+  statistics): saved and loaded with the model, updated by the layer itself
+  (in place), never given to the optimizer.
+- Called on a symbolic tensor (:func:`fastcnn.Input`), a layer returns the
+  symbolic tensor of its output (the functional API, :mod:`fastcnn.graph`);
+  its weights are created when the :class:`fastcnn.Model` is built.
 - ``reset_parameters(rng)`` is the one initializer; ``train()`` / ``eval()``.
 """
 
@@ -50,6 +56,7 @@ class Layer:
         self.dtype = None
         self.params = {}
         self.grads = {}
+        self.state = {}  # non-trainable arrays: saved, never given to the optimizer
         self._fn = None
         self._cache = None
 
@@ -77,6 +84,10 @@ class Layer:
         """Mapping of parameter name to shape; empty for layers without weights."""
         return {}
 
+    def state_shapes(self, input_shape):
+        """Mapping of non-trainable state name to shape (``self.state`` once built); empty for most layers."""
+        return {}
+
     def reset_parameters(self, rng):
         """(Re)initialize every parameter from the numpy Generator ``rng``.
 
@@ -94,7 +105,21 @@ class Layer:
         return input_shape
 
     def count_params(self):
+        """Every weight, trained or not (Keras's ``count_params``)."""
+        return self.count_trainable_params() + int(sum(a.size for a in self.state.values()))
+
+    def count_trainable_params(self):
         return int(sum(p.size for p in self.params.values()))
+
+    def symbolic_output_shape(self, input_shape):
+        """The per-sample output shape for ``input_shape`` without building (validates the rank)."""
+        input_shape = tuple(int(s) for s in input_shape)
+        if self.ndim is not None and len(input_shape) != self.ndim - 1:
+            raise ValueError(
+                f"{self._label()} expects inputs of shape {self.input_description}; "
+                f"received a symbolic tensor of shape {format_shape((None,) + input_shape)}"
+            )
+        return tuple(self.compute_output_shape(input_shape))
 
     @property
     def resolved_impl(self):
@@ -103,6 +128,10 @@ class Layer:
 
     # -- running ------------------------------------------------------------------
     def __call__(self, x):
+        from fastcnn import graph
+
+        if graph.is_symbolic(x):
+            return graph.call_layer(self, x)
         x = self.check_input(x)
         if not self.built:
             self.build(x.shape[1:], x.dtype)

@@ -105,6 +105,10 @@ class Dropout(Layer):
     ----------
     rate : float in [0, 1)
     seed : int or None; the model's seed overrides it when built inside a Sequential.
+
+    ``batch_rows``: ``None``, or ``(start, total_rows)`` set by :mod:`fastcnn.distributed`
+    while one rank trains on rows ``[start, start + N)`` of a global batch: the mask is
+    drawn for the whole batch, as a single process draws it, and this slice used.
     """
 
     op = "dropout"
@@ -118,6 +122,7 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.batch_rows = None
 
     def reseed(self, rng):
         """Draw future masks from ``rng`` (a numpy Generator)."""
@@ -127,7 +132,10 @@ class Dropout(Layer):
         if not self.training or self.rate == 0.0:
             self._cache = None
             return x
-        y, self._cache = self._fn.forward(x, rate=self.rate, rng=self.rng)
+        if self.batch_rows is None:
+            y, self._cache = self._fn.forward(x, rate=self.rate, rng=self.rng)
+        else:
+            y, self._cache = self._fn.forward(x, rate=self.rate, rng=self.rng, rows=self.batch_rows)
         return y
 
     def backward(self, dy):

@@ -1,8 +1,8 @@
-"""Runs of layers that :class:`fastcnn.Sequential` executes as one fused op.
+"""Runs of layers that a model executes as one fused op.
 
-Users never build these: a model's plan (``Sequential.steps``) puts one in
-place of a matching run of layers when every layer in it resolves to the same
-implementation. The layers keep their weights and gradients; only the work
+Users never build these: a model's plan (:mod:`fastcnn.plan`, shown by
+``model.steps``) puts one in place of a matching run of layers when every
+layer in it resolves to the same implementation. The layers keep their weights and gradients; only the work
 between them is fused. Every implementation has every fused op (the registry
 composes the unfused ops where an implementation has no fused kernel), so a
 fused step gives the results of the layers it replaces.
@@ -13,7 +13,7 @@ from fastcnn.layers.activations import ReLU
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.pooling import MaxPool2D
 
-__all__ = ["ConvReLU", "ConvPool", "plan"]
+__all__ = ["ConvReLU", "ConvPool"]
 
 
 class ConvReLU:
@@ -81,23 +81,3 @@ class ConvPool:
 
     def __repr__(self):
         return f"ConvPool({', '.join(map(repr, self.layers))})"
-
-
-#: (fused step, how many layers it takes), longest first.
-_FUSIONS = ((ConvPool, 3), (ConvPool, 2), (ConvReLU, 2))
-
-
-def plan(layers, fuse=True):
-    """The steps one pass runs over built ``layers``: layers, and fused steps where they match."""
-    steps, i = [], 0
-    while i < len(layers):
-        for fused, size in _FUSIONS if fuse else ():
-            run = layers[i:i + size]
-            if len(run) == size and fused.matches(run):
-                steps.append(fused(*run))
-                i += size
-                break
-        else:
-            steps.append(layers[i])
-            i += 1
-    return steps

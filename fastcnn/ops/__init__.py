@@ -3,10 +3,10 @@
 See docs/ops.md for the contract every implementation follows.
 """
 
-from fastcnn.ops import activations, conv, dense, loss, pool
+from fastcnn.ops import activations, batchnorm, conv, dense, loss, merge, pool
 from fastcnn.registry import register
 
-for _module in (conv, pool, dense, activations):
+for _module in (conv, pool, dense, activations, batchnorm, merge):
     for _name in _module.__all__:
         if _name.endswith("_forward"):
             _op = _name[: -len("_forward")]

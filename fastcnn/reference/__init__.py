@@ -18,11 +18,13 @@ from fastcnn.reference.activations import (
     tanh_backward,
     tanh_forward,
 )
+from fastcnn.reference.batchnorm import batch_norm_backward, batch_norm_forward
 from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dense import dense_backward, dense_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.flatten import flatten_backward, flatten_forward
 from fastcnn.reference.loss import softmax_cross_entropy
+from fastcnn.reference.merge import add_backward, add_forward, concatenate_backward, concatenate_forward
 from fastcnn.reference.pool import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -47,6 +49,9 @@ OPS = {
     "softmax": (softmax_forward, softmax_backward),
     "flatten": (flatten_forward, flatten_backward),
     "dropout": (dropout_forward, dropout_backward),
+    "batch_norm": (batch_norm_forward, batch_norm_backward),
+    "add": (add_forward, add_backward),
+    "concatenate": (concatenate_forward, concatenate_backward),
     "softmax_cross_entropy": (softmax_cross_entropy, None),
 }
 
@@ -81,5 +86,11 @@ __all__ = [
     "flatten_backward",
     "dropout_forward",
     "dropout_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "add_forward",
+    "add_backward",
+    "concatenate_forward",
+    "concatenate_backward",
     "softmax_cross_entropy",
 ]

@@ -5,7 +5,7 @@ import numpy as np
 __all__ = ["dropout_forward", "dropout_backward"]
 
 
-def dropout_forward(x, *, rate, rng):
+def dropout_forward(x, *, rate, rng, rows=None):
     """Zero each element with probability ``rate`` and scale the survivors by ``1 / (1 - rate)``.
 
     The mask is one 32-bit draw per element in C order: ``bits`` are the 32-bit
@@ -24,6 +24,10 @@ def dropout_forward(x, *, rate, rng):
         Drop probability in ``[0, 1)``; ``0`` returns ``x`` itself and draws nothing.
     rng : numpy.random.Generator
         Source of the mask.
+    rows : (start, total_rows), optional
+        ``x`` holds rows ``[start, start + N)`` of a batch of ``total_rows`` rows
+        (data-parallel training): the mask is drawn for the whole batch, in the
+        same order, and element ``i`` of ``x`` takes draw ``start * (x.size // N) + i``.
 
     Returns
     -------
@@ -38,11 +42,21 @@ def dropout_forward(x, *, rate, rng):
     """
     if rate == 0:
         return x, None
-    raw = rng.bit_generator.random_raw((x.size + 1) // 2)
+    offset, total = 0, x.size
+    if rows is not None:
+        start, total_rows = int(rows[0]), int(rows[1])
+        if not 0 <= start <= start + x.shape[0] <= total_rows:
+            raise ValueError(f"dropout: rows=({start}, {total_rows}) cannot hold a batch of {x.shape[0]} rows")
+        per_row = 1
+        for s in x.shape[1:]:
+            per_row *= s
+        offset, total = start * per_row, total_rows * per_row
+    raw = rng.bit_generator.random_raw((total + 1) // 2)
     threshold = min(round(rate * 2**32), 2**32 - 1)
     keep = np.zeros(x.shape, dtype=bool)
     for i, idx in enumerate(np.ndindex(x.shape)):
-        bits = (int(raw[i // 2]) >> (32 * (i % 2))) & 0xFFFFFFFF
+        j = offset + i
+        bits = (int(raw[j // 2]) >> (32 * (j % 2))) & 0xFFFFFFFF
         keep[idx] = bits >= threshold
     scale = x.dtype.type(1.0 / (1.0 - rate))
     y = np.zeros(x.shape, dtype=x.dtype)

@@ -1,0 +1,206 @@
+"""How many threads fastcnn uses (``fastcnn/parallel.py``): affinity, cgroup quota, the user's
+fixed count, and the adaptive choice per model step, which must not change any result."""
+
+import numba
+import numpy as np
+import pytest
+
+from fastcnn import models, parallel
+
+
+@pytest.fixture(autouse=True)
+def default_policy(monkeypatch):
+    """Each test starts and ends under the default policy, with the thread counts it found."""
+    monkeypatch.delenv("FASTCNN_THREADS", raising=False)
+    before = numba.get_num_threads()
+    parallel.reset_num_threads()
+    yield
+    parallel.reset_num_threads()
+    numba.set_num_threads(before)
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# -- cgroup quota ---------------------------------------------------------------------------
+@pytest.mark.parametrize("text, cpus", [
+    ("max 100000\n", None),
+    ("150000 100000\n", 1.5),
+    ("50000 100000", 0.5),
+    ("200000 100000\n", 2.0),
+    ("garbage\n", None),
+    ("-1 100000", None),
+    ("100000 0", None),
+    ("", None),
+])
+def test_cgroup_v2_cpu_max(tmp_path, text, cpus):
+    write(tmp_path / "cgroup" / "cpu.max", text)
+    proc = write(tmp_path / "proc_cgroup", "0::/\n")
+    assert parallel.cpu_quota(root=str(tmp_path / "cgroup"), proc_cgroup=str(proc)) == cpus
+
+
+def test_cgroup_v2_smallest_limit_of_the_hierarchy_wins(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root / "user.slice" / "job" / "cpu.max", "max 100000\n")
+    write(root / "user.slice" / "cpu.max", "250000 100000\n")
+    write(root / "cpu.max", "300000 100000\n")
+    proc = write(tmp_path / "proc_cgroup", "0::/user.slice/job\n")
+    assert parallel.cpu_quota(root=str(root), proc_cgroup=str(proc)) == 2.5
+
+
+def test_cgroup_v1_cfs_quota(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us", "-1\n")
+    write(root / "cpu" / "docker" / "abc" / "cpu.cfs_period_us", "100000\n")
+    write(root / "cpu" / "cpu.cfs_quota_us", "150000\n")
+    write(root / "cpu" / "cpu.cfs_period_us", "100000\n")
+    proc = write(tmp_path / "proc_cgroup", "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert parallel.cpu_quota(root=str(root), proc_cgroup=str(proc)) == 1.5
+    write(root / "cpu" / "cpu.cfs_quota_us", "abc\n")  # malformed: ignored
+    assert parallel.cpu_quota(root=str(root), proc_cgroup=str(proc)) is None
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path):
+    assert parallel.cpu_quota(root=str(tmp_path / "none"), proc_cgroup=str(tmp_path / "missing")) is None
+
+
+# -- the default count --------------------------------------------------------------------------
+@pytest.mark.parametrize("cpus, quota, expected", [
+    (8, None, 8),
+    (8, 1.5, 2),   # rounded up
+    (8, 0.25, 1),  # at least one
+    (8, 3.0, 3),
+    (1, None, 1),  # taskset -c 0
+    (2, 6.0, 2),   # the affinity mask is the tighter limit
+])
+def test_default_num_threads_from_affinity_and_quota(monkeypatch, cpus, quota, expected):
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(parallel, "_quota", lambda: quota)
+    monkeypatch.setattr(parallel, "max_num_threads", lambda: 8)
+    assert parallel.default_num_threads() == expected
+
+
+def test_default_num_threads_never_exceeds_numba_threads(monkeypatch):
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(parallel, "_quota", lambda: None)
+    assert parallel.default_num_threads() == parallel.max_num_threads()
+
+
+# -- the policy -----------------------------------------------------------------------------------
+def test_policy_is_adaptive_until_fixed(monkeypatch):
+    assert parallel.thread_policy() == ("adaptive", parallel.default_num_threads())
+    parallel.set_num_threads(1)
+    assert parallel.thread_policy() == ("fixed", 1)
+    parallel.reset_num_threads()
+    assert parallel.thread_policy()[0] == "adaptive"
+    monkeypatch.setenv("FASTCNN_THREADS", "1")
+    assert parallel.thread_policy() == ("fixed", 1)
+    monkeypatch.setenv("FASTCNN_THREADS", "auto")
+    assert parallel.thread_policy()[0] == "adaptive"
+
+
+@pytest.mark.parametrize("text", ["0", "two", str(parallel.max_num_threads() + 1)])
+def test_bad_fastcnn_threads_is_a_clear_error(monkeypatch, text):
+    monkeypatch.setenv("FASTCNN_THREADS", text)
+    with pytest.raises(ValueError, match=rf"FASTCNN_THREADS must be 'auto' or an int between 1 and "
+                                         rf"{parallel.max_num_threads()} \(NUMBA_NUM_THREADS\), received '{text}'"):
+        parallel.thread_policy()
+
+
+# -- the adaptive choice --------------------------------------------------------------------------
+def simulate(tuner, cost, calls):
+    """Run ``calls`` calls whose duration is ``cost[n]``; returns the counts used."""
+    used = []
+    for _ in range(calls):
+        n = tuner.choose()
+        tuner.record(n, cost[n])
+        used.append(n)
+    return used
+
+
+def test_tuner_keeps_the_faster_count_and_bounds_the_cost_of_rechecking():
+    tuner = parallel._Tuner((2, 1))
+    quiet = {2: 1.0, 1: 1.8}
+    used = simulate(tuner, quiet, 2000)
+    assert used[:7] == [2, 2, 1, 2, 1, 2, 1]  # warm-up, then alternating trials
+    steady = used[7:]
+    assert steady.count(2) > steady.count(1)
+    wasted = sum(quiet[n] - quiet[2] for n in steady)
+    assert 0 < wasted <= sum(quiet[2] for _ in steady) / parallel.PROBE_EVERY
+
+    busy = {2: 9.0, 1: 3.0}  # another process takes the cores: one thread wins
+    used = simulate(tuner, busy, 2000)
+    switch = used.index(1, 1)  # (the first call may be a re-check that was due)
+    assert switch <= 3 and used[switch:switch + 20] == [1] * 20
+    wasted = sum(busy[n] - busy[1] for n in used[switch:])
+    assert 0 < wasted <= sum(busy[1] for _ in used[switch:]) * 3 / parallel.PROBE_EVERY
+
+    used = simulate(tuner, quiet, 2000)  # the load goes away: back to two threads, soon
+    back = next(i for i in range(len(used)) if used[i:i + 50] == [2] * 50)
+    assert back <= parallel.PROBE_SOON * busy[2] / quiet[1] + 2
+
+
+class Alternating(parallel._Tuner):
+    """Every call on a different count: the worst case for reproducibility."""
+
+    def choose(self):
+        self.probing = False
+        self.flip = not getattr(self, "flip", False)
+        return self.candidates[0] if self.flip else self.candidates[-1]
+
+
+@pytest.mark.skipif(parallel.max_num_threads() < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_results_do_not_depend_on_the_thread_counts_chosen(monkeypatch):
+    """Training and prediction with the count switching every call equal one thread throughout, bit for bit."""
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=8)
+    seen = []
+    monkeypatch.setattr(parallel, "_Tuner", Alternating)
+    apply = parallel._apply
+
+    def spy(n):
+        seen.append(n)
+        apply(n)
+
+    monkeypatch.setattr(parallel, "_apply", spy)
+    results = []
+    for fixed in (None, 1):
+        if fixed:
+            parallel.set_num_threads(fixed)
+        model = models.mnist_cnn(seed=0)
+        losses = [model.train_on_batch(x, y) for _ in range(2)]
+        results.append((losses, model.get_weights(), model.predict(x, batch_size=4)))
+    assert {2, 1} <= set(seen[:8])
+    (l1, w1, p1), (l2, w2, p2) = results
+    assert l1 == l2
+    assert all(np.array_equal(w1[k], w2[k]) for k in w1)
+    assert np.array_equal(p1, p2)
+
+
+def test_adaptive_leaves_the_count_it_chose(monkeypatch):
+    monkeypatch.setattr(parallel, "_Tuner", Alternating)
+    model = models.tutorial_cnn(seed=0)
+    x = np.zeros((4, 28, 28, 1), dtype=np.float32)
+    counts = []
+    for _ in range(3):
+        model.train_on_batch(x, np.zeros(4, dtype=np.int64))
+        counts.append(parallel.get_num_threads())
+        assert set(parallel.blas_num_threads().values()) == {counts[-1]}  # BLAS follows
+    ceiling = parallel.default_num_threads()
+    assert counts == [ceiling, 1, ceiling]
+
+
+def test_tuners_per_model_stay_bounded():
+    class Owner:
+        @parallel.adaptive("call")
+        def run(self, x):
+            return x.shape[0]
+
+    owner = Owner()
+    for n in range(1, 3 * parallel.MAX_TUNERS):
+        assert owner.run(np.zeros((n, 1))) == n
+    assert 0 < len(parallel._TUNERS[owner]) <= parallel.MAX_TUNERS
