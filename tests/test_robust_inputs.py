@@ -156,3 +156,42 @@ def test_evaluate_shows_a_bar_at_verbose_1_on_a_terminal(monkeypatch):
     out.truncate(0)
     model.evaluate(images(100), np.arange(100) % 10, batch_size=10, verbose=2)
     assert "[" not in out.getvalue()  # verbose 2: the metrics line only
+
+
+def bn_model(seed=0):
+    import fastcnn as fc
+
+    x = fc.Input((6, 6, 1))
+    a = L.ReLU()(L.BatchNormalization()(L.Conv2D(3, 3, padding="same")(x)))
+    y = L.Dense(10)(L.Flatten()(L.Add()([a, L.Conv2D(3, 1)(x)])))
+    return fc.Model(x, y, seed=seed).compile(fastcnn.optim.Adam(1e-2))
+
+
+def test_set_weights_checks_the_moving_statistics_too_before_changing_anything():
+    model = bn_model()
+    good = model.get_weights()
+    assert "layers.1.moving_variance" in good  # get_weights holds the non-trainable state
+    for key, bad, error, match in [
+        ("layers.1.moving_variance", np.full(3, np.inf, np.float32), ValueError,
+         r"'layers.1.moving_variance' holds NaN or infinite"),
+        ("layers.1.moving_mean", np.zeros(4, np.float32), ValueError,
+         r"'layers.1.moving_mean' has shape \(3,\), received \(4,\)"),
+        ("layers.1.moving_mean", np.zeros(3, np.int32), TypeError,
+         r"'layers.1.moving_mean' must be a float array \(float32\), received dtype int32"),
+    ]:
+        weights = dict(good, **{"layers.0.weight": good["layers.0.weight"] + 1, key: bad})
+        with pytest.raises(error, match=match):
+            model.set_weights(weights)
+        assert all(np.array_equal(good[k], v) for k, v in model.get_weights().items())
+
+
+def test_set_weights_keras_list_covers_parameters_then_state():
+    source, target = bn_model(seed=1), bn_model(seed=2)
+    source.fit(*[np.random.default_rng(0).random((8, 6, 6, 1), dtype=np.float32), np.arange(8)], verbose=0)
+    values = list(source.get_weights().values())
+    target.set_weights(values)
+    assert all(np.array_equal(a, b) for a, b in zip(values, target.get_weights().values()))
+    assert not np.array_equal(target.get_weights()["layers.1.moving_mean"], np.zeros(3))
+    with pytest.raises(ValueError, match=rf"the model has {len(values)} weight arrays \(layers.0.weight, .*"
+                                         rf"layers.1.moving_variance\), received a list of {len(values) - 2}"):
+        target.set_weights(values[:-2])

@@ -204,3 +204,56 @@ def test_an_unsupported_zip_version_is_a_checkpoint_error(saved):
         f.write(raw)
     with pytest.raises(CheckpointError, match=r"is not a readable .npz archive \(zip file version 6.4\)"):
         load_model(saved)
+
+
+# -- functional models: the shapes follow each layer's inbound tensors, state/ arrays included ----
+def functional_bn(tmp_path):
+    import fastcnn as fc
+
+    x = fc.Input((12, 12, 1))
+    a = L.Conv2D(2, 3, padding="same")(x)
+    b = L.Conv2D(3, 3, padding="same")(x)
+    y = L.BatchNormalization(center=False, scale=False)(L.Concatenate()([a, b]))
+    model = fc.Model(x, L.Dense(10)(L.Flatten()(y)), seed=0).compile(Adam(1e-2))
+    model.fit(*data(8), verbose=0)
+    return model, model.save(tmp_path / "f.npz")
+
+
+def test_a_functional_model_with_batchnorm_round_trips_through_the_shape_checks(tmp_path):
+    model, path = functional_bn(tmp_path)
+    loaded = load_model(path)
+    assert [type(layer).__name__ for layer in loaded.layers] == [type(layer).__name__ for layer in model.layers]
+    assert all(np.array_equal(a, loaded.get_weights()[k]) for k, a in model.get_weights().items())
+
+
+def test_a_tampered_functional_description_is_refused_by_the_graph_or_the_state_shapes(tmp_path):
+    model, path = functional_bn(tmp_path)
+    names = [type(layer).__name__ for layer in model.layers]
+    concat, bn = names.index("Concatenate"), names.index("BatchNormalization")
+
+    def edit(desc):  # the Concatenate reads one conv twice
+        ins = desc["model"]["inputs"][concat]
+        desc["model"]["inputs"][concat] = [ins[0], ins[0]]  # the other conv is unread: graph's check refuses it
+    edit_description(path, edit)
+    with pytest.raises(CheckpointError, match=r"nothing reads"):
+        load_model(path)
+
+    model, path = functional_bn(tmp_path)
+    edit_description(path, lambda desc: desc["model"]["layers"][bn]["config"].update(axis=1))
+    with pytest.raises(CheckpointError, match=rf"array 'state/layers.{bn}.moving_mean' has shape \(5,\), the "
+                                              rf"architecture expects \(12,\) \(layers\[{bn}\] \(BatchNormalization\)\)"):
+        load_model(path)
+
+
+def test_batchnorm_state_shapes_come_from_the_description_before_any_allocation(tmp_path):
+    # A model whose only arrays are BatchNormalization's moving statistics: before the fix
+    # the model was built first, allocating 2 x 2**33 floats (64 GiB) for an input_shape edit.
+    import fastcnn as fc
+
+    x = fc.Input((2,))
+    model = fc.Model(x, L.BatchNormalization(center=False, scale=False)(x), seed=0)
+    path = model.save(tmp_path / "bn.npz")
+    edit_description(path, lambda desc: desc["model"].update(input_shape=[2**33]))
+    with pytest.raises(CheckpointError, match=r"array 'state/layers.0.moving_mean' has shape \(2,\), the "
+                                              r"architecture expects \(8589934592,\)"):
+        load_model(path)
