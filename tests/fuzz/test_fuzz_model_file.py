@@ -1,6 +1,7 @@
 """Fuzz target 1: the model file loader (``fastcnn.load_model``).
 
-Seeds: valid files (Adam + Dropout after a step; SGD with momentum; uncompiled). Mutations:
+Seeds: valid files (Adam + Dropout after a step; SGD with momentum; uncompiled; a functional model
+with BatchNormalization, Add and Concatenate after a step). Mutations:
 byte overwrites, truncation and insertion anywhere in the zip; JSON description fields set to
 extreme values or removed; arrays replaced by others of another shape or dtype; ``.npy`` headers
 declaring huge shapes. Allowed outcomes: a model, or ``CheckpointError``.
@@ -28,7 +29,22 @@ from _fuzzing import fuzz_settings, guarded
 WORK = Path(tempfile.mkdtemp(prefix="fastcnn-fuzz-model-"))
 
 
+def _graph_model():
+    import fastcnn as fc
+
+    x = fc.Input((12, 12, 1))
+    a = L.ReLU()(L.BatchNormalization()(L.Conv2D(3, 3, stride=2)(x)))
+    b = L.Add()([a, L.Conv2D(3, 1)(a)])
+    y = L.Dense(5)(L.Flatten()(L.Concatenate()([a, b])))
+    return fc.Model(x, y, seed=1)
+
+
 def _seed(kind):
+    if kind == "graph":
+        model = _graph_model().compile(Adam(1e-3))
+        model.train_on_batch(np.random.default_rng(0).random((4, 12, 12, 1), dtype=np.float32), np.arange(4))
+        with open(model.save(WORK / "seed-graph.npz"), "rb") as f:
+            return f.read()
     layers = [L.Conv2D(3, 3, stride=2), L.ReLU(), L.MaxPool2D(2), L.Dropout(0.25), L.Flatten(), L.Dense(5)]
     model = Sequential(layers, input_shape=(12, 12, 1), seed=1)
     if kind != "uncompiled":
@@ -40,7 +56,7 @@ def _seed(kind):
         return f.read()
 
 
-SEEDS = {kind: _seed(kind) for kind in ("adam", "sgd", "uncompiled")}
+SEEDS = {kind: _seed(kind) for kind in ("adam", "sgd", "uncompiled", "graph")}
 
 
 def members(raw):
