@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,image,plot,mpi]'
+	$(BIN)/python -m pip install --quiet -e '.[test,image,plot,mpi,onnx]'
 	touch $@
 
 data:

@@ -20,30 +20,34 @@ def pytest_report_header(config):
     return f"fastcnn benchmarks: {mode}, {THREADS} threads"
 
 
+#: Prefixes of the peer benchmarks' test names (PyTorch, ONNX Runtime).
+PEER_PREFIXES = ("test_torch_", "test_ort_")
+
+
 def _peer_key(item):
-    """``(kind, preset, batch)`` of a model benchmark: the Numba row and its PyTorch peer share it."""
+    """``(kind, preset, batch)`` of a model benchmark: the Numba row and its peers share it."""
     params = getattr(item, "callspec", None)
     params = params.params if params is not None else {}
     name = item.originalname if hasattr(item, "originalname") else item.name
     kind = {"test_train_step": "train", "test_torch_train_step": "train",
-            "test_predict": "predict", "test_torch_predict": "predict"}.get(name)
+            "test_predict": "predict", "test_torch_predict": "predict", "test_ort_predict": "predict"}.get(name)
     if kind is None or "preset" not in params:
         return None, False
-    is_torch = name.startswith("test_torch_")
+    is_torch = name.startswith(PEER_PREFIXES)  # a peer (PyTorch or ONNX Runtime)
     if not is_torch and params.get("impl") != "numba":
         return None, False
     return (kind, params["preset"], params.get("n", BATCH)), is_torch
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run each PyTorch peer benchmark right after the fastcnn (Numba) benchmark it is compared
-    with, so the two are seconds apart, not minutes: this machine's speed drifts by 10% and
+    """Run each peer benchmark (PyTorch, ONNX Runtime) right after the fastcnn (Numba) benchmark it
+    is compared with, so the two are seconds apart, not minutes: this machine's speed drifts by 10% and
     more over minutes, and the report's speed-up is the ratio of the two."""
     peers = {}
     for item in items:
         key, is_torch = _peer_key(item)
         if key is not None and is_torch:
-            peers[key] = item
+            peers.setdefault(key, []).append(item)
     numba_keys = {key for key, is_torch in map(_peer_key, items) if key is not None and not is_torch}
     ordered = []
     for item in items:
@@ -52,7 +56,7 @@ def pytest_collection_modifyitems(session, config, items):
             continue  # placed after its fastcnn row below
         ordered.append(item)
         if key is not None and not is_torch and key in peers:
-            ordered.append(peers[key])
+            ordered.extend(peers[key])
     items[:] = ordered
 
 

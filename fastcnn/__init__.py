@@ -24,11 +24,23 @@ def warmup(dtypes=("float32",)):
     _warmup(dtypes)
 
 
+def load_onnx(path, *, dtype="float32"):
+    """A :class:`Sequential` (chain graph) or functional :class:`Model` built from the ONNX graph at
+    ``path`` (see :mod:`fastcnn.onnx_import`).
+
+    Needs ``pip install 'fastcnn[onnx]'``; onnx is imported only when this is called.
+    """
+    from fastcnn.onnx_import import load_onnx as _load_onnx
+
+    return _load_onnx(path, dtype=dtype)
+
+
 __all__ = [
     "Input",
     "Model",
     "Sequential",
     "warmup",
+    "load_onnx",
     "set_num_threads",
     "get_num_threads",
     "load_model",

@@ -26,10 +26,11 @@ __all__ = ["environment", "annotate", "derive", "render_markdown", "main"]
 #: The statistic every figure is computed from.
 STAT = "median"
 #: Row order inside a group; unknown implementations go last.
-IMPL_ORDER = ("reference", "numpy", "numba", "torch")
+IMPL_ORDER = ("reference", "numpy", "numba", "torch", "onnxruntime")
 #: Preferred baselines for speed-ups, first present wins.
 BASELINES = ("reference", "numpy")
-IMPL_NAMES = {"reference": "reference", "numpy": "NumPy", "numba": "Numba", "torch": "PyTorch"}
+IMPL_NAMES = {"reference": "reference", "numpy": "NumPy", "numba": "Numba", "torch": "PyTorch",
+              "onnxruntime": "ONNX Runtime"}
 
 
 def _cpu_model():
@@ -67,6 +68,7 @@ def environment(*, threads=None, small=False):
         "numpy": _dist_version("numpy"),
         "numba": _dist_version("numba"),
         "torch": _dist_version("torch"),
+        "onnxruntime": _dist_version("onnxruntime"),
         "blas": None,
     }
     try:
@@ -255,7 +257,7 @@ def _machine_line(json_dict):
         parts.append(f"{env['threads']} thread{plural} for Numba, BLAS and PyTorch alike")
     python = env.get("python") or machine.get("python_version")
     libs = [f"Python {python}"] if python else []
-    for key, name in (("numpy", "NumPy"), ("numba", "Numba"), ("torch", "PyTorch")):
+    for key, name in (("numpy", "NumPy"), ("numba", "Numba"), ("torch", "PyTorch"), ("onnxruntime", "ONNX Runtime")):
         if env.get(key):
             libs.append(f"{name} {env[key]}")
     if env.get("blas"):
@@ -263,25 +265,41 @@ def _machine_line(json_dict):
     return f"Measured on {_date(json_dict)} on {', '.join(parts)}" + (f"; {', '.join(libs)}." if libs else ".")
 
 
-def _against_torch(rows):
-    """fastcnn (Numba) beside PyTorch for every model benchmark both ran: images/s and the ratio."""
+def _against_peer(rows, peer):
+    """fastcnn (Numba) beside the peer ``peer`` (an impl name) for every model benchmark both ran:
+    images/s and the ratio."""
+    name = IMPL_NAMES[peer]
     pairs = {}
     for r in rows:
-        if r.kind == "model" and r.seconds and r.impl in ("numba", "torch"):
+        if r.kind == "model" and r.seconds and r.impl in ("numba", peer):
             pairs.setdefault(r.group, {})[r.impl] = r
     lines = []
     for group, both in pairs.items():
         if len(both) == 2:
             n = (both["numba"].extra or {}).get("batch")
             rate = (lambda r: f"{n / r.seconds:,.0f}") if n else (lambda r: "—")
-            lines.append(f"| {_cell(group)} | {rate(both['numba'])} | {rate(both['torch'])} | "
-                         f"**{both['torch'].seconds / both['numba'].seconds:.2f}×** |")
+            lines.append(f"| {_cell(group)} | {rate(both['numba'])} | {rate(both[peer])} | "
+                         f"**{both[peer].seconds / both['numba'].seconds:.2f}×** |")
     if not lines:
         return []
-    return (["### fastcnn against PyTorch", "", "| benchmark | fastcnn img/s | PyTorch img/s | fastcnn speed-up |",
+    return ([f"### fastcnn against {name}", "", f"| benchmark | fastcnn img/s | {name} img/s | fastcnn speed-up |",
              "|---|--:|--:|--:|"] + lines
-            + ["", "Images per second (batch / median time) of the Numba implementation and of PyTorch in the same "
-               "run; the speed-up is PyTorch's time over fastcnn's (above 1: fastcnn is faster).", ""])
+            + ["", f"Images per second (batch / median time) of the Numba implementation and of {name} in the same "
+               f"run; the speed-up is {name}'s time over fastcnn's (above 1: fastcnn is faster).", ""])
+
+
+def _against_torch(rows):
+    """fastcnn (Numba) beside PyTorch for every model benchmark both ran: images/s and the ratio."""
+    return _against_peer(rows, "torch")
+
+
+def _against_onnxruntime(rows):
+    """fastcnn (Numba) ``predict`` beside ONNX Runtime running the model's ONNX export."""
+    lines = _against_peer(rows, "onnxruntime")
+    if lines:
+        lines[-2] += (" ONNX Runtime runs `model.export_onnx`'s graph (CPU provider, the same intra-op "
+                      "thread count, one inter-op thread).")
+    return lines
 
 
 def _memory(rows):
@@ -345,7 +363,7 @@ def render_markdown(json_dict):
         "as a share of the float32 matmul measured in the same run.",
         "",
     ]
-    out += _against_torch(rows) + _under_load(rows) + _memory(rows)
+    out += _against_torch(rows) + _against_onnxruntime(rows) + _under_load(rows) + _memory(rows)
     sections = (("End to end", "model"), ("Ops", "op"))
     for title, kind in sections:
         chosen = [r for r in rows if r.kind == kind]

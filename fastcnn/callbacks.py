@@ -5,8 +5,9 @@
 ``on_train_batch_end(batch, logs)`` and ``on_epoch_end(epoch, logs)``, and
 finally ``on_train_end``. ``epoch`` and ``batch`` are 0-based. Batch logs hold
 the running means of the epoch so far (``loss``, ``accuracy``); epoch logs add
-``val_loss`` / ``val_accuracy`` when there is validation data. A callback stops
-training by setting ``self.model.stop_training = True``.
+``val_loss`` / ``val_accuracy`` when there is validation data, and
+``learning_rate`` (the rate the next step uses). A callback stops training by
+setting ``self.model.stop_training = True``.
 """
 
 import math
@@ -15,7 +16,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN"]
+__all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN",
+           "LearningRateScheduler", "ReduceLROnPlateau"]
 
 
 class Callback:
@@ -303,3 +305,144 @@ class TerminateOnNaN(Callback):
         if loss is not None and not math.isfinite(loss):
             print(f"Batch {batch}: invalid loss {loss}, terminating training")
             self.model.stop_training = True
+
+
+def _current_learning_rate(model, owner):
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "learning_rate"):
+        raise ValueError(f"{owner}: the model's optimizer must have a `learning_rate` attribute; compile it first")
+    return float(optimizer.learning_rate)
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch from ``schedule(epoch, lr)`` (Keras semantics).
+
+    Parameters
+    ----------
+    schedule : callable
+        ``schedule(epoch, lr) -> new lr``, ``epoch`` 0-based and ``lr`` the current
+        rate; a one-argument ``schedule(epoch)`` is accepted too.
+    verbose : int, default 0; 1 prints each change
+
+    The optimizer must have a float learning rate (not a schedule of its own).
+    The epoch logs record the rate in ``learning_rate``.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: `schedule` must be callable, received {schedule!r}")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = _current_learning_rate(self.model, "LearningRateScheduler")
+        try:
+            new = self.schedule(epoch, lr)
+        except TypeError:  # the older one-argument form schedule(epoch)
+            new = self.schedule(epoch)
+        if isinstance(new, np.ndarray) and new.ndim == 0:
+            new = new.item()
+        if isinstance(new, bool) or not isinstance(new, (int, float, np.floating, np.integer)):
+            raise ValueError(f"LearningRateScheduler: the schedule must return a float; at epoch {epoch} it "
+                             f"returned {new!r}")
+        self.model.optimizer.learning_rate = float(new)  # validated by the optimizer
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(new)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _current_learning_rate(self.model, "LearningRateScheduler")
+
+    def __repr__(self):
+        return f"LearningRateScheduler({self.schedule!r})"
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has stopped improving (Keras semantics).
+
+    An epoch improves on the best so far when it beats it by more than
+    ``min_delta``. After ``patience`` epochs without improvement the rate
+    becomes ``max(lr * factor, min_lr)`` (if it is above ``min_lr``), then
+    ``cooldown`` epochs pass before waiting starts again.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+    factor : float in (0, 1), default 0.1
+    patience : int, default 10
+    verbose : int, default 0; 1 prints each reduction
+    mode : "auto", "min" or "max"; "auto" maximizes metrics whose name contains "acc"
+    min_delta : float, default 1e-4
+    cooldown : int, default 0
+    min_lr : float, default 0
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
+        super().__init__()
+        owner = "ReduceLROnPlateau"
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
+            raise ValueError(f"{owner}: `factor` must be in (0, 1), received {factor!r}")
+        for name, value in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{owner}: `{name}` must be a non-negative int, received {value!r}")
+        for name, value in (("min_delta", min_delta), ("min_lr", min_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"{owner}: `{name}` must be a finite float >= 0, received {value!r}")
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.mode = mode
+        self.min_delta = float(min_delta)
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+        self._better, self._initial = _monitor_op(monitor, mode, owner)
+        self._reset()
+
+    def _reset(self):
+        self.best = self._initial
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _improved(self, current):
+        if self._better is np.greater:
+            return current > self.best + self.min_delta
+        return current < self.best - self.min_delta
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        lr = _current_learning_rate(self.model, "ReduceLROnPlateau")
+        if logs is not None:
+            logs["learning_rate"] = lr
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"ReduceLROnPlateau monitors {self.monitor!r}, which is not in the logs "
+                f"(available: {sorted(logs or {})}); pass validation data for val_* metrics",
+                RuntimeWarning, stacklevel=2,
+            )
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and lr > np.float32(self.min_lr):
+                new = max(lr * self.factor, self.min_lr)
+                self.model.optimizer.learning_rate = new
+                if self.verbose:
+                    print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                self.cooldown_counter = self.cooldown
+                self.wait = 0
+
+    def __repr__(self):
+        return (f"ReduceLROnPlateau(monitor={self.monitor!r}, factor={self.factor}, patience={self.patience}, "
+                f"cooldown={self.cooldown}, min_lr={self.min_lr})")

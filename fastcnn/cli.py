@@ -1,10 +1,11 @@
-"""The ``fastcnn`` command (also ``python -m fastcnn``): train, evaluate, predict, bench.
+"""The ``fastcnn`` command (also ``python -m fastcnn``): train, evaluate, predict, bench, export.
 
     fastcnn train --dataset fashion-mnist --model mnist_cnn --epochs 1 --save m.npz
     fastcnn evaluate m.npz
     fastcnn predict m.npz shoe.png digits-idx3-ubyte.gz --top 3
     fastcnn bench
     fastcnn bench --from-json bench.json --markdown
+    fastcnn export m.npz m.onnx
 
 Every mistake a user can make (a missing or corrupt file, a bad flag value, a
 missing optional package) ends with one message on stderr, ``fastcnn: error:
@@ -206,6 +207,19 @@ def build_parser():
                        help="time only this preset end to end (repeatable; default: all)")
     _add_threads_argument(bench)
     bench.set_defaults(run=cmd_bench)
+
+    export = commands.add_parser(
+        "export", help="write a saved model as an ONNX graph (needs onnx)",
+        description="Write a saved model as a standard ONNX graph: input 'input', NHWC float32 images "
+                    "(N, H, W, C) as predict takes them; output 'probabilities' (N, K). ONNX Runtime "
+                    "and other ONNX tools run it. Needs: pip install 'fastcnn[onnx]'.",
+    )
+    export.add_argument("model_path", metavar="MODEL.npz", help="a file written by 'fastcnn train --save'")
+    export.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write")
+    export.add_argument("--batch-size", type=_positive_int, metavar="N",
+                        help="fix the batch axis to N (default: dynamic)")
+    export.add_argument("--opset", type=_positive_int, metavar="K", help="ONNX opset (default: 17)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 
@@ -341,8 +355,8 @@ def _configure_optimizer(model, name, lr):
     same_kind = name is None or type(current) is optim.OPTIMIZERS[name]
     config = current.get_config() if same_kind else {}
     if lr is not None:
-        config["lr"] = lr
-    optimizer = type(current)(**config) if same_kind else optim.get(name, **config)
+        config["learning_rate"] = lr
+    optimizer = type(current).from_config(config) if same_kind else optim.get(name, **config)
     model.compile(optimizer, loss=model.loss, metrics=model.metrics, loss_impl=model.loss_impl)
 
 
@@ -859,6 +873,30 @@ def _render_json(path):
             f"write one with: pytest benchmarks --benchmark-only --benchmark-json {path}"
         )
     sys.stdout.write(render_markdown(data))
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------
+def cmd_export(args):
+    """``fastcnn export MODEL.npz OUT.onnx``: the model as an ONNX graph."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise CommandError(
+            "exporting to ONNX needs the onnx package, which is not installed; install it with: "
+            "pip install 'fastcnn[onnx]' (or: pip install onnx onnxruntime)"
+        ) from None
+    from fastcnn.onnx_export import export_onnx
+
+    _check_writable(args.output, "OUT.onnx")
+    model = _load_model(args.model_path)
+    try:
+        path = export_onnx(model, args.output, batch_size=args.batch_size, opset=args.opset)
+    except ValueError as error:  # a bad --opset, a layer with no ONNX conversion
+        raise CommandError(str(error)) from None
+    batch = args.batch_size if args.batch_size is not None else "N"
+    print(f"Wrote {path}: input 'input' {(batch, *model.input_shape)} float32 (NHWC), "
+          f"output 'probabilities' {(batch, *model.output_shape)}")
     return 0
 
 

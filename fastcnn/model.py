@@ -41,7 +41,7 @@ from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callb
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax
 from fastcnn.layers.base import format_shape
-from fastcnn.plan import build_plan
+from fastcnn.plan import build_plan, tensor_count
 from fastcnn.progress import EvaluationProgbar, ProgbarLogger, format_logs, is_dynamic_display
 
 __all__ = ["Model", "Sequential", "load_model"]
@@ -144,6 +144,7 @@ class Model:
         self.loss_impl = "auto"
         self.metrics = []
         self._loss_op = None
+        self._metric_fns = []
         self.training = True
         self.stop_training = False
         self.history = None
@@ -154,6 +155,7 @@ class Model:
         self._inference_plans = {}  # fold -> (plan, frees); cleared whenever weights or state may change
         self._shapes = None  # per-sample shape of every tensor
         self._dist = None  # set by fastcnn.distributed while a data-parallel fit/evaluate runs
+        self._n_tensors = len(layers) + 1  # with one per activation= once built (fastcnn.plan.tensor_count)
 
     # -- construction -----------------------------------------------------------------
     def _build(self, input_shape):
@@ -180,6 +182,9 @@ class Model:
                 layer.reseed(rng)  # dropout masks from the model's seed
             layer.needs_input_grad = any(t != 0 for t in ins)  # nothing consumes the model input's gradient
             shapes.append(layer.output_shape)
+        # The intermediate tensors of ``activation=`` layers (see fastcnn.plan.expand): the layer's shape.
+        shapes += [layer.output_shape for layer in self.layers if layer.activation_layer is not None]
+        self._n_tensors = tensor_count(self.layers)
         self._shapes = shapes
         self.input_shape = shapes[0]
         self.output_shape = shapes[self._output]
@@ -245,23 +250,50 @@ class Model:
 
         Parameters
         ----------
-        optimizer : :class:`fastcnn.optim.Optimizer`, or "sgd" / "adam" (default settings)
-        loss : "softmax_cross_entropy"
-        metrics : list of str, default ["accuracy"]
+        optimizer : :class:`fastcnn.optim.Optimizer`, or "sgd" / "adam" / "adamw" / "rmsprop" (default settings)
+        loss : "softmax_cross_entropy" (on logits), "sparse_categorical_crossentropy" (on
+            probabilities, Keras's default) or a :class:`fastcnn.losses.SparseCategoricalCrossentropy`
+        metrics : list of names ("accuracy", "acc", "top_k_accuracy", ...) or
+            :class:`fastcnn.metrics.Metric` objects, default ["accuracy"]
         loss_impl : implementation of the loss op ("auto", "reference", "numpy", ...)
         """
         self.optimizer = optim.get(optimizer)
         self.loss = losses.check_loss(loss)
         self.metrics = metrics_lib.check_metrics(metrics)
-        self._loss_op = registry.get(self.loss, loss_impl)
+        self._loss_op = losses.get(self.loss, loss_impl)
+        self._metric_fns = [metrics_lib.get(m) for m in self.metrics]
         self.loss_impl = loss_impl
-        if isinstance(self.layers[-1], Softmax):
+        if self._loss_op.from_logits and self._ends_with_softmax():
             warnings.warn(
-                "the last layer is Softmax, but softmax_cross_entropy expects logits: the softmax "
-                "is applied twice in training. Remove the Softmax layer; predict() applies it.",
+                "the last layer applies a softmax, but the loss expects logits (from_logits=True): the "
+                "softmax is applied twice in training. Remove it (predict() applies it) or use "
+                'loss="sparse_categorical_crossentropy".',
+                UserWarning, stacklevel=2,
+            )
+        elif not self._loss_op.from_logits and not self._ends_with_softmax():
+            warnings.warn(
+                "the loss expects probabilities (from_logits=False) but the last layer outputs no softmax: "
+                'end the model with activation="softmax" (or a Softmax layer), or use '
+                'loss="softmax_cross_entropy" / SparseCategoricalCrossentropy(from_logits=True) for logits.',
                 UserWarning, stacklevel=2,
             )
         return self
+
+    def _ends_with_softmax(self):
+        """Whether the model's output is a softmax (a Softmax layer or ``activation="softmax"``)."""
+        last = self.layers[-1]
+        return isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax"
+
+    def _loss_split(self, plan):
+        """``(steps, tensor, loss_fn)``: the steps of ``plan`` the loss needs, the tensor it takes and
+        the function to call: the whole plan, the output and the loss; or, when the last step is a
+        softmax writing the output (a Softmax layer or ``activation="softmax"``) and the loss takes
+        probabilities (``from_logits=False``), the plan without it, that softmax's input (the
+        logits) and the loss's fused path on logits."""
+        last = plan[-1]
+        if last.output == self._output and self._loss_op.folds(last.runner):
+            return plan[:-1], last.inputs[0], self._loss_op.on_logits
+        return plan, self._output, self._loss_op
 
     @property
     def compiled(self):
@@ -423,25 +455,30 @@ class Model:
             return self._forward(x)
         return self._forward(x, self._inference())
 
-    def _forward(self, x, inference=None):
+    def _forward(self, x, inference=None, *, for_loss=False):
         """Run the training plan, or ``inference`` (``(plan, frees)`` from :meth:`_inference`),
-        on a validated batch; returns the output tensor."""
+        on a validated batch; returns the output tensor, or with ``for_loss`` the tensor the
+        loss takes (the logits before a final softmax it folds, see :meth:`_loss_split`)."""
         if inference is None:
             plan, frees = self._plan, None
             self._weights_changed()  # a training forward updates BatchNormalization's moving statistics
         else:
             plan, frees = inference
-        values = [None] * (len(self.layers) + 1)  # tensor index -> array
+        output = self._output
+        if for_loss:
+            plan, output, _ = self._loss_split(plan)
+        values = [None] * self._n_tensors  # tensor index -> array
         values[0] = x
         for k, step in enumerate(plan):
             values[step.output] = step.forward(values)
             if frees is not None:  # inference: drop what no later step reads
                 for t in frees[k]:
                     values[t] = None
-        return values[self._output]
+        return values[output]
 
-    def _backward(self, dy):
-        """Backward through the training plan from the output gradient ``dy``; writes every layer's grads.
+    def _backward(self, dy, plan=None, tensor=None):
+        """Backward through the training plan (or ``plan``, a prefix of it from :meth:`_loss_split`)
+        from ``dy``, the gradient of the output (or of ``tensor``); writes every layer's grads.
 
         A tensor read by several layers gets the sum of their gradients: the first
         arrival is kept and later ones are added into it **in place** when it is a
@@ -452,11 +489,13 @@ class Model:
         its gradients are written (they start their allreduce while backward goes on).
         """
         dist = self._dist
-        n = len(self.layers) + 1
+        n = self._n_tensors
+        plan = self._plan if plan is None else plan
+        tensor = self._output if tensor is None else tensor
         grads = [None] * n  # tensor index -> its gradient so far
         owned = [False] * n  # whether grads[t] may be added into in place
-        grads[self._output], owned[self._output] = dy, True
-        for step in reversed(self._plan):
+        grads[tensor], owned[tensor] = dy, True
+        for step in reversed(plan):
             d = grads[step.output]
             grads[step.output] = None
             dins = step.backward(d)
@@ -496,16 +535,17 @@ class Model:
             loss, out = dist.empty_step(self)  # a last batch smaller than the number of ranks
             self._weights_changed()
             return loss, out
+        plan, tensor, loss_fn = self._loss_split(self._plan)
         with atomic_step(self) as transaction:
             # A plain return before the commit (non-finite loss) rolls back the moving
             # statistics and the random generators (``atomic_step``'s exit).
-            out = self._forward(x)
-            loss, dlogits = self._loss_op.forward(out, y)
+            out = self._forward(x, for_loss=True)
+            loss, dlogits = loss_fn(out, y)
             if dist is not None:
                 dlogits = dist.begin_backward(loss, dlogits, out, y)
             elif not math.isfinite(loss):
                 return loss, out
-            self._backward(dlogits)
+            self._backward(dlogits, plan, tensor)
             if dist is not None:
                 loss = dist.end_backward()  # waits for every gradient bucket before the update
                 if not math.isfinite(loss):
@@ -625,6 +665,7 @@ class Model:
                     with self._mode(False):
                         val_logs = self._evaluate(*val, batch_size)
                     logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                logs["learning_rate"] = self.optimizer.learning_rate  # the rate the next step uses
                 hooks.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
@@ -635,8 +676,8 @@ class Model:
         """One pass over ``x``; returns the epoch logs (sample-weighted means)."""
         N = x.shape[0]
         steps = -(-N // batch_size)
-        track_accuracy = "accuracy" in self.metrics
-        total_loss, correct, seen = 0.0, 0, 0
+        hits = [0] * len(self._metric_fns)
+        total_loss, seen = 0.0, 0
         logs = {}
         for batch in range(steps):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, N)
@@ -663,22 +704,26 @@ class Model:
             seen += n
             total_loss += loss * n
             logs = {"loss": total_loss / seen}
-            if track_accuracy:
-                correct += metrics_lib.count_correct(logits, yb) if self._dist is None else self._dist.batch_correct
-                logs["accuracy"] = correct / seen
+            counts = (metric.count(logits, yb) for metric in self._metric_fns) if self._dist is None \
+                else self._dist.batch_counts  # summed over the ranks
+            for i, (metric, count) in enumerate(zip(self._metric_fns, counts)):
+                hits[i] += count
+                logs[metric.name] = hits[i] / seen
             hooks.on_train_batch_end(batch, logs)
             if self.stop_training:
                 break
         return dict(logs)
 
     @parallel.adaptive("infer")  # the thread count: see fastcnn.parallel
-    def _infer(self, x, fold=None):
-        """Logits of ``x`` through the inference plan, in passes sized by :data:`INFERENCE_PASS_BYTES`."""
+    def _infer(self, x, fold=None, for_loss=False):
+        """Logits of ``x`` through the inference plan, in passes sized by :data:`INFERENCE_PASS_BYTES`
+        (``for_loss``: what the loss takes, see :meth:`_forward`)."""
         inference = self._inference(fold)
         step = self._inference_pass(fold)
         if x.shape[0] <= step:
-            return self._forward(x, inference)
-        return np.concatenate([self._forward(x[i:i + step], inference) for i in range(0, x.shape[0], step)])
+            return self._forward(x, inference, for_loss=for_loss)
+        return np.concatenate([self._forward(x[i:i + step], inference, for_loss=for_loss)
+                               for i in range(0, x.shape[0], step)])
 
     def _inference_pass(self, fold=None):
         """Samples per inference pass: the largest tensor a step writes within INFERENCE_PASS_BYTES."""
@@ -686,29 +731,31 @@ class Model:
         return max(1, INFERENCE_PASS_BYTES // (largest * self.dtype.itemsize))
 
     def _evaluate_sums(self, x, y, batch_size, fold=None, bar=None):
-        """``(sum of per-batch loss x batch size, correct predictions)`` over ``(x, y)``;
+        """``(sum of per-batch loss x batch size, [count of each metric])`` over ``(x, y)``;
         ``bar``: an :class:`~fastcnn.progress.EvaluationProgbar` updated before each batch."""
-        total_loss, correct = 0.0, 0
+        loss_fn = self._loss_split(self._inference(fold)[0])[2]
+        total_loss, hits = 0.0, [0] * len(self._metric_fns)
         for start in range(0, x.shape[0], batch_size):
             if bar is not None:
                 bar.update(start)
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = self._infer(xb, fold)
-            loss, _ = self._loss_op.forward(out, yb)
+            out = self._infer(xb, fold, for_loss=True)
+            loss, _ = loss_fn(out, yb)
             total_loss += loss * xb.shape[0]
-            correct += metrics_lib.count_correct(out, yb)
-        return total_loss, correct
+            for i, metric in enumerate(self._metric_fns):
+                hits[i] += metric.count(out, yb)
+        return total_loss, hits
 
     def _evaluate(self, x, y, batch_size, fold=None, progress=False):
         N = x.shape[0]
         bar = EvaluationProgbar(N) if progress and self._dist is None and is_dynamic_display() else None
         if self._dist is None:
-            total_loss, correct = self._evaluate_sums(x, y, batch_size, fold, bar)
+            total_loss, hits = self._evaluate_sums(x, y, batch_size, fold, bar)
         else:  # each rank evaluates its share of the batches; the sums are added up
-            total_loss, correct = self._dist.evaluate_sums(self, x, y, batch_size, fold)
+            total_loss, hits = self._dist.evaluate_sums(self, x, y, batch_size, fold)
         logs = {"loss": total_loss / N}
-        if "accuracy" in self.metrics:
-            logs["accuracy"] = correct / N
+        for metric, count in zip(self._metric_fns, hits):
+            logs[metric.name] = count / N
         if bar is not None:
             bar.done()
         return logs
@@ -747,7 +794,7 @@ class Model:
                                          "batch_size", "predict")
         x = self._prepare_x(x, finite=True)
         self._check_classifier()
-        softmax = None if isinstance(self.layers[-1], Softmax) else registry.get("softmax", "auto")
+        softmax = None if self._ends_with_softmax() else registry.get("softmax", "auto")
         N = x.shape[0]
         probs = np.empty((N, self.output_shape[0]), dtype=self.dtype)  # (N, K)
         with self._mode(False):
@@ -772,6 +819,14 @@ class Model:
 
         load_into(self, path)
         return self
+
+    def export_onnx(self, path, *, batch_size=None, opset=None):
+        """Write the model as an ONNX graph that takes what :meth:`predict` takes (NHWC float32)
+        and returns what it returns (probabilities); see :func:`fastcnn.onnx_export.export_onnx`
+        and docs/onnx.md. Needs ``pip install 'fastcnn[onnx]'``; returns the path written."""
+        from fastcnn.onnx_export import export_onnx
+
+        return export_onnx(self, path, batch_size=batch_size, opset=opset)
 
     # -- description ------------------------------------------------------------------
     def _connected_to(self, i):

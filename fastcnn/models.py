@@ -18,8 +18,10 @@ from fastcnn.optim import SGD, Adam
 __all__ = ["tutorial_cnn", "mnist_cnn", "vgg_mini", "resnet_mini", "residual_block", "PRESETS"]
 
 
-def _compiled(layers, optimizer, *, seed, impl, input_shape, dtype):
+def _compiled(layers, optimizer, *, seed, impl, input_shape, dtype, preset=None):
     model = Sequential(layers, input_shape=input_shape, seed=seed, dtype=dtype)
+    if preset is not None:
+        model.metadata["preset"] = preset  # saved with the model; names it in ONNX exports
     return model.compile(optimizer, loss="softmax_cross_entropy", metrics=["accuracy"], loss_impl=impl)
 
 
@@ -32,7 +34,8 @@ def tutorial_cnn(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10
         L.Flatten(impl=impl),
         L.Dense(num_classes, impl=impl),
     ]
-    return _compiled(layers, SGD(lr=0.005), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype)
+    return _compiled(layers, SGD(lr=0.005), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype,
+                     preset="tutorial_cnn")
 
 
 def mnist_cnn(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, dtype=np.float32):
@@ -47,7 +50,8 @@ def mnist_cnn(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, d
         L.Dense(128, impl=impl), L.ReLU(impl=impl), L.Dropout(0.5, impl=impl),
         L.Dense(num_classes, impl=impl),
     ]
-    return _compiled(layers, Adam(lr=1e-3), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype)
+    return _compiled(layers, Adam(lr=1e-3), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype,
+                     preset="mnist_cnn")
 
 
 def vgg_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, dtype=np.float32):
@@ -65,7 +69,8 @@ def vgg_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10, dt
         L.Dense(256, impl=impl), L.ReLU(impl=impl),
         L.Dense(num_classes, impl=impl),
     ]
-    return _compiled(layers, Adam(lr=1e-3), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype)
+    return _compiled(layers, Adam(lr=1e-3), seed=seed, impl=impl, input_shape=input_shape, dtype=dtype,
+                     preset="vgg_mini")
 
 
 #: BatchNormalization momentum of resnet_mini: PyTorch's default (its momentum=0.1). With
@@ -133,6 +138,7 @@ def resnet_mini(seed=None, impl="auto", input_shape=(28, 28, 1), num_classes=10,
     y = L.GlobalAvgPool2D(impl=impl)(y)
     logits = L.Dense(num_classes, impl=impl)(y)
     model = Model(x, logits, name="resnet_mini", seed=seed, dtype=dtype)
+    model.metadata["preset"] = "resnet_mini"  # saved with the model; names it in ONNX exports
     return model.compile(Adam(lr=1e-3), loss="softmax_cross_entropy", metrics=["accuracy"], loss_impl=impl)
 
 

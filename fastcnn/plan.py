@@ -19,6 +19,15 @@ tensor ``output`` (0 is the model input, ``i + 1`` the output of layer ``i``).
   copies are rebuilt when the plan is rebuilt, which the model does whenever
   its weights or state may have changed.
 
+- **Activations** (``activation=`` on Conv2D and Dense): the plan runs such a
+  layer as two units, its own op (:class:`fastcnn.layers.fused.Core`) writing
+  an intermediate tensor, then its activation layer writing the layer's
+  tensor, so ``Conv2D(..., activation="relu")`` fuses exactly as ``Conv2D``
+  followed by ``ReLU`` does, and a final ``activation="softmax"`` is a step of
+  its own that a loss on probabilities folds into its fused path on logits.
+  The intermediate tensors are numbered after the layers' (``n + 1``, ...,
+  :func:`tensor_count`), so the layers' tensor indices do not change.
+
 Training plans never fold: training needs the batch statistics.
 """
 
@@ -28,10 +37,10 @@ import numpy as np
 
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.core import Dense
-from fastcnn.layers.fused import ConvPool, ConvReLU
+from fastcnn.layers.fused import ConvPool, ConvReLU, Core
 from fastcnn.layers.normalization import BatchNormalization
 
-__all__ = ["Step", "FUSIONS", "build_plan", "consumers"]
+__all__ = ["Step", "FUSIONS", "build_plan", "consumers", "expand", "tensor_count"]
 
 #: (fused step class, how many layers it takes), longest first.
 FUSIONS = ((ConvPool, 3), (ConvPool, 2), (ConvReLU, 2))
@@ -92,7 +101,37 @@ def _folded(layer, bn):
 
 def _foldable(layer, bn):
     return (type(layer) in (Conv2D, Dense) and type(bn) is BatchNormalization and layer.built and bn.built
-            and bn._last)
+            and bn._last and layer.activation_layer is None)
+
+
+def _activation_of(layer):
+    return getattr(layer, "activation_layer", None)
+
+
+def tensor_count(layers):
+    """How many tensors a pass over ``layers`` has: the input, one per layer, one per ``activation=``."""
+    return len(layers) + 1 + sum(_activation_of(layer) is not None for layer in layers)
+
+
+def expand(layers, inputs_of):
+    """The graph in units: ``(units, unit_inputs, unit_outputs)``, each layer given ``activation=``
+    split into itself (its own op, writing a new tensor ``n + 1 + k``) and its activation layer
+    (reading that tensor and writing the layer's tensor ``i + 1``)."""
+    units, unit_inputs, unit_outputs = [], [], []
+    extra = len(layers) + 1
+    for i, layer in enumerate(layers):
+        act = _activation_of(layer)
+        units.append(layer)
+        unit_inputs.append(list(inputs_of[i]))
+        if act is None:
+            unit_outputs.append(i + 1)
+        else:
+            unit_outputs.append(extra)
+            units.append(act)
+            unit_inputs.append([extra])
+            unit_outputs.append(i + 1)
+            extra += 1
+    return units, unit_inputs, unit_outputs
 
 
 def build_plan(layers, inputs_of, output, *, fuse=True, fold=False):
@@ -106,37 +145,38 @@ def build_plan(layers, inputs_of, output, *, fuse=True, fold=False):
     fuse : run matching chains as fused ops
     fold : fold BatchNormalization into the Conv2D/Dense before it (inference only)
     """
-    n = len(layers)
-    readers = consumers(inputs_of, n + 1)
-    runners = list(layers)  # what runs at each layer index (a folded copy, for example)
-    out_of = list(range(1, n + 1))  # the tensor each runner writes
+    units, unit_inputs, unit_outputs = expand(layers, inputs_of)
+    readers = consumers(unit_inputs, tensor_count(layers))  # tensor -> the units reading it
+    runners = list(units)  # what runs at each unit index (a folded copy, for example)
+    out_of = list(unit_outputs)  # the tensor each runner writes
     skip = set()
     if fold:
-        for i, layer in enumerate(layers):
-            t = i + 1
+        for i, unit in enumerate(units):
+            t = unit_outputs[i]
             if t == output or len(readers[t]) != 1:
                 continue
             j = readers[t][0]
-            if _foldable(layer, layers[j]):
-                runners[i] = _folded(layer, layers[j])
-                out_of[i] = j + 1
+            if _foldable(unit, units[j]):
+                runners[i] = _folded(unit, units[j])
+                out_of[i] = unit_outputs[j]
                 skip.add(j)
     # A folded BN's readers need no re-wiring: the folded layer writes the BN's output tensor.
     steps = []
     covered = set(skip)
-    for i in range(n):
+    for i in range(len(units)):
         if i in covered:
             continue
         candidates = []
         if fuse and type(runners[i]) is Conv2D:
-            # The chain in runner terms: follow out_of through sole consumers.
+            # The chain in runner terms: follow out_of through sole consumers. A layer's
+            # activation is its own output's sole reader, so a layer and its activation never part.
             run = [i]
             while len(run) < 3:
                 t = out_of[run[-1]]
                 if t == output or len(readers[t]) != 1:
                     break
                 j = readers[t][0]
-                if len(inputs_of[j]) != 1 or j in covered:
+                if len(unit_inputs[j]) != 1 or j in covered:
                     break
                 run.append(j)
             candidates = run
@@ -144,9 +184,12 @@ def build_plan(layers, inputs_of, output, *, fuse=True, fold=False):
             run = candidates[:size]
             group = [runners[k] for k in run]
             if len(run) == size and fused.matches(group):
-                steps.append(Step(fused(*group), inputs_of[i], out_of[run[-1]]))
+                steps.append(Step(fused(*group), unit_inputs[i], out_of[run[-1]]))
                 covered.update(run)
                 break
         else:
-            steps.append(Step(runners[i], inputs_of[i], out_of[i]))
+            runner = runners[i]
+            if _activation_of(runner) is not None:
+                runner = Core(runner)  # its own op; its activation is the next unit
+            steps.append(Step(runner, unit_inputs[i], out_of[i]))
     return steps

@@ -3,7 +3,8 @@
 
 - ``verbose=1`` on a terminal: an ``Epoch i/n`` header, then a bar redrawn in
   place with ``\\r`` (at most every ``interval`` seconds) showing the ETA, images/s
-  and the running loss/accuracy; the final draw adds the validation metrics.
+  and the running loss/accuracy and learning rate; the final draw adds the
+  validation metrics.
 - ``verbose=1`` when stdout is not a terminal (a log file, CI, a pipe), and
   ``verbose=2`` always: exactly one line per epoch, printed when it ends.
 - ``verbose=0``: nothing.
@@ -101,6 +102,9 @@ class ProgbarLogger(Callback):
         parts = [self._bar(self._steps_done, steps), f"ETA: {eta}", self._speed()]
         if logs:
             parts.append(format_logs(logs))
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:  # a schedule changes it step by step
+            parts.append(format_logs({"learning_rate": optimizer.learning_rate}))
         self._redraw(" - ".join(parts))
 
     def on_epoch_end(self, epoch, logs=None):

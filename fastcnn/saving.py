@@ -6,9 +6,10 @@ Members (each an ``.npy`` inside the zip):
   the architecture (layer type names, ``get_config()``, ``impl``, input_shape,
   dtype, seed; for a functional ``Model`` also its name and ``inputs``: per
   layer, the tensors it reads, 0 for the model input and ``j + 1`` for the
-  output of layer ``j < i``), the compile settings (optimizer class and config, loss,
-  metrics), the state of every numpy Generator (the model's shuffling
-  Generator and each Dropout layer's, so a resumed run continues exactly) and
+  output of layer ``j < i``), the compile settings (optimizer class and config, a
+  learning-rate schedule as ``{"class", "config"}``, loss, metrics), the
+  state of every numpy Generator (the model's shuffling Generator and each
+  Dropout layer's, so a resumed run continues exactly) and
   ``model.metadata`` (a free-form JSON dict, e.g. the training dataset);
 - ``params/layers.<i>.<param>``: the weights;
 - ``state/layers.<i>.<name>``: the non-trainable state (BatchNormalization's
@@ -60,12 +61,11 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 def _optimizer_slots(class_name, config):
-    """State slots an optimizer of this class holds for every parameter once it has stepped."""
-    if class_name == "Adam":
-        return ("m", "v")
-    if class_name == "SGD":
-        return ("momentum",) if config.get("momentum") else ()
-    raise CheckpointError(f"no saved-state layout is known for optimizer {class_name!r}")
+    """State slots an optimizer of this class and config holds for every parameter once it has stepped."""
+    try:
+        return _OPTIMIZER_CLASSES[class_name].from_config(config).slots()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"optimizer {class_name!r} has an invalid config {config!r}: {e}") from None
 
 
 # -- description ------------------------------------------------------------------------
@@ -108,9 +108,9 @@ def describe(model):
     if model.optimizer is not None:
         compiled = {
             "optimizer": {"class": type(model.optimizer).__name__, "config": model.optimizer.get_config()},
-            "loss": model.loss,
+            "loss": losses.serialize(model.loss),
             "loss_impl": model.loss_impl,
-            "metrics": list(model.metrics),
+            "metrics": [metrics_lib.serialize(m) for m in model.metrics],
         }
     rng = {"model": _rng_state(model.rng),
            "layers": {str(i): _rng_state(g) for i, g in _layer_generators(model).items()}}
@@ -458,7 +458,7 @@ def _build_layers(desc, path):
 def _make_optimizer(desc, path):
     opt = desc["compile"]["optimizer"]
     try:
-        return _OPTIMIZER_CLASSES[opt["class"]](**opt["config"])
+        return _OPTIMIZER_CLASSES[opt["class"]].from_config(opt["config"])
     except (TypeError, ValueError) as e:
         _fail(path, f"optimizer {opt['class']} has an invalid config {opt['config']!r}: {e}")
 
@@ -553,8 +553,9 @@ def load_model(path):
         if desc["compile"] is not None:
             comp = desc["compile"]
             try:
-                model.compile(_make_optimizer(desc, reader.path), loss=losses.check_loss(comp["loss"]),
-                              metrics=metrics_lib.check_metrics(comp["metrics"]),
+                loss = comp["loss"] if isinstance(comp["loss"], str) else losses.get(comp["loss"])
+                metrics = [m if isinstance(m, str) else metrics_lib.get(m) for m in comp["metrics"]]
+                model.compile(_make_optimizer(desc, reader.path), loss=loss, metrics=metrics,
                               loss_impl=comp.get("loss_impl", "auto"))
             except (TypeError, ValueError) as e:
                 if isinstance(e, CheckpointError):

@@ -189,3 +189,13 @@ def test_under_load_table_compares_the_default_with_one_thread_and_pytorch(run):
     text = benchreport.render_markdown(run)
     assert table_rows(text, "Under load") == [[group, "4.4 ms", "4 ms", "32 ms", "11 ms", "1.10", "**2.50×**"]]
     assert "### Other" not in text
+
+
+def test_against_onnxruntime_table(run):
+    predict = "mnist_cnn predict, batch 64"
+    run["benchmarks"] += [bench(predict, "numba", 0.004, 1.0, kind="model", batch=64),
+                          bench(predict, "onnxruntime", 0.002, 1.0, kind="model", batch=64)]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "fastcnn against ONNX Runtime") == [[predict, "16,000", "32,000", "**0.50×**"]]
+    assert "ONNX Runtime runs `model.export_onnx`'s graph" in text
+    assert [r[1] for r in table_rows(text, "End to end") if r[0] in (predict, "")][-2:] == ["Numba", "ONNX Runtime"]

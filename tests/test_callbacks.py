@@ -1,13 +1,18 @@
-"""Callbacks: hook order and logs, History, EarlyStopping, ModelCheckpoint (Keras semantics)."""
+"""Callbacks: hook order and logs, History, EarlyStopping, ModelCheckpoint, learning-rate callbacks
+(Keras semantics)."""
+
+import contextlib
+import io
 
 import numpy as np
 import pytest
 
 import fastcnn
 from fastcnn import layers as L
-from fastcnn.callbacks import Callback, EarlyStopping, History, ModelCheckpoint
+from fastcnn.callbacks import (Callback, EarlyStopping, History, LearningRateScheduler, ModelCheckpoint,
+                               ReduceLROnPlateau)
 from fastcnn.model import Sequential
-from fastcnn.optim import SGD
+from fastcnn.optim import SGD, schedules
 from fastcnn.saving import load_model
 
 
@@ -61,7 +66,8 @@ def test_hooks_are_called_in_keras_order_with_running_logs(fashion_small):
     batch_logs = [c[2] for c in recorder.calls if c[0] == "batch_end"][:2]
     epoch_logs = [c[2] for c in recorder.calls if c[0] == "epoch_end"]
     assert set(batch_logs[1]) == {"loss", "accuracy"}
-    assert set(epoch_logs[0]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(epoch_logs[0]) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert epoch_logs[0]["learning_rate"] == 0.05
     assert epoch_logs[0]["loss"] == batch_logs[1]["loss"]  # the epoch value is the final running mean
     assert recorder.calls[-1][1] == epoch_logs[-1]
 
@@ -184,3 +190,95 @@ def test_callbacks_must_be_callback_instances():
 
 def test_checkpoint_error_is_exported():
     assert issubclass(fastcnn.CheckpointError, ValueError)
+
+
+# -- learning-rate callbacks ---------------------------------------------------------------------------
+class WithOptimizer:
+    """Just what the learning-rate callbacks touch: an optimizer."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.stop_training = False
+
+
+def run_epochs(callback, values, lr=1.0, monitor="val_loss"):
+    """Feed ``values`` of ``monitor`` epoch by epoch; returns the learning rate after each epoch."""
+    model = WithOptimizer(SGD(lr))
+    callback.set_model(model)
+    callback.on_train_begin()
+    rates = []
+    for epoch, value in enumerate(values):
+        callback.on_epoch_begin(epoch)
+        logs = {monitor: value}
+        callback.on_epoch_end(epoch, logs)
+        rates.append(model.optimizer.learning_rate)
+    return rates
+
+
+def test_reduce_lr_on_plateau_follows_keras():
+    # patience 2: two epochs without improving by more than min_delta (1e-4) reduce the rate.
+    rates = run_epochs(ReduceLROnPlateau(factor=0.5, patience=2), [1.0, 0.9, 0.89995, 0.9, 0.95, 0.8, 0.85, 0.85])
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]
+    # cooldown 2: the epoch after a reduction and the next count down the cooldown (the second one may
+    # already wait and reduce again, as in Keras); min_lr is a floor.
+    rates = run_epochs(ReduceLROnPlateau(factor=0.1, patience=1, cooldown=2, min_lr=0.005), [1.0] * 8)
+    assert rates == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01, 0.005, 0.005, 0.005], rel=1e-15)
+    # "auto" maximizes a monitor with "acc" in its name
+    rates = run_epochs(ReduceLROnPlateau(monitor="val_acc", factor=0.5, patience=1), [0.5, 0.6, 0.6, 0.7],
+                       monitor="val_acc")
+    assert rates == [1.0, 1.0, 0.5, 0.5]
+
+
+def test_learning_rate_scheduler_sets_the_rate_each_epoch(fashion_small):
+    d = fashion_small
+    seen = []
+
+    def halve_after_first(epoch, lr):
+        seen.append((epoch, lr))
+        return lr if epoch == 0 else lr * 0.5
+
+    model = small_net()
+    history = model.fit(d.x_train[:64], d.y_train[:64], epochs=3, batch_size=32, verbose=0,
+                        callbacks=[LearningRateScheduler(halve_after_first)])
+    assert seen == [(0, 0.05), (1, 0.05), (2, 0.025)]
+    assert history.history["learning_rate"] == [0.05, 0.025, 0.0125]
+    assert run_epochs(LearningRateScheduler(lambda epoch: 0.1 * (epoch + 1)), [0, 0]) == [0.1, 0.2]  # one-arg form
+
+
+def test_learning_rate_callbacks_reject_bad_settings():
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: `factor` must be in \(0, 1\), received 1.0"):
+        ReduceLROnPlateau(factor=1.0)
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: `patience` must be a non-negative int, received -1"):
+        ReduceLROnPlateau(patience=-1)
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: `mode` must be 'auto', 'min' or 'max'"):
+        ReduceLROnPlateau(mode="up")
+    with pytest.raises(ValueError, match=r"the schedule must return a float; at epoch 0 it returned 'fast'"):
+        run_epochs(LearningRateScheduler(lambda epoch, lr: "fast"), [0])
+    with pytest.raises(ValueError, match=r"SGD: `learning_rate` must be in \(0.0, inf\), received -0.1"):
+        run_epochs(LearningRateScheduler(lambda epoch, lr: -0.1), [0])
+    scheduled = WithOptimizer(SGD(schedules.ExponentialDecay(0.1, 10, 0.5)))
+    callback = LearningRateScheduler(lambda epoch, lr: lr)
+    callback.set_model(scheduled)
+    with pytest.raises(TypeError, match=r"SGD was created with the schedule ExponentialDecay"):
+        callback.on_epoch_begin(0)
+
+
+def test_learning_rate_is_in_the_history_and_on_the_progress_bar(fashion_small, capsys):
+    d = fashion_small
+    model = Sequential([L.Flatten(), L.Dense(10)], input_shape=(28, 28, 1), seed=0)
+    model.compile(SGD(schedules.PiecewiseConstantDecay([2], [0.1, 0.01])))
+    history = model.fit(d.x_train[:64], d.y_train[:64], epochs=2, batch_size=32, verbose=2)
+    # two steps per epoch: after epoch 1 the next step is step 2 (0.1), after epoch 2 step 4 (0.01)
+    assert history.history["learning_rate"] == [0.1, 0.01]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("learning_rate: 0.1000") and lines[1].endswith("learning_rate: 0.0100")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    with contextlib.redirect_stdout(terminal):  # verbose=1 on a terminal: the redrawn bar shows it step by step
+        model.fit(d.x_train[:64], d.y_train[:64], epochs=1, batch_size=32, verbose=1)
+    first_draw = terminal.getvalue().split("\r")[1]
+    assert first_draw.startswith("1/2 [") and first_draw.rstrip().endswith("learning_rate: 0.0100")

@@ -33,7 +33,7 @@ def test_fit_history_has_keras_keys(fashion_small):
     model = small_net()
     history = model.fit(d.x_train[:200], d.y_train[:200], epochs=2, batch_size=50,
                         validation_data=(d.x_test[:100], d.y_test[:100]), verbose=0)
-    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
     assert all(len(v) == 2 for v in history.history.values())
     assert history.epoch == [0, 1]
     assert model.history is history
@@ -271,7 +271,7 @@ def test_params_names_modes_and_repr():
     assert all(layer.training for layer in model.train().layers)
     text = repr(model)
     assert text.startswith("Sequential(\n  (0): Conv2D(32, kernel_size=(3, 3))\n  (1): ReLU()\n")
-    assert "(9): Dropout(0.5)" in text and "seed=0, optimizer=Adam(lr=0.001" in text
+    assert "(9): Dropout(0.5)" in text and "seed=0, optimizer=Adam(learning_rate=0.001" in text
 
 
 def test_lazy_build_matches_eager_build(fashion_small):

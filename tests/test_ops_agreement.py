@@ -491,10 +491,83 @@ def test_softmax_cross_entropy_agrees_hypothesis(N, K, scale, contiguous, dtype,
         compare_loss(impl, logits, labels, dtype)
 
 
+#: Optimizer updates (in place, no backward): op -> (state arrays, hyperparameter sets).
+UPDATE_CASES = {
+    "sgd_update": (1, [dict(lr=0.1), dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, scale=0.5),
+                       dict(lr=0.05, momentum=0.5, clip=0.3)]),
+    "adam_update": (3, [dict(lr=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3),
+                        dict(lr=1e-2, beta_1=0.8, beta_2=0.99, epsilon=1e-6, step=2, weight_decay=0.1, scale=0.7),
+                        dict(lr=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=5, decoupled_weight_decay=0.004,
+                             clip=0.2, amsgrad=True)]),
+    "rmsprop_update": (3, [dict(lr=1e-2, rho=0.9, epsilon=1e-7),
+                           dict(lr=1e-2, rho=0.8, epsilon=1e-6, momentum=0.9, centered=True, scale=0.5),
+                           dict(lr=1e-2, rho=0.9, epsilon=1e-7, decoupled_weight_decay=0.1, clip=0.2,
+                                centered=True)]),
+}
+
+
+def update_state(op, hyper, rng, shape):
+    """Positional state arrays for ``op`` with ``hyper`` (None where the variant keeps no such slot)."""
+    count = UPDATE_CASES[op][0]
+    state = [rng.random(shape) for _ in range(count)]  # v and vmax must be >= 0
+    hyper = dict(hyper)
+    if op == "sgd_update" and not hyper.get("momentum"):
+        state[0] = None
+    if op == "adam_update" and not hyper.pop("amsgrad", False):
+        state[2] = None
+    if op == "rmsprop_update":
+        if not hyper.get("momentum"):
+            state[1] = None
+        if hyper.pop("centered", False):
+            state[0] = state[0] + state[2] ** 2  # v >= avg^2, as the running moments keep it
+        else:
+            state[2] = None
+    return state, hyper
+
+
+@pytest.mark.parametrize("op", sorted(UPDATE_CASES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [7, 70_001])  # the serial and the parallel Numba twin
+def test_update_ops_agree(op, dtype, size):
+    """Every implementation of an optimizer update against the float64 reference: parameter and state."""
+    rng = np.random.default_rng(size)
+    for case, hyper in enumerate(UPDATE_CASES[op][1]):
+        p, g = rng.standard_normal(size), rng.standard_normal(size)
+        state, hyper = update_state(op, hyper, rng, size)
+        want = [p.copy()] + [None if a is None else a.copy() for a in state]
+        registry.get(op, "reference").forward(want[0], g, *want[1:], **hyper)
+        for impl in fast_impls(op):
+            got = [p.astype(dtype)] + [None if a is None else a.astype(dtype) for a in state]
+            registry.get(op, impl).forward(got[0], g.astype(dtype), *got[1:], **hyper)
+            for k, (a, b) in enumerate(zip(got, want)):
+                if b is not None:
+                    assert a.dtype == dtype
+                    assert_close(a, b, dtype=dtype, name=f"{op}/{impl} case {case} array {k}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "sparse_categorical_crossentropy"])
+def test_losses_with_label_smoothing_and_sample_weights_agree(op, dtype):
+    rng = np.random.default_rng(9)
+    logits = 3.0 * rng.standard_normal((12, 7))
+    outputs = logits if op == "softmax_cross_entropy" else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    outputs[0, :] = [1.0, 0, 0, 0, 0, 0, 0] if op != "softmax_cross_entropy" else outputs[0, :]  # clipped entries
+    labels = rng.integers(0, 7, size=12)
+    labels[0] = 1
+    for kwargs in ({}, {"label_smoothing": 0.1}, {"sample_weight": rng.random(12)},
+                   {"label_smoothing": 1.0, "sample_weight": rng.random(12)}):
+        loss_ref, d_ref = registry.get(op, "reference").forward(outputs, labels, **kwargs)
+        for impl in fast_impls(op):
+            loss, d = registry.get(op, impl).forward(outputs.astype(dtype), labels, **kwargs)
+            assert isinstance(loss, float) and d.dtype == dtype
+            assert abs(loss - loss_ref) <= (1e-10 if dtype == np.float64 else 1e-4) * max(1.0, abs(loss_ref))
+            assert_close(d, d_ref, dtype=dtype, name=f"{op}/{impl} {kwargs}")
+
+
 def test_every_registered_op_is_compared():
     """A newly registered op fails here until it has agreement cases (grid and drawn) above."""
-    drawn = set(DRAWN_CASES) | set(CONV_OPS) | set(CONV_POOL_OPS) | {"max_pool2d", "avg_pool2d",
-                                                                     "softmax_cross_entropy"}
+    drawn = set(DRAWN_CASES) | set(CONV_OPS) | set(CONV_POOL_OPS) | set(UPDATE_CASES) | {
+        "max_pool2d", "avg_pool2d", "softmax_cross_entropy", "sparse_categorical_crossentropy"}
     assert set(registry.ops()) == drawn
 
 

@@ -58,7 +58,8 @@ def test_every_op_is_registered_under_reference():
     expected = {
         "conv2d", "dense", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "relu",
         "leaky_relu", "sigmoid", "tanh", "softmax", "flatten", "dropout",
-        "softmax_cross_entropy", "batch_norm", "add", "concatenate",
+        "softmax_cross_entropy", "sparse_categorical_crossentropy", "batch_norm", "add", "concatenate",
+        "sgd_update", "adam_update", "rmsprop_update",
     }  # fmt: skip
     assert set(ref.OPS) == expected
     for op, (forward, backward) in ref.OPS.items():

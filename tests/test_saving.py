@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastcnn import CheckpointError, models
+from fastcnn import CheckpointError, models, optim
 from fastcnn import layers as L
 from fastcnn.callbacks import ModelCheckpoint
 from fastcnn.model import Sequential
@@ -315,3 +315,81 @@ def test_metadata_round_trips_and_must_be_json(tmp_path):
     with pytest.raises(TypeError, match=r"cannot be described in JSON \(check model.metadata\)"):
         model.save(tmp_path / "bad.npz")
     assert os.listdir(tmp_path) == ["m.npz"]
+
+
+# -- newer optimizers and schedules resume exactly ------------------------------------------------------
+def small_net(seed, optimizer):
+    model = Sequential([L.Conv2D(4, 3), L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dropout(0.2), L.Dense(10)],
+                       input_shape=(28, 28, 1), seed=seed)
+    return model.compile(optimizer)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: optim.RMSprop(optim.schedules.ExponentialDecay(0.01, 2, 0.5), momentum=0.9, centered=True,
+                          clipnorm=1.0),
+    lambda: optim.AdamW(optim.schedules.CosineDecay(0.0, 4, warmup_target=0.01, warmup_steps=2), amsgrad=True,
+                        global_clipnorm=1.0),
+], ids=["rmsprop-exponential", "adamw-cosine-warmup"])
+def test_resuming_with_a_schedule_equals_uninterrupted_training(fashion_small, tmp_path, make_optimizer):
+    d = fashion_small
+    x, y = d.x_train[:96], d.y_train[:96]
+    straight = small_net(3, make_optimizer())
+    full = straight.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "c{epoch}")])
+    resumed = load_model(tmp_path / "c1.npz")
+    assert type(resumed.optimizer) is type(straight.optimizer)
+    assert resumed.optimizer.get_config() == straight.optimizer.get_config()
+    assert resumed.optimizer.iterations == 3
+    rest = resumed.fit(x, y, epochs=2, initial_epoch=1, batch_size=32, verbose=0)
+    assert weights_equal(resumed, straight)
+    assert rest.history["loss"] == full.history["loss"][1:]
+    assert rest.history["learning_rate"] == full.history["learning_rate"][1:]
+    assert resumed.optimizer.learning_rate == straight.optimizer.learning_rate
+
+
+def test_a_plain_callable_learning_rate_cannot_be_saved(tmp_path):
+    model = small_net(0, optim.SGD(lambda step: 0.01))
+    with pytest.raises(TypeError, match=r"cannot be saved: only the schedules in fastcnn.optim.schedules"):
+        model.save(tmp_path / "m.npz")
+    assert not os.listdir(tmp_path)
+
+
+def test_an_unknown_schedule_in_a_file_is_refused(tmp_path):
+    path = small_net(0, optim.SGD(optim.schedules.ExponentialDecay(0.1, 10, 0.9))).save(tmp_path / "m.npz")
+    arrays = arrays_of(path)
+    desc = description(arrays)
+    desc["compile"]["optimizer"]["config"]["learning_rate"]["class"] = "os.system"
+    rewrite(path, with_description(arrays, desc))
+    with pytest.raises(CheckpointError, match=r"optimizer SGD has an invalid config .*unknown schedule 'os.system'"):
+        load_model(path)
+
+
+def bn_graph(seed):
+    """A functional model with activation= layers, BatchNormalization state and a residual Add."""
+    import fastcnn as fc
+
+    x = fc.Input((8, 8, 1))
+    h = L.BatchNormalization(momentum=0.9)(L.Conv2D(4, 3, padding="same", activation="relu")(x))
+    h = L.Add()([h, L.Conv2D(4, 1)(x)])
+    y = L.Dense(3, activation="softmax")(L.GlobalAvgPool2D()(h))
+    model = fc.Model(x, y, seed=seed)
+    lr = optim.schedules.CosineDecay(0.0, 4, warmup_target=0.02, warmup_steps=2)
+    loss = fc.losses.SparseCategoricalCrossentropy(label_smoothing=0.1)
+    return model.compile(optim.AdamW(lr, weight_decay=0.01, global_clipnorm=1.0), loss=loss,
+                         metrics=["acc", "top_k_accuracy"])
+
+
+def test_a_functional_model_with_state_and_a_schedule_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = rng.random((24, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, size=24)
+    straight = bn_graph(5)
+    full = straight.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "c{epoch}")])
+    resumed = load_model(tmp_path / "c1.npz")
+    assert resumed.optimizer.get_config() == straight.optimizer.get_config()
+    assert resumed.loss.get_config() == straight.loss.get_config()
+    names = {key.rsplit("/", 1)[0] for key in resumed.optimizer.state_arrays() if key != "iterations"}
+    assert names == {name for name, _, _ in resumed.params()}  # no slot for the moving statistics
+    assert {name for name, _ in resumed.states()} == {"layers.1.moving_mean", "layers.1.moving_variance"}
+    rest = resumed.fit(x, y, epochs=2, initial_epoch=1, batch_size=8, verbose=0)
+    assert weights_equal(resumed, straight)  # parameters and moving statistics
+    assert rest.history == {k: v[1:] for k, v in full.history.items()}
+    assert set(full.history) == {"loss", "acc", "top_k_accuracy", "learning_rate"}

@@ -8,7 +8,6 @@ import time
 import numpy as np
 
 import fastcnn
-from fastcnn import metrics as metrics_lib
 
 #: Gradient bucket size: a bucket (the last layers' first) starts its allreduce once this
 #: many bytes of gradients are ready. Small enough that the dense layers' bucket of
@@ -36,7 +35,7 @@ class DataParallel:
         self.model = model
         self.rank, self.size = context.rank, context.size
         self.random_layers = [layer for layer in model.layers if hasattr(layer, "batch_rows")]
-        self.track_accuracy = "accuracy" in model.metrics
+        self.metric_fns = list(model._metric_fns)
         self._plan(bucket_bytes)
         # Non-trainable state (BatchNormalization's moving statistics): each rank updates it
         # from its slice in the forward; the step averages it over the ranks, weighted by the
@@ -44,9 +43,9 @@ class DataParallel:
         self._states = [a for _, a in model.states()]
         self._state_sums = np.zeros(sum(a.size for a in self._states), dtype=np.float64)  # (elements,)
         self._state_request = self.MPI.REQUEST_NULL
-        self._sums = np.zeros(3, dtype=np.float64)  # loss x rows, correct, rows of this step
+        self._sums = np.zeros(2 + len(self.metric_fns), dtype=np.float64)  # loss x rows, rows, each metric's count
         self._batch_rows = 0
-        self.batch_correct = 0
+        self.batch_counts = [0] * len(self.metric_fns)  # each metric's count in the last batch, all ranks
         self.steps = 0
         self.exposed_seconds = 0.0  # in the wait before the optimizer step
         self.in_flight_seconds = 0.0  # bucket allreduces, start to observed completion, summed
@@ -111,8 +110,9 @@ class DataParallel:
         state; returns the loss gradient scaled to this rank's share."""
         rows = y.shape[0]
         self._t0 = time.perf_counter()
-        correct = metrics_lib.count_correct(logits, y) if self.track_accuracy else 0
-        self._sums[:] = (loss * rows, correct, rows)
+        self._sums[0], self._sums[1] = loss * rows, rows
+        for i, metric in enumerate(self.metric_fns):
+            self._sums[2 + i] = metric.count(logits, y)
         self._sums_request = self.comm.Iallreduce(self.MPI.IN_PLACE, self._sums, op=self.MPI.SUM)
         self._start_state_sum(rows / self._batch_rows)
         if rows == self._batch_rows:
@@ -194,8 +194,8 @@ class DataParallel:
             "buckets": [{"bytes": nbytes, "start_ms": 1e3 * (s - self._t0), "done_ms": 1e3 * (d - self._t0)}
                         for nbytes, s, d in zip(self.bucket_bytes, self._started, self._done)],
         }
-        loss_sum, correct, rows = self._sums
-        self.batch_correct = int(round(correct))
+        loss_sum, rows = self._sums[0], self._sums[1]
+        self.batch_counts = [int(round(c)) for c in self._sums[2:]]
         return float(loss_sum / rows) if rows else 0.0
 
     def empty_step(self, model):
@@ -220,15 +220,16 @@ class DataParallel:
         return loss, np.zeros((0,) + tuple(model.output_shape), dtype=model.dtype)
 
     def evaluate_sums(self, model, x, y, batch_size, fold=None):
-        """This rank's contiguous share of the batches, summed over the ranks: ``(loss x rows, correct)``."""
+        """This rank's contiguous share of the batches, summed over the ranks: ``(loss x rows, [counts])``."""
         batches = -(-x.shape[0] // batch_size)
         lo = batches * self.rank // self.size * batch_size
         hi = min(batches * (self.rank + 1) // self.size * batch_size, x.shape[0])
-        sums = np.zeros(2, dtype=np.float64)
+        sums = np.zeros(1 + len(self.metric_fns), dtype=np.float64)  # loss x rows, each metric's count
         if hi > lo:
-            sums[:] = model._evaluate_sums(x[lo:hi], y[lo:hi], batch_size, fold)
+            total_loss, hits = model._evaluate_sums(x[lo:hi], y[lo:hi], batch_size, fold)
+            sums[0], sums[1:] = total_loss, hits
         self.context.allreduce(sums, "sum", "the evaluation sums")
-        return float(sums[0]), int(round(sums[1]))
+        return float(sums[0]), [int(round(c)) for c in sums[1:]]
 
     # -- reporting ---------------------------------------------------------------------
     def measure_allreduce(self, repeats=5):

@@ -12,7 +12,7 @@ profile; no kernel written yet).
 up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
-from fastcnn.kernels import _blas, activations, batchnorm, conv, conv_pool, dense, loss, pooling
+from fastcnn.kernels import _blas, activations, batchnorm, conv, conv_pool, dense, loss, optim, pooling
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -30,3 +30,5 @@ for _op in ("relu", "leaky_relu", "sigmoid", "softmax", "dropout"):
     register(_op, "numba", getattr(activations, _op + "_forward"), getattr(activations, _op + "_backward"))
 register("softmax_cross_entropy", "numba", loss.softmax_cross_entropy)
 register("batch_norm", "numba", batchnorm.batch_norm_forward, batchnorm.batch_norm_backward)
+for _op in optim.__all__:  # optimizer updates: in place, no backward
+    register(_op, "numba", getattr(optim, _op))

@@ -61,8 +61,10 @@ def _run_dtype(dtype):
         activations.leaky_relu_backward(np.ones_like(y), cache)
         y, cache = activations.dropout_forward(a, rate=0.5, rng=rng)
         activations.dropout_backward(np.ones_like(y), cache)
-        optim.adam_update(a.copy(), a, np.zeros_like(a), np.zeros_like(a), beta_1=0.9, beta_2=0.999, lr=1e-3,
-                          bias_correction_1=0.1, bias_correction_2=0.001, epsilon=1e-7, weight_decay=0.0)
+        optim.adam_update(a.copy(), a, np.zeros_like(a), np.zeros_like(a), lr=1e-3, beta_1=0.9, beta_2=0.999,
+                          epsilon=1e-7, step=1)
+        optim.sgd_update(a.copy(), a, np.zeros_like(a), lr=1e-3, momentum=0.9)
+        optim.rmsprop_update(a.copy(), a, np.zeros_like(a), lr=1e-3, rho=0.9, epsilon=1e-7)
 
     gamma = np.ones(3, dtype=dtype)  # (C,)
     for stats in ((), (np.zeros(3, dtype=dtype), np.ones(3, dtype=dtype))):  # training, inference

@@ -4,7 +4,7 @@ import numbers
 
 from fastcnn.layers.base import Layer
 
-__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
+__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "ACTIVATIONS", "make_activation"]
 
 
 class _Activation(Layer):
@@ -64,3 +64,20 @@ class LeakyReLU(_Activation):
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha}
+
+
+#: ``activation=`` names Conv2D and Dense accept (Keras's), ``None``/"linear" meaning none.
+#: "leaky_relu" uses Keras's ``keras.activations.leaky_relu`` slope, 0.2.
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax", "leaky_relu", "linear")
+
+
+def make_activation(activation, impl, owner):
+    """``(name or None, activation layer or None)`` for the ``activation=`` argument of a layer."""
+    if activation is None or activation == "linear":
+        return None, None
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"{owner}: unknown activation {activation!r}; expected one of {list(ACTIVATIONS)} or None")
+    if activation == "leaky_relu":
+        return activation, LeakyReLU(0.2, impl=impl)
+    cls = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}[activation]
+    return activation, cls(impl=impl)

@@ -59,6 +59,10 @@ class Layer:
         self.state = {}  # non-trainable arrays: saved, never given to the optimizer
         self._fn = None
         self._cache = None
+        # ``activation=`` on Conv2D and Dense: the name and the activation layer applied after
+        # the layer's own op (built with it; a model's plan runs it as a step of its own).
+        self.activation = None
+        self.activation_layer = None
 
     # -- construction -------------------------------------------------------------
     def build(self, input_shape, dtype=np.float32, rng=None):
@@ -77,6 +81,8 @@ class Layer:
         shapes = self.param_shapes(input_shape)
         if shapes:
             self.reset_parameters(rng if rng is not None else np.random.default_rng())
+        if self.activation_layer is not None:
+            self.activation_layer.build(self.output_shape, self.dtype)
         self.built = True
         return self
 
@@ -173,8 +179,24 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
+    def forward_core(self, x):
+        """The layer's own op, without its ``activation`` (the whole forward for other layers)."""
+        return self.forward(x)
+
+    def backward_core(self, dy):
+        """Backward through :meth:`forward_core`."""
+        return self.backward(dy)
+
+    def _activate(self, y):
+        return y if self.activation_layer is None else self.activation_layer.forward(y)
+
+    def _activate_backward(self, dy):
+        return dy if self.activation_layer is None else self.activation_layer.backward(dy)
+
     def train(self, mode=True):
         self.training = bool(mode)
+        if self.activation_layer is not None:
+            self.activation_layer.train(mode)
         return self
 
     def eval(self):

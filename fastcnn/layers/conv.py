@@ -4,6 +4,7 @@ import numpy as np
 
 from fastcnn.geometry import check_padding_spec, output_hw, pair, resolve_padding
 from fastcnn.init import check_initializer
+from fastcnn.layers.activations import make_activation
 from fastcnn.layers.base import Layer
 
 __all__ = ["Conv2D"]
@@ -18,11 +19,15 @@ class Conv2D(Layer):
         Number of output channels ``F``.
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
+        ``strides=`` is Keras's spelling of the same argument (give one of them).
     padding : "valid", "same", int or (int, int), default "valid"
         "same" gives ``ceil(H / stride)`` outputs, the odd padding row/column at
         the bottom/right (TensorFlow and PyTorch semantics).
     use_bias : bool, default True
     kernel_initializer : str, default "glorot_uniform" (see ``fastcnn.init``)
+    activation : "relu", "sigmoid", "tanh", "softmax", "leaky_relu" (slope 0.2), "linear" or None
+        Applied to the output; "relu" runs fused with the convolution exactly as a
+        separate ``ReLU()`` layer after it does.
     impl : "auto", "reference", "numpy" or "numba"
 
     Shape:
@@ -35,10 +40,11 @@ class Conv2D(Layer):
     op = "conv2d"
     ndim = 4
 
-    def __init__(self, filters, kernel_size, stride=1, padding="valid", use_bias=True,
-                 kernel_initializer="glorot_uniform", *, impl="auto", name=None):
+    def __init__(self, filters, kernel_size, stride=None, padding="valid", use_bias=True,
+                 kernel_initializer="glorot_uniform", activation=None, *, strides=None, impl="auto", name=None):
         super().__init__(impl=impl, name=name)
         label = self._label()
+        stride = keras_strides(stride, strides, 1, label)
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)):
             raise TypeError(f"{label}: `filters` must be a positive int, received {filters!r}")
         if filters < 1:
@@ -49,6 +55,7 @@ class Conv2D(Layer):
         self.padding = check_padding_spec(padding, owner=label)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = check_initializer(kernel_initializer, label)
+        self.activation, self.activation_layer = make_activation(activation, impl, label)
         self._workspace = {}  # large scratch buffers the implementation may keep across steps
 
     def _geometry(self, hw):
@@ -86,9 +93,15 @@ class Conv2D(Layer):
             )
 
     def forward(self, x):
-        return self.forward_with(self._fn, x)
+        return self._activate(self.forward_with(self._fn, x))
 
     def backward(self, dy):
+        return self.backward_with(self._fn, self._activate_backward(dy))
+
+    def forward_core(self, x):
+        return self.forward_with(self._fn, x)
+
+    def backward_core(self, dy):
         return self.backward_with(self._fn, dy)
 
     def forward_with(self, fn, x, **extra):
@@ -119,10 +132,25 @@ class Conv2D(Layer):
             s += ", use_bias=False"
         if self.kernel_initializer != "glorot_uniform":
             s += f", kernel_initializer={self.kernel_initializer!r}"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
         return s
 
     def get_config(self):
         padding = self.padding if isinstance(self.padding, str) else list(self.padding)
-        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": padding, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer}
+        config = {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                  "stride": list(self.stride), "padding": padding, "use_bias": self.use_bias,
+                  "kernel_initializer": self.kernel_initializer}
+        if self.activation is not None:
+            config["activation"] = self.activation
+        return config
+
+
+def keras_strides(stride, strides, default, owner):
+    """The stride from fastcnn's ``stride=`` or Keras's ``strides=`` (at most one given)."""
+    if stride is not None and strides is not None:
+        raise ValueError(f"{owner}: pass `strides` (Keras's spelling) or `stride`, not both; received "
+                         f"stride={stride!r}, strides={strides!r}")
+    if strides is not None:
+        return strides
+    return default if stride is None else stride

@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 
 from fastcnn.init import check_initializer
+from fastcnn.layers.activations import make_activation
 from fastcnn.layers.base import Layer
 
 __all__ = ["Dense", "Flatten", "Dropout"]
@@ -18,6 +19,8 @@ class Dense(Layer):
     units : int
     use_bias : bool, default True
     kernel_initializer : str, default "glorot_uniform"
+    activation : "relu", "sigmoid", "tanh", "softmax", "leaky_relu" (slope 0.2), "linear" or None
+        Applied to the output (as the same activation layer after it would be).
 
     Shape:
         input (N, IN) -> output (N, units); weight (IN, units), bias (units,)
@@ -27,7 +30,8 @@ class Dense(Layer):
     ndim = 2
     input_description = "(N, features)"
 
-    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", *, impl="auto", name=None):
+    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", activation=None, *, impl="auto",
+                 name=None):
         super().__init__(impl=impl, name=name)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
             raise TypeError(f"{self._label()}: `units` must be a positive int, received {units!r}")
@@ -36,6 +40,7 @@ class Dense(Layer):
         self.units = int(units)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = check_initializer(kernel_initializer, self._label())
+        self.activation, self.activation_layer = make_activation(activation, impl, self._label())
 
     def rank_hint(self, x):
         return "; add a Flatten() layer before it" if x.ndim > 2 else ""
@@ -58,10 +63,16 @@ class Dense(Layer):
             )
 
     def forward(self, x):
+        return self._activate(self.forward_core(x))
+
+    def backward(self, dy):
+        return self.backward_core(self._activate_backward(dy))
+
+    def forward_core(self, x):
         y, self._cache = self._fn.forward(x, self.params["weight"], self.params.get("bias"))
         return y
 
-    def backward(self, dy):
+    def backward_core(self, dy):
         dx, dw, db = self._fn.backward(dy, self._cache)
         self.grads["weight"] = dw
         if self.use_bias:
@@ -74,11 +85,16 @@ class Dense(Layer):
             s += ", use_bias=False"
         if self.kernel_initializer != "glorot_uniform":
             s += f", kernel_initializer={self.kernel_initializer!r}"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
         return s
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer}
+        config = {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
+                  "kernel_initializer": self.kernel_initializer}
+        if self.activation is not None:
+            config["activation"] = self.activation
+        return config
 
 
 class Flatten(Layer):

@@ -13,7 +13,7 @@ from fastcnn.layers.activations import ReLU
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.pooling import MaxPool2D
 
-__all__ = ["ConvReLU", "ConvPool"]
+__all__ = ["ConvReLU", "ConvPool", "Core"]
 
 
 class ConvReLU:
@@ -81,3 +81,20 @@ class ConvPool:
 
     def __repr__(self):
         return f"ConvPool({', '.join(map(repr, self.layers))})"
+
+
+class Core:
+    """A layer's own op without its ``activation=`` (which the plan runs as the next step)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.output_shape = layer.output_shape
+
+    def forward(self, x):
+        return self.layer.forward_core(x)
+
+    def backward(self, dy):
+        return self.layer.backward_core(dy)
+
+    def __repr__(self):
+        return f"Core({self.layer!r})"

@@ -2,6 +2,7 @@
 
 from fastcnn.geometry import check_padding_spec, output_hw, pair, resolve_padding
 from fastcnn.layers.base import Layer
+from fastcnn.layers.conv import keras_strides
 
 __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
 
@@ -9,9 +10,10 @@ __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
 class _Pool2D(Layer):
     ndim = 4
 
-    def __init__(self, pool_size=2, stride=None, padding="valid", *, impl="auto", name=None):
+    def __init__(self, pool_size=2, stride=None, padding="valid", *, strides=None, impl="auto", name=None):
         super().__init__(impl=impl, name=name)
         label = self._label()
+        stride = keras_strides(stride, strides, None, label)
         self.pool_size = pair(pool_size, "pool_size", owner=label)
         self.stride = self.pool_size if stride is None else pair(stride, "stride", owner=label)
         self._stride_given = stride is not None
@@ -66,7 +68,7 @@ class MaxPool2D(_Pool2D):
     Parameters
     ----------
     pool_size : int or (int, int), default 2
-    stride : int or (int, int), default ``pool_size``
+    stride : int or (int, int), default ``pool_size`` (``strides=``: Keras's spelling)
     padding : "valid", "same", int or (int, int); pads with -inf
 
     Shape:

@@ -23,8 +23,9 @@ from fastcnn.reference.conv import conv2d_backward, conv2d_forward
 from fastcnn.reference.dense import dense_backward, dense_forward
 from fastcnn.reference.dropout import dropout_backward, dropout_forward
 from fastcnn.reference.flatten import flatten_backward, flatten_forward
-from fastcnn.reference.loss import softmax_cross_entropy
+from fastcnn.reference.loss import softmax_cross_entropy, sparse_categorical_crossentropy
 from fastcnn.reference.merge import add_backward, add_forward, concatenate_backward, concatenate_forward
+from fastcnn.reference.optim import adam_update, rmsprop_update, sgd_update
 from fastcnn.reference.pool import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -53,6 +54,11 @@ OPS = {
     "add": (add_forward, add_backward),
     "concatenate": (concatenate_forward, concatenate_backward),
     "softmax_cross_entropy": (softmax_cross_entropy, None),
+    "sparse_categorical_crossentropy": (sparse_categorical_crossentropy, None),  # on probabilities
+    # Optimizer updates: in place, no backward.
+    "sgd_update": (sgd_update, None),
+    "adam_update": (adam_update, None),
+    "rmsprop_update": (rmsprop_update, None),
 }
 
 for _op, (_forward, _backward) in OPS.items():
@@ -93,4 +99,8 @@ __all__ = [
     "concatenate_forward",
     "concatenate_backward",
     "softmax_cross_entropy",
+    "sparse_categorical_crossentropy",
+    "sgd_update",
+    "adam_update",
+    "rmsprop_update",
 ]
