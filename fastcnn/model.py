@@ -732,6 +732,7 @@ class Model:
                         f"fit: validation_split={validation_split} of {x.shape[0]} samples leaves "
                         f"{split_at} for training and {x.shape[0] - split_at} for validation; both must be > 0"
                     )
+                _checks.check_finite(x[split_at:], "the validation_split samples of x")
                 validation_data = (x[split_at:], y[split_at:]) + (() if w is None else (w[split_at:],))
                 x, y, w = x[:split_at], y[:split_at], (None if w is None else w[:split_at])
             train = data_adapter.ArrayBatches(x, y, w, batch_size, self.rng if shuffle else None, steps_per_epoch,
