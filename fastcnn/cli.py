@@ -133,8 +133,10 @@ def build_parser():
     )
     _add_data_arguments(train, default=DEFAULT_DATASET)
     train.add_argument("--model", choices=presets, default="mnist_cnn", help="preset (default: %(default)s)")
-    train.add_argument("--epochs", type=_positive_int, default=1, help="default: %(default)s")
-    train.add_argument("--batch-size", type=_positive_int, default=64, help="default: %(default)s")
+    train.add_argument("--epochs", type=_positive_int,
+                       help="default: the preset's recipe (3 for resnet_mini), else 1")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help="default: the preset's recipe (128 for resnet_mini), else 64")
     train.add_argument("--optimizer", choices=tuple(optim.OPTIMIZERS),
                        help="default: the preset's (adam; sgd for tutorial_cnn)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: the preset's)")
@@ -372,7 +374,8 @@ def _warm_up(preset, impl, verbose):
 
 
 def _describe_optimizer(optimizer):
-    return f"{type(optimizer).__name__} lr {optimizer.lr:g}"
+    rate = f"{optimizer.lr:g}" if optimizer.schedule is None else repr(optimizer.schedule)
+    return f"{type(optimizer).__name__} lr {rate}"
 
 
 #: Checkpoint file names in ``--checkpoint-dir``: the 1-based number of completed epochs.
@@ -459,6 +462,9 @@ def _train(args, distributed):
     (x_train, y_train), (x_test, y_test) = _load_data(args.dataset, args.data_dir)
     if args.limit is not None:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+    recipe = models.recipe(args.model)
+    args.epochs = recipe["epochs"] if args.epochs is None else args.epochs
+    args.batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
     settings = {"model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
                 "limit": args.limit, "seed": args.seed}
     initial_epoch = 0
@@ -466,6 +472,9 @@ def _train(args, distributed):
         model, initial_epoch = _resume(newest, args, settings)
     else:
         model = models.PRESETS[args.model](seed=args.seed, impl=args.impl)
+        if recipe["learning_rate"] is not None and args.optimizer is None and args.lr is None:
+            steps = args.epochs * -(-len(x_train) // args.batch_size)  # the schedule spans the whole run
+            model.optimizer.learning_rate = recipe["learning_rate"](steps)
         _configure_optimizer(model, args.optimizer, args.lr)
     model.metadata["dataset"] = args.dataset  # saved with the model: evaluate/predict read it back
     model.metadata["run"] = settings  # --resume checks a checkpoint against these
