@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test data bench clean
+.PHONY: demo test data bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed data
 test: $(VENV)/.installed data
 	FASTCNN_REQUIRE_DATA=1 FASTCNN_REQUIRE_MPI=1 $(BIN)/python -m pytest -q
 	FASTCNN_BENCH_SMALL=1 FASTCNN_REQUIRE_MPI=1 $(BIN)/python -m pytest -q benchmarks --benchmark-disable -p no:cacheprovider
+
+# The fuzz targets of tests/fuzz with 50x the cases CI runs, random (FASTCNN_FUZZ_EXAMPLES=N sets the number).
+fuzz: $(VENV)/.installed
+	FASTCNN_FUZZ=long $(BIN)/python -m pytest -q tests/fuzz -p no:cacheprovider
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=bench.json

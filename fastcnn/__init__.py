@@ -7,6 +7,7 @@ from fastcnn import callbacks, datasets, layers, losses, metrics, models, optim,
 from fastcnn.graph import Input
 from fastcnn.model import Model, Sequential, load_model
 from fastcnn.errors import CheckpointError, DatasetError, FastCNNError, NonFiniteLossError
+from fastcnn.errors import NonFiniteInputError
 from fastcnn.parallel import get_num_threads, set_num_threads
 from fastcnn import distributed  # noqa: E402  (imports mpi4py only when used)
 
@@ -56,4 +57,5 @@ __all__ = [
     "DatasetError",
     "CheckpointError",
     "NonFiniteLossError",
+    "NonFiniteInputError",
 ]

@@ -11,6 +11,7 @@ setting ``self.model.stop_training = True``.
 """
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -233,13 +234,16 @@ class ModelCheckpoint(Callback):
     filepath : str or path
         May contain ``{epoch}`` (1-based) and any log key, e.g.
         ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. ``.npz`` is appended if missing.
+        Missing directories are created (as Keras does).
     monitor : str, default "val_loss"
     save_best_only : bool, default False
         Only save when ``monitor`` improves on the best seen so far.
     mode : "auto", "min" or "max"
     verbose : int, default 0
 
-    ``self.saved`` lists the paths written, in order.
+    ``self.saved`` lists the paths written, in order. An epoch that ends with a
+    non-finite loss (stopped by :class:`TerminateOnNaN`) or non-finite weights is
+    not saved (a warning says so): a checkpoint never holds NaN weights.
     """
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
@@ -271,6 +275,14 @@ class ModelCheckpoint(Callback):
             if not self._better(current, self.best):
                 return
             self.best = current
+        bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad or not all(np.isfinite(p).all() for _, p, _ in self.model.params()):
+            what = f"{bad[0]} is {logs[bad[0]]}" if bad else "the weights hold NaN or infinite values"
+            warnings.warn(f"ModelCheckpoint: not saving epoch {epoch + 1} to {path}: {what}",
+                          RuntimeWarning, stacklevel=2)
+            return
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
         path = self.model.save(path)
         self.saved.append(path)
         if self.verbose:

@@ -22,7 +22,9 @@ import io
 import json
 import math
 import os
+import re
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -31,10 +33,11 @@ import numpy as np
 
 import fastcnn
 from fastcnn import datasets, models, optim, registry
+from fastcnn._checks import first_non_finite
 from fastcnn.callbacks import Callback
 from fastcnn.errors import FastCNNError
 
-__all__ = ["main", "build_parser", "read_images"]
+__all__ = ["main", "build_parser", "read_images", "read_image_file", "is_dark_on_light"]
 
 PROG = "fastcnn"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -43,6 +46,20 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 #: IDX type codes (the third byte of an IDX file; the first two are zero).
 _IDX_TYPE_CODES = (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
+#: ``predict --invert`` choices.
+INVERT_CHOICES = ("auto", "yes", "no")
+#: A picture whose outermost ring of pixels is lighter than this on average (in [0, 1]) is
+#: dark on light, and inverted under ``--invert auto``. The largest ring mean among the 70,000
+#: Fashion-MNIST images is 0.42 (train) and 0.37 (test); a light background gives about 1.
+BORDER_THRESHOLD = 0.5
+#: Larger pictures are refused before they are decoded (4096 x 4096; Pillow's own bomb limit is 89 M).
+MAX_PICTURE_PIXELS = 1 << 24
+#: No image codec packs more pixels than this into one byte of file (deflate peaks near 1032 for a
+#: blank grayscale PNG, JPEG near 100); a header claiming more describes data the file cannot hold,
+#: and is refused before the decoder allocates the whole picture.
+MAX_PIXELS_PER_BYTE = 2048
+#: Larger picture files are refused before they are read.
+MAX_PICTURE_BYTES = 64 << 20
 
 
 class CommandError(Exception):
@@ -116,8 +133,10 @@ def build_parser():
     )
     _add_data_arguments(train, default=DEFAULT_DATASET)
     train.add_argument("--model", choices=presets, default="mnist_cnn", help="preset (default: %(default)s)")
-    train.add_argument("--epochs", type=_positive_int, default=1, help="default: %(default)s")
-    train.add_argument("--batch-size", type=_positive_int, default=64, help="default: %(default)s")
+    train.add_argument("--epochs", type=_positive_int,
+                       help="default: the preset's recipe (3 for resnet_mini), else 1")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help="default: the preset's recipe (128 for resnet_mini), else 64")
     train.add_argument("--optimizer", choices=tuple(optim.OPTIMIZERS),
                        help="default: the preset's (adam; sgd for tutorial_cnn)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: the preset's)")
@@ -134,6 +153,13 @@ def build_parser():
     train.add_argument("--limit", type=_positive_int, metavar="N",
                        help="train on the first N training images only (quick runs)")
     train.add_argument("--plot", metavar="PNG", help="draw loss/accuracy curves to PNG (needs matplotlib)")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="save a resumable checkpoint (weights, optimizer and random state) to "
+                            "DIR/epoch-NNNN.npz after every epoch, atomically (DIR is created)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoint in --checkpoint-dir, exactly as an "
+                            "uninterrupted run would (same data, batch size and seed; starts from "
+                            "epoch 1 when DIR holds none). --epochs is the total, as in fit()")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser(
@@ -151,8 +177,10 @@ def build_parser():
         description="Print, per image, the predicted class index, class name and probability. "
                     "PNG/JPEG images (needs Pillow) are converted to 28x28 grayscale in [0, 1] (resized, "
                     "not cropped: keep the object centered in a square picture); MNIST-style data is "
-                    "light on dark, so a dark-on-light image (mean > 0.5) is inverted, and the output "
-                    "says so. An IDX file contributes every image it holds.",
+                    "light on dark, so a picture whose border is light (mean of the outermost pixels "
+                    "> 0.5: a dark object on a light background) is inverted, and the output says so. "
+                    "An IDX file contributes every image it holds. A file that cannot be read is "
+                    "reported on its own line; the others are still predicted (exit status 1).",
     )
     predict.add_argument("model_path", metavar="MODEL.npz")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG image or IDX file")
@@ -160,6 +188,9 @@ def build_parser():
                          help="print the K most likely classes (default: %(default)s)")
     predict.add_argument("--dataset", choices=datasets.DATASETS,
                          help="name the classes as in this dataset (default: the one recorded in the model)")
+    predict.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
+                         help="invert PNG/JPEG pictures: auto = when their border is light, yes = always, "
+                              "no = never (default: %(default)s; IDX files are never inverted)")
     _add_threads_argument(predict)
     predict.set_defaults(run=cmd_predict)
 
@@ -343,7 +374,63 @@ def _warm_up(preset, impl, verbose):
 
 
 def _describe_optimizer(optimizer):
-    return f"{type(optimizer).__name__} lr {optimizer.lr:g}"
+    rate = f"{optimizer.lr:g}" if optimizer.schedule is None else repr(optimizer.schedule)
+    return f"{type(optimizer).__name__} lr {rate}"
+
+
+#: Checkpoint file names in ``--checkpoint-dir``: the 1-based number of completed epochs.
+CHECKPOINT_PATTERN = "epoch-{epoch:04d}.npz"
+_CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.npz$")
+#: Settings a resumed run must share with the run that wrote the checkpoint (exactness).
+_RUN_SETTINGS = ("model", "dataset", "batch_size", "limit", "seed")
+
+
+def _checkpoints(directory):
+    """``{completed epochs: path}`` of the checkpoints in ``directory``."""
+    found = {}
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            match = _CHECKPOINT_NAME.match(entry.name)
+            if match and entry.is_file():
+                found[int(match.group(1))] = entry
+    return found
+
+
+def _prepare_checkpoints(args):
+    """Check ``--checkpoint-dir`` / ``--resume``; returns ``(directory or None, newest checkpoint or None)``."""
+    if args.checkpoint_dir is None:
+        if args.resume:
+            raise UsageError("argument --resume: needs --checkpoint-dir DIR (where the checkpoints are)")
+        return None, None
+    directory = Path(args.checkpoint_dir).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise CommandError(f"--checkpoint-dir {directory}: not a directory")
+    found = _checkpoints(directory)
+    if found and not args.resume:
+        newest = found[max(found)]
+        raise CommandError(f"--checkpoint-dir {directory} already holds checkpoints (the newest is {newest.name}); "
+                           f"pass --resume to continue that run, or choose another directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"--checkpoint-dir {directory}: cannot create it: {error.strerror or error}") from None
+    if not os.access(directory, os.W_OK):
+        raise CommandError(f"--checkpoint-dir {directory}: not writable")
+    return directory, (found[max(found)] if found else None)
+
+
+def _resume(path, args, settings):
+    """The model of checkpoint ``path`` and its completed epochs, after checking it belongs to this run."""
+    model = _load_model(str(path))
+    saved = model.metadata.get("run", {})
+    different = [f"--{key.replace('_', '-')} {saved.get(key)!r} in the checkpoint, {settings[key]!r} now"
+                 for key in _RUN_SETTINGS if saved.get(key) != settings[key]]
+    if different:
+        raise CommandError(f"--resume: {path} was written by another run: {'; '.join(different)}")
+    if args.optimizer is not None or args.lr is not None:
+        raise CommandError("--resume: the optimizer and learning rate come from the checkpoint; "
+                           "drop --optimizer/--lr")
+    return model, int(_CHECKPOINT_NAME.match(path.name).group(1))
 
 
 def cmd_train(args):
@@ -362,6 +449,7 @@ def cmd_train(args):
 
 
 def _train(args, distributed):
+    checkpoint_dir, newest = _prepare_checkpoints(args)
     if args.save:
         _check_writable(args.save, "--save")
     if args.plot:
@@ -374,12 +462,32 @@ def _train(args, distributed):
     (x_train, y_train), (x_test, y_test) = _load_data(args.dataset, args.data_dir)
     if args.limit is not None:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    model = models.PRESETS[args.model](seed=args.seed, impl=args.impl)
-    _configure_optimizer(model, args.optimizer, args.lr)
+    recipe = models.recipe(args.model)
+    args.epochs = recipe["epochs"] if args.epochs is None else args.epochs
+    args.batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
+    settings = {"model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
+                "limit": args.limit, "seed": args.seed}
+    initial_epoch = 0
+    if newest is not None:
+        model, initial_epoch = _resume(newest, args, settings)
+    else:
+        model = models.PRESETS[args.model](seed=args.seed, impl=args.impl)
+        if recipe["learning_rate"] is not None and args.optimizer is None and args.lr is None:
+            steps = args.epochs * -(-len(x_train) // args.batch_size)  # the schedule spans the whole run
+            model.optimizer.learning_rate = recipe["learning_rate"](steps)
+        _configure_optimizer(model, args.optimizer, args.lr)
     model.metadata["dataset"] = args.dataset  # saved with the model: evaluate/predict read it back
+    model.metadata["run"] = settings  # --resume checks a checkpoint against these
+    callbacks = []
+    if checkpoint_dir is not None:
+        from fastcnn.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(checkpoint_dir / CHECKPOINT_PATTERN))
 
     if impl == "numba":
         _warm_up(args.model, args.impl, verbose)
+    if verbose and newest is not None:
+        print(f"Resuming from {newest}: {_plural(initial_epoch, 'epoch')} of {args.epochs} done")
     if verbose:
         print(f"Training {args.model} on {args.dataset}: {_plural(len(x_train), 'image')}, validating on "
               f"{_plural(len(x_test), 'test image')}; batch {args.batch_size}, "
@@ -387,8 +495,8 @@ def _train(args, distributed):
               + (f" x {_plural(fastcnn.distributed.size(), 'rank')}" if distributed else ""))
     timer = TrainingTimer()
     history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(x_test, y_test), callbacks=[timer], verbose=verbose,
-                        distributed=distributed)
+                        validation_data=(x_test, y_test), callbacks=[timer] + callbacks, verbose=verbose,
+                        initial_epoch=initial_epoch, distributed=distributed)
     accuracy = history.history.get("val_accuracy", [None])[-1]
     if accuracy is None:  # no epoch finished its validation
         accuracy = model.evaluate(x_test, y_test, batch_size=256, distributed=distributed)["accuracy"]
@@ -466,41 +574,86 @@ def _read_idx_images(path):
         x = array.astype(np.float32) / np.float32(255)
     elif array.dtype.kind == "f":
         x = array.astype(np.float32)
+        bad = first_non_finite(x)
+        if bad is not None:
+            raise CommandError(f"{path}: image {bad} holds NaN or infinite pixels (as float32)")
     else:
         raise CommandError(f"{path}: expected uint8 (0..255) or float (0..1) pixels; the IDX file holds {array.dtype}")
     return x[..., None]  # (N, 28, 28, 1)
 
 
-def _read_picture(path):
+def is_dark_on_light(x):
+    """Whether the grayscale picture ``x`` (H, W) in [0, 1] is a dark object on a light background:
+    the mean of its outermost ring of pixels exceeds :data:`BORDER_THRESHOLD`. (The mean of the whole
+    picture would invert light objects that fill the frame: 548 of Fashion-MNIST's test images.)"""
+    ring = np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
+    return bool(ring.mean() > BORDER_THRESHOLD)
+
+
+def _read_picture(path, invert="auto"):
     """One PNG/JPEG/... image as float32 ``(1, 28, 28, 1)`` light-on-dark; also whether it was inverted."""
     Image = _require_pillow()
+    size = os.path.getsize(path)
+    if size > MAX_PICTURE_BYTES:
+        raise CommandError(f"{path}: a {size:,}-byte picture is larger than the {MAX_PICTURE_BYTES:,} bytes "
+                           f"predict reads; shrink it first")
+    with open(path, "rb") as f:
+        # from memory: a crafted chunk length then cannot make the decoder's file reads
+        # allocate more than the file holds (a file read of n bytes allocates n up front)
+        data = io.BytesIO(f.read())
     try:
-        with Image.open(path) as image:
+        with Image.open(data) as image:
+            pixels = image.width * image.height  # checked before decoding allocates them
+            if pixels > MAX_PICTURE_PIXELS:
+                raise CommandError(f"{path}: a {image.width}x{image.height} picture is larger than the "
+                                   f"{MAX_PICTURE_PIXELS:,} pixels predict reads; shrink it first")
+            if pixels > MAX_PIXELS_PER_BYTE * size:
+                raise CommandError(f"{path}: its header says {image.width}x{image.height} pixels, more than a "
+                                   f"{size:,}-byte file can hold: truncated or corrupt")
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 # transparent pixels are background: put the picture on white
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             gray = image.convert("L")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error, ZeroDivisionError,
+            MemoryError, Image.DecompressionBombError) as error:  # what Pillow's decoders raise on bad data
         raise CommandError(f"{path}: not an IDX file nor an image Pillow can read ({error})") from None
     if gray.size != IMAGE_SHAPE[:2]:
         gray = gray.resize(IMAGE_SHAPE[:2], Image.Resampling.LANCZOS)
     x = np.asarray(gray, dtype=np.float32) / np.float32(255)  # (28, 28) in [0, 1]
-    inverted = bool(x.mean() > 0.5)  # dark on light: MNIST-style data is light on dark
+    inverted = invert == "yes" or (invert == "auto" and is_dark_on_light(x))  # MNIST-style data is light on dark
     if inverted:
         x = np.float32(1) - x
     return x[None, :, :, None], inverted
 
 
-def read_images(paths):
-    """Read the ``predict`` inputs.
+def read_image_file(path, invert="auto"):
+    """One ``predict`` input: ``(x, labels)`` as in :func:`read_images`; a bad file is a ``CommandError``."""
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file")
+    try:
+        if _is_idx(path):
+            x = _read_idx_images(path)
+            return x, [f"{path}[{i}]" for i in range(len(x))]
+        x, inverted = _read_picture(path, invert)
+    except OSError as error:  # unreadable: permissions, a directory, I/O error
+        raise CommandError(f"{path}: cannot read: {error.strerror or error}") from None
+    except FastCNNError as error:  # DatasetError from the IDX reader, already naming the file
+        raise CommandError(str(error)) from None
+    return x, [f"{path} (inverted)" if inverted else path]
+
+
+def read_images(paths, invert="auto"):
+    """Read the ``predict`` inputs (the first bad file raises; ``fastcnn predict`` reads each on its own).
 
     Parameters
     ----------
     paths : list of str
         PNG/JPEG (any format Pillow reads) images and IDX files (gzip-compressed
         or not), told apart by their first bytes.
+    invert : "auto", "yes" or "no"
+        Invert pictures (not IDX files): when their border is light, always, never.
 
     Returns
     -------
@@ -512,21 +665,31 @@ def read_images(paths):
     """
     batches, labels = [], []
     for path in paths:
-        if not os.path.isfile(path):
-            raise CommandError(f"{path}: no such file")
-        if _is_idx(path):
-            x = _read_idx_images(path)
-            labels += [f"{path}[{i}]" for i in range(len(x))]
-        else:
-            x, inverted = _read_picture(path)
-            labels.append(f"{path} (inverted)" if inverted else path)
+        x, names = read_image_file(path, invert)
         batches.append(x)
+        labels += names
     return np.concatenate(batches), labels
 
 
 def cmd_predict(args):
-    """``fastcnn predict MODEL.npz IMAGE...``: the most likely classes of each image."""
-    x, labels = read_images(args.images)
+    """``fastcnn predict MODEL.npz IMAGE...``: the most likely classes of each image.
+
+    Every readable file is predicted; each bad one is reported on its own line
+    (stderr), and the exit status is then 1.
+    """
+    batches, labels, failures = [], [], 0
+    for path in args.images:
+        try:
+            x, names = read_image_file(path, args.invert)
+        except CommandError as error:
+            _error(error)
+            failures += 1
+            continue
+        batches.append(x)
+        labels += names
+    if not batches:
+        return EXIT_ERROR
+    x = np.concatenate(batches)
     model = _load_model(args.model_path)
     _check_mnist_shaped(model, args.model_path)
     _set_threads(args.threads)
@@ -538,6 +701,10 @@ def cmd_predict(args):
     for label, row, classes in zip(labels, probs, order):
         guesses = [f"{k} {names[k]} ({row[k]:.4f})" if names else f"{k} ({row[k]:.4f})" for k in classes]
         print(f"{label}: {', '.join(guesses)}")
+    if failures:
+        _error(f"{_plural(failures, 'file')} of {len(args.images)} could not be read (see above); "
+               f"the others were predicted")
+        return EXIT_ERROR
     return 0
 
 

@@ -3,7 +3,8 @@
 ``load("mnist" | "fashion-mnist" | "kmnist")`` looks for the four standard IDX
 files in, in order:
 
-1. the explicit ``path`` (the directory itself, or ``path/<name>``);
+1. the explicit ``path`` (the directory itself, or ``path/<name>``): when
+   given, the only place looked at;
 2. ``$FASTCNN_DATA/<name>``;
 3. the cache, ``~/.cache/fastcnn/<name>`` (``$XDG_CACHE_HOME/fastcnn/<name>``);
 4. system copies, ``<root>/<name>`` for each root in :data:`SYSTEM_DIRS`
@@ -20,6 +21,8 @@ IDX decoding goes through the ``mnist`` package's parser (``mnist.parse_idx``).
 import gzip
 import hashlib
 import http.client
+import io
+import math
 import os
 import secrets
 import struct
@@ -167,7 +170,7 @@ def read_idx(path):
             )
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            return mnist.parse_idx(stream)
+            return mnist.parse_idx(_bounded_idx(stream, path))
         except EOFError as error:
             raise DatasetError(f"{path}: truncated: the gzip stream ends early ({error})") from error
         except (gzip.BadGzipFile, zlib.error) as error:
@@ -184,6 +187,79 @@ def read_idx(path):
             ) from error
         except OSError as error:
             raise DatasetError(f"{path}: cannot read: {error.strerror or error}") from error
+
+
+#: Bytes read per chunk; data is read in chunks so that a header declaring a huge
+#: array (or a gzip bomb) costs memory only for the bytes actually present.
+_CHUNK = 1 << 20
+#: On the error path, how much of a file with more data than its header declares
+#: is read to explain the mismatch.
+_EXPLAIN_LIMIT = 1 << 28
+_IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+_IDX_TYPE_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+def _read_up_to(stream, limit):
+    """At most ``limit`` bytes of ``stream``, read in chunks (memory follows the data, not ``limit``)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = stream.read(min(_CHUNK, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _bounded_idx(stream, path):
+    """The IDX bytes of ``stream`` as a file object for ``mnist.parse_idx``, after checking that the data
+    has exactly the size the header declares (read no further than that, plus one byte).
+
+    A malformed header is handed over as read, for the parser to report.
+    """
+    head = _read_up_to(stream, 4)
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_ITEMSIZE or head[3] == 0:
+        return io.BytesIO(head)
+    ndim, itemsize = head[3], _IDX_ITEMSIZE[head[2]]
+    dims_raw = _read_up_to(stream, 4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        return io.BytesIO(head + dims_raw)
+    shape = struct.unpack(f">{ndim}I", dims_raw)
+    expected = math.prod(shape) * itemsize
+    data = _read_up_to(stream, expected + 1)
+    if len(data) != expected:
+        if len(data) > expected:
+            data += _read_up_to(stream, _EXPLAIN_LIMIT)
+        raise DatasetError(f"{path}: not a valid IDX file: {_size_mismatch(head, dims_raw + data, shape, expected)}")
+    return io.BytesIO(head + dims_raw + data)
+
+
+def _size_mismatch(head, body, shape, expected):
+    """Why the data size differs from the header's, naming the magic number and what would fit.
+
+    ``body``: the bytes after the 4-byte magic number (dimension sizes and data).
+    """
+    code, ndim = head[2], head[3]
+    found = len(body) - 4 * ndim
+    magic = f"0x{code << 8 | ndim:08x}"
+    said = (f"its header (magic {magic}: {_IDX_TYPE_NAMES[code]}, {ndim} dimension(s), shape {shape}) "
+            f"declares {expected:,} bytes of data, the file holds {found:,}"
+            + (" or more" if found >= expected + _EXPLAIN_LIMIT else ""))
+    fits = []
+    for other_ndim in range(1, 5):  # the dimension count byte is wrong: the body read with another one
+        if other_ndim == ndim or len(body) < 4 * other_ndim:
+            continue
+        dims = struct.unpack(f">{other_ndim}I", body[:4 * other_ndim])
+        if all(dims) and math.prod(dims) * _IDX_ITEMSIZE[code] == len(body) - 4 * other_ndim:
+            fits.append(f"0x{code << 8 | other_ndim:08x} ({_IDX_TYPE_NAMES[code]}, shape {dims})")
+    for other_code, size in _IDX_ITEMSIZE.items():  # the type byte is wrong
+        if size != _IDX_ITEMSIZE[code] and math.prod(shape) * size == found:
+            fits.append(f"0x{other_code << 8 | ndim:08x} ({_IDX_TYPE_NAMES[other_code]}, shape {shape})")
+    if fits:
+        return f"{said}: the magic number is wrong; the data fits magic {' or '.join(fits[:2])}"
+    if found < expected:
+        return f"{said}: wrong number of items; the file is truncated"
+    return f"{said}: wrong number of items; the file has trailing data"
 
 
 def write_idx(path, array):
@@ -324,12 +400,9 @@ def cache_dir(name=None):
     return root / _canonical_name(name) if name is not None else root
 
 
-def _search_dirs(name, path):
-    """Where to look, in order: ``(description, directory or None)``."""
+def _search_dirs(name):
+    """Where to look without an explicit path, in order: ``(description, directory or None)``."""
     places = []
-    if path is not None:
-        path = Path(path).expanduser()
-        places += [(f"path={path}", path), (f"path={path}/{name}", path / name)]
     data_root = os.environ.get("FASTCNN_DATA", "")
     if data_root:
         directory = Path(data_root).expanduser() / name
@@ -473,7 +546,9 @@ def load(name, path=None, download=True, raw=False):
         The dataset (case and ``_``/``-`` do not matter).
     path : str or os.PathLike, optional
         A directory holding the four files of :data:`FILES` (gzip-compressed or
-        not), or holding them in a ``<name>`` subdirectory. Searched first.
+        not), or holding them in a ``<name>`` subdirectory. When given, it is the
+        only place looked at: a missing or incomplete directory is a
+        ``DatasetError`` naming the missing files (no other copy, no download).
     download : bool
         Download the files into :func:`cache_dir` when no copy is found.
     raw : bool
@@ -498,9 +573,11 @@ def load(name, path=None, download=True, raw=False):
         truncated, of the wrong kind or inconsistent with its partner.
     """
     name = _canonical_name(name)
+    if path is not None:
+        return _load_from_path(name, path, raw)
     cache = cache_dir(name)
     looked = []
-    for description, directory in _search_dirs(name, path):
+    for description, directory in _search_dirs(name):
         if directory is None:
             looked.append(description)
             continue
@@ -516,6 +593,26 @@ def load(name, path=None, download=True, raw=False):
         if not failures:
             return _load_files(_locate(cache)[0], raw, in_cache=True)
     raise DatasetError(_not_found_message(name, looked, cache, failures))
+
+
+def _load_from_path(name, path, raw):
+    """An explicit ``path`` is the only place looked at: no other copy, no download."""
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise DatasetError(f"path={directory}: no such directory (an explicit path is the only place looked at "
+                           f"for {name}; pass path=None to search the usual places)")
+    if not directory.is_dir():
+        raise DatasetError(f"path={directory}: not a directory")
+    for candidate in (directory, directory / name):
+        found, missing = _locate(candidate)
+        if not missing:
+            return _load_files(found, raw, in_cache=False)
+    missing = _locate(directory)[1]
+    raise DatasetError(
+        f"path={directory} does not hold the {name} dataset: missing {', '.join(missing)} "
+        f"(the four files, gzip-compressed or not, belong in {directory} or {directory / name}; an explicit "
+        f"path is the only place looked at)"
+    )
 
 
 def _load_files(found, raw, in_cache):

@@ -19,3 +19,7 @@ class CheckpointError(FastCNNError, ValueError):
 
 class NonFiniteLossError(FastCNNError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class NonFiniteInputError(FastCNNError, ValueError):
+    """Inputs hold NaN or infinite values, which would give NaN predictions or metrics."""

@@ -35,13 +35,14 @@ import warnings
 
 import numpy as np
 
-from fastcnn import data_adapter, graph, losses, metrics as metrics_lib, optim, parallel, registry
+from fastcnn import _checks, data_adapter, graph, losses, metrics as metrics_lib, optim, parallel, registry
+from fastcnn._atomic import atomic_step
 from fastcnn.callbacks import CallbackList, History, TerminateOnNaN, check_callbacks
 from fastcnn.errors import NonFiniteLossError
 from fastcnn.layers import Layer, Softmax
 from fastcnn.layers.base import format_shape
 from fastcnn.plan import build_plan, tensor_count
-from fastcnn.progress import ProgbarLogger, format_logs
+from fastcnn.progress import EvaluationProgbar, ProgbarLogger, format_logs, is_dynamic_display
 
 __all__ = ["Model", "Sequential", "load_model"]
 
@@ -346,19 +347,30 @@ class Model:
         return weights
 
     def set_weights(self, weights):
-        """Copy ``weights`` (as returned by :meth:`get_weights`) into the parameters and state, in place."""
+        """Copy ``weights`` into the parameters and non-trainable state, in place.
+
+        ``weights``: a dict as returned by :meth:`get_weights`, or a Keras-style list of
+        arrays in the same order (``list(model.get_weights().values())``: the parameters,
+        then the state arrays). Every array is checked (float dtype, shape, finite)
+        before any parameter or state changes.
+        """
         current = {name: p for name, p, _ in self.params()}
         current.update(self.states())
+        if isinstance(weights, (list, tuple)):
+            if len(weights) != len(current):
+                raise ValueError(f"set_weights: the model has {len(current)} weight arrays "
+                                 f"({', '.join(current)}), received a list of {len(weights)}")
+            weights = dict(zip(current, weights))
+        elif not isinstance(weights, dict):
+            raise TypeError(f"set_weights: expected a dict {{name: array}} as get_weights() returns, or a list "
+                            f"of arrays in that order; received {type(weights).__name__}")
         if set(weights) != set(current):
             missing = sorted(set(current) - set(weights))
             extra = sorted(set(weights) - set(current))
             raise ValueError(f"set_weights: names do not match the model (missing {missing}, unexpected {extra})")
+        checked = {name: _checks.check_weight(name, weights[name], p) for name, p in current.items()}
         for name, p in current.items():
-            w = np.asarray(weights[name])
-            if w.shape != p.shape:
-                raise ValueError(f"set_weights: {name!r} has shape {p.shape}, received {w.shape}")
-        for name, p in current.items():
-            p[...] = weights[name]
+            p[...] = checked[name]
         self._weights_changed()
 
     def count_params(self):
@@ -390,13 +402,14 @@ class Model:
                 self.train(previous)
 
     # -- inputs -----------------------------------------------------------------------
-    def _prepare_x(self, x, what="x"):
+    def _prepare_x(self, x, what="x", finite=False):
         """Validate a batch and return it in the model dtype, C-contiguous, building the model if needed.
 
         Accepts float32/float64 ``(N, *input_shape)`` and uint8 images (scaled to
-        [0, 1]); a missing channel axis of single-channel images is added.
+        [0, 1]); a missing channel axis of single-channel images is added. With
+        ``finite=True``, NaN/inf values are refused (:class:`NonFiniteInputError`).
         """
-        x = np.asarray(x)
+        x = _checks.as_array(x, what)
         if x.dtype == np.uint8:
             kind = "uint8"
         elif x.dtype in (np.float32, np.float64):
@@ -417,7 +430,7 @@ class Model:
             self.build(x.shape[1:])
             expected = self.input_shape
         if x.shape[1:] != expected:
-            hint = ""
+            hint = _checks.single_image_hint(x.shape, expected)
             if len(expected) == 3 and x.ndim == 4 and x.shape[1:] == (expected[2], expected[0], expected[1]):
                 hint = ". It looks like NCHW; fastcnn is NHWC: use x.transpose(0, 2, 3, 1)"
             raise ValueError(
@@ -428,10 +441,15 @@ class Model:
             x = x.astype(self.dtype) / self.dtype.type(255)
         elif x.dtype != self.dtype:
             x = x.astype(self.dtype)
-        return np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        if kind == "float":
+            if finite:
+                _checks.check_finite(x, what)
+            _checks.warn_unscaled(self, x, what)
+        return x
 
-    def _prepare_xy(self, x, y, what="x"):
-        x = self._prepare_x(x, what)
+    def _prepare_xy(self, x, y, what="x", finite=False):
+        x = self._prepare_x(x, what, finite)
         self._check_classifier()
         label_name = "y" if what == "x" else f"{what} labels"
         y = losses.check_labels(y, self.output_shape[0], num_samples=x.shape[0], what=label_name)
@@ -520,6 +538,10 @@ class Model:
 
         A non-finite loss returns before the backward pass: the weights and the
         non-trainable state (moving statistics) are left as they were.
+        The step is all-or-nothing (:mod:`fastcnn._atomic`): an exception, Ctrl-C or a
+        non-finite loss before the update leaves the model (weights, optimizer state,
+        moving statistics, random generators) exactly as before, restored in place;
+        the update itself completes before a Ctrl-C is delivered.
         In a data-parallel fit (``self._dist``, see :mod:`fastcnn.distributed`) ``x`` is
         this rank's slice of the batch; the loss gradient is scaled by the slice's share
         of the batch, each step's gradients are summed over the ranks as soon as backward
@@ -531,25 +553,22 @@ class Model:
             loss, out = dist.empty_step(self)  # a last batch smaller than the number of ranks
             self._weights_changed()
             return loss, out
-        states = self.states()
-        saved = [a.copy() for _, a in states]
         plan, tensor, loss_fn = self._loss_split(self._plan)
-        out = self._forward(x, for_loss=True)
-        loss, dlogits = self._loss(out, y, sample_weight, loss_fn)
-        if dist is not None:
-            dlogits = dist.begin_backward(loss, dlogits, out, y)
-        elif not math.isfinite(loss):
-            for (_, a), old in zip(states, saved):
-                a[...] = old
-            return loss, out
-        self._backward(dlogits, plan, tensor)
-        if dist is not None:
-            loss = dist.end_backward()
-            if not math.isfinite(loss):
-                for (_, a), old in zip(states, saved):
-                    a[...] = old
+        with atomic_step(self) as transaction:
+            # A plain return before the commit (non-finite loss) rolls back the moving
+            # statistics and the random generators (``atomic_step``'s exit).
+            out = self._forward(x, for_loss=True)
+            loss, dlogits = self._loss(out, y, sample_weight, loss_fn)
+            if dist is not None:
+                dlogits = dist.begin_backward(loss, dlogits, out, y)
+            elif not math.isfinite(loss):
                 return loss, out
-        self.optimizer.step(self.params())
+            self._backward(dlogits, plan, tensor)
+            if dist is not None:
+                loss = dist.end_backward()  # waits for every gradient bucket before the update
+                if not math.isfinite(loss):
+                    return loss, out
+            transaction.commit(self.optimizer, self.params())
         self._weights_changed()
         return loss, out
 
@@ -652,6 +671,7 @@ class Model:
         validation_steps = None if validation_steps is None else _check_positive_int(
             validation_steps, "validation_steps", "fit")
         user_callbacks = check_callbacks(callbacks)
+        shuffle = _checks.check_shuffle(shuffle)
         if self._dist is not None:  # fastcnn.distributed.fit(model, ..., **kwargs) lands here
             _no_distributed_data_options("fit", sample_weight=sample_weight, class_weight=class_weight,
                                          steps_per_epoch=steps_per_epoch, validation_steps=validation_steps)
@@ -712,6 +732,7 @@ class Model:
                         f"fit: validation_split={validation_split} of {x.shape[0]} samples leaves "
                         f"{split_at} for training and {x.shape[0] - split_at} for validation; both must be > 0"
                     )
+                _checks.check_finite(x[split_at:], "the validation_split samples of x")
                 validation_data = (x[split_at:], y[split_at:]) + (() if w is None else (w[split_at:],))
                 x, y, w = x[:split_at], y[:split_at], (None if w is None else w[:split_at])
             train = data_adapter.ArrayBatches(x, y, w, batch_size, self.rng if shuffle else None, steps_per_epoch,
@@ -738,7 +759,7 @@ class Model:
             raise ValueError(f"{owner}: expected arrays (x, y) or (x, y, sample_weight), or an iterable of "
                              f"such batches; received {type(x).__name__}")
         what = "x" if owner == "evaluate" else "validation_data"
-        x, y = self._prepare_xy(x, y, what=what)
+        x, y = self._prepare_xy(x, y, what=what, finite=True)  # predict, evaluate and validation refuse NaN/inf
         w = None if sample_weight is None else data_adapter.check_sample_weight(
             sample_weight, x.shape[0], "sample_weight" if owner == "evaluate" else f"{owner} sample weights")
         return data_adapter.ArrayBatches(x, y, w, batch_size, None, steps)
@@ -798,11 +819,14 @@ class Model:
         total_loss, hits, _ = self._batch_sums(data_adapter.ArrayBatches(x, y, None, batch_size), fold)
         return total_loss, hits
 
-    def _batch_sums(self, batches, fold=None):
-        """``(sum of per-batch loss x batch size, [count of each metric], samples)`` over ``batches``."""
+    def _batch_sums(self, batches, fold=None, bar=None):
+        """``(sum of per-batch loss x batch size, [count of each metric], samples)`` over ``batches``;
+        ``bar``: an :class:`~fastcnn.progress.EvaluationProgbar` updated before each batch."""
         loss_fn = self._loss_split(self._inference(fold)[0])[2]
         total_loss, hits, N = 0.0, [0] * len(self._metric_fns), 0
         for xb, yb, wb in batches.epoch():
+            if bar is not None:
+                bar.update(N)
             out = self._infer(xb, fold, for_loss=True)
             loss, _ = self._loss(out, yb, wb, loss_fn)
             total_loss += loss * xb.shape[0]
@@ -811,10 +835,15 @@ class Model:
             N += xb.shape[0]
         return total_loss, hits, N
 
-    def _evaluate(self, batches, owner="evaluate", fold=None):
-        """Loss and metrics over every batch of ``batches`` (means over samples)."""
+    def _evaluate(self, batches, owner="evaluate", fold=None, progress=False):
+        """Loss and metrics over every batch of ``batches`` (means over samples); ``progress``:
+        a bar on a terminal (arrays only, one process)."""
+        bar = None
+        if progress and self._dist is None and isinstance(batches, data_adapter.ArrayBatches) \
+                and is_dynamic_display():
+            bar = EvaluationProgbar(batches.samples)
         if self._dist is None:
-            total_loss, hits, N = self._batch_sums(batches, fold)
+            total_loss, hits, N = self._batch_sums(batches, fold, bar)
         else:  # each rank evaluates its share of the batches; the sums are added up
             if not isinstance(batches, data_adapter.ArrayBatches) or batches.w is not None \
                     or batches.steps != -(-batches.samples // batches.batch_size):
@@ -828,6 +857,8 @@ class Model:
         logs = {"loss": total_loss / N}
         for metric, count in zip(self._metric_fns, hits):
             logs[metric.name] = count / N
+        if bar is not None:
+            bar.done()
         return logs
 
     def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None, *, fold=None,
@@ -853,7 +884,7 @@ class Model:
         steps = None if steps is None else _check_positive_int(steps, "steps", "evaluate")
         batches = self._batches(x, y, sample_weight, batch_size, steps, "evaluate")
         with self._mode(False):
-            logs = self._evaluate(batches, fold=fold)
+            logs = self._evaluate(batches, fold=fold, progress=verbose == 1)
         if verbose:
             print(format_logs(logs))
         return logs
@@ -868,7 +899,7 @@ class Model:
         _check_verbose(verbose, "predict")
         batch_size = _check_positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                                          "batch_size", "predict")
-        x = self._prepare_x(x)
+        x = self._prepare_x(x, finite=True)
         self._check_classifier()
         softmax = None if self._ends_with_softmax() else registry.get("softmax", "auto")
         N = x.shape[0]

@@ -155,3 +155,39 @@ class ProgbarLogger(Callback):
 
     def __repr__(self):
         return f"ProgbarLogger(verbose={self.verbose})"
+
+
+class EvaluationProgbar:
+    """The bar ``evaluate(verbose=1)`` draws on a terminal: samples done of ``total``, ETA.
+
+    Redrawn at most every ``interval`` seconds; erased when done (``evaluate`` then
+    prints its metrics line).
+    """
+
+    def __init__(self, total, interval=0.1, width=30):
+        self.total = int(total)
+        self.interval = float(interval)
+        self.width = int(width)
+        self._start = self._last_draw = time.perf_counter()
+        self._drawn = 0
+
+    def update(self, done):
+        now = time.perf_counter()
+        if done == 0 or now - self._last_draw < self.interval:
+            return
+        self._last_draw = now
+        filled = int(self.width * done / self.total)
+        bar = "=" * filled + ">" + "." * (self.width - filled - 1)
+        eta = format_duration((now - self._start) / done * (self.total - done))
+        line = f"{done:>{len(str(self.total))}}/{self.total} [{bar}] - ETA: {eta}"
+        sys.stdout.write("\r" + line + " " * max(self._drawn - len(line), 0))
+        sys.stdout.flush()
+        self._drawn = len(line)
+
+    def done(self):
+        if self._drawn:
+            sys.stdout.write("\r" + " " * self._drawn + "\r")
+            sys.stdout.flush()
+
+    def __repr__(self):
+        return f"EvaluationProgbar(total={self.total})"

@@ -31,6 +31,7 @@ the previous file.
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import warnings
@@ -127,6 +128,10 @@ def describe(model):
 # -- saving -----------------------------------------------------------------------------
 def _npz_path(path):
     path = os.fspath(path)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"save: the path must be a non-empty file name, received {path!r}")
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ValueError(f"save: {path!r} is a directory; give a file name such as {os.path.join(path, 'model.npz')!r}")
     return path if path.endswith(".npz") else path + ".npz"
 
 
@@ -146,6 +151,8 @@ def save_model(model, path):
         arrays[STATE + name] = a
     if model.optimizer is not None:
         for key, a in model.optimizer.state_arrays().items():
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):  # load_model would refuse the file
+                raise CheckpointError(f"refusing to save: optimizer state {key!r} holds NaN or infinite values")
             arrays[OPTIMIZER + key] = a
     text = json.dumps(describe(model), allow_nan=False, sort_keys=True)
     arrays[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -158,9 +165,11 @@ def save_model(model, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None:  # name the target, not the temporary file
+            raise OSError(error.errno, f"cannot write the model file: {error.strerror}", path) from error
         raise
     with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
         fd = os.open(directory, os.O_RDONLY)
@@ -192,20 +201,27 @@ class _Reader:
         try:
             self.npz = np.load(path, allow_pickle=False)
             self.members = {info.filename: info for info in self.npz.zip.infolist()}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        # RuntimeError: zipfile's NotImplementedError for an unsupported zip version
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as e:
             raise CheckpointError(f"{path!r} is not a readable .npz archive ({e})") from None
         self.names = set()
-        for member in self.members:
+        for member, info in self.members.items():
             if not member.endswith(".npy"):
                 self.close()
                 raise CheckpointError(f"{path!r}: unexpected member {member!r} (every member must be an .npy array)")
+            if info.compress_type != zipfile.ZIP_STORED:
+                # model.save writes stored members: every byte of an array is then in the file, so a
+                # crafted file cannot make the loader allocate more memory than the file's own size
+                self.close()
+                raise CheckpointError(f"{path!r}: member {member!r} is compressed; model files hold "
+                                      f"uncompressed arrays (as model.save writes them)")
             self.names.add(member[:-4])
 
     def close(self):
         self.npz.close()
 
-    def read(self, name, shape=None, dtype=None, max_bytes=None):
-        """Read array ``name``, checking its header (shape, dtype, no objects) before its data."""
+    def header(self, name):
+        """``(shape, dtype)`` of array ``name`` from its ``.npy`` header alone (no data is read)."""
         where = f"{self.path!r}: array {name!r}"
         if name not in self.names:
             raise CheckpointError(f"{where} is missing")
@@ -220,8 +236,8 @@ class _Reader:
                     raise CheckpointError(f"{where} has an unknown .npy version {version}")
         except CheckpointError:
             raise
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError) as e:
-            raise CheckpointError(f"{where} has an unreadable header ({e})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, RuntimeError, MemoryError) as e:
+            raise CheckpointError(f"{where} has an unreadable header ({type(e).__name__}: {e})") from None
         got_shape, _, got_dtype = header
         if got_dtype.hasobject:
             raise CheckpointError(
@@ -229,18 +245,29 @@ class _Reader:
             )
         if got_dtype.kind not in "biuf" or got_dtype.fields is not None:
             raise CheckpointError(f"{where} has dtype {got_dtype}; only plain numeric arrays are allowed")
+        nbytes = math.prod(got_shape) * got_dtype.itemsize  # Python ints: no overflow
+        member_size = self.members[name + ".npy"].file_size
+        if nbytes > member_size:  # a crafted header: refused before anything of that size is allocated
+            raise CheckpointError(f"{where}: its header declares shape {tuple(got_shape)} ({nbytes:,} bytes) but "
+                                  f"the member holds {member_size:,} bytes: truncated or crafted")
+        return tuple(got_shape), got_dtype
+
+    def read(self, name, shape=None, dtype=None, max_bytes=None):
+        """Read array ``name``, checking its header (shape, dtype, no objects, size) before its data."""
+        where = f"{self.path!r}: array {name!r}"
+        got_shape, got_dtype = self.header(name)  # no objects, no more bytes than the member holds
         if shape is not None and tuple(got_shape) != tuple(shape):
             raise CheckpointError(f"{where} has shape {tuple(got_shape)}, the architecture expects {tuple(shape)}")
         if dtype is not None and got_dtype != np.dtype(dtype):
             raise CheckpointError(f"{where} has dtype {got_dtype}, the architecture expects {np.dtype(dtype)}")
-        nbytes = int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+        nbytes = math.prod(got_shape) * got_dtype.itemsize
         if max_bytes is not None and nbytes > max_bytes:
             raise CheckpointError(f"{where} is {nbytes} bytes, more than the {max_bytes} allowed")
         if self.members[name + ".npy"].file_size > nbytes + 65536:
             raise CheckpointError(f"{where}: the member is larger than its header says ({nbytes} bytes of data)")
         try:
             a = self.npz[name]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, MemoryError) as e:
             raise CheckpointError(f"{where} is unreadable: corrupt or truncated ({e})") from None
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise CheckpointError(f"{where} holds NaN or infinite values")
@@ -258,6 +285,11 @@ def _check_dict(value, what, path, keys=()):
     if missing:
         _fail(path, f"the description's {what} lacks {missing}")
     return value
+
+
+def _is_name_in(value, names):
+    """``value in names`` for a JSON value: only a string can name something (a list is unhashable)."""
+    return isinstance(value, str) and value in names
 
 
 def _read_description(reader):
@@ -278,7 +310,7 @@ def _read_description(reader):
     arch = _check_dict(desc["model"], "model", path, ("class", "input_shape", "dtype", "layers"))
     if arch["class"] not in MODEL_CLASSES:
         _fail(path, f"model class {arch['class']!r} is not one of {list(MODEL_CLASSES)}")
-    if arch["dtype"] not in _DTYPES:
+    if not _is_name_in(arch["dtype"], _DTYPES):
         _fail(path, f"dtype {arch['dtype']!r} is not one of {sorted(_DTYPES)}")
     shape = arch["input_shape"]
     if not isinstance(shape, list) or not shape or not all(type(s) is int and s > 0 for s in shape):
@@ -287,7 +319,7 @@ def _read_description(reader):
         _fail(path, "the layer list is empty or not a list")
     for i, spec in enumerate(arch["layers"]):
         _check_dict(spec, f"layers[{i}]", path, ("type", "config"))
-        if spec["type"] not in LAYER_TYPES:
+        if not _is_name_in(spec["type"], LAYER_TYPES):
             _fail(path, f"layers[{i}] has type {spec['type']!r}, which is not a fastcnn layer "
                         f"(allowed: {sorted(LAYER_TYPES)})")
         _check_dict(spec["config"], f"layers[{i}].config", path)
@@ -296,13 +328,67 @@ def _read_description(reader):
     if desc["compile"] is not None:
         comp = _check_dict(desc["compile"], "compile", path, ("optimizer", "loss", "metrics"))
         opt = _check_dict(comp["optimizer"], "optimizer", path, ("class", "config"))
-        if opt["class"] not in _OPTIMIZER_CLASSES:
+        if not _is_name_in(opt["class"], _OPTIMIZER_CLASSES):
             _fail(path, f"optimizer class {opt['class']!r} is not one of {sorted(_OPTIMIZER_CLASSES)}")
         _check_dict(opt["config"], "optimizer config", path)
     rng = _check_dict(desc["rng"], "rng", path, ("model", "layers"))
     _check_dict(rng["layers"], "rng.layers", path)
     _check_dict(desc.get("metadata", {}), "metadata", path)
     return desc
+
+
+def _check_shapes(reader, desc, layers):
+    """Before anything is allocated: every parameter and state shape the description implies
+    (following a functional model's per-layer inbound tensors) must equal the shape in its
+    array's header. The arrays are in the file (uncompressed), so a description asking for
+    absurd sizes (``filters=1e9``) is refused here instead of exhausting memory in ``build``.
+    The graph's structure was checked by :func:`_check_graph` before."""
+    path = reader.path
+    arch = desc["model"]
+    inbound = arch["inputs"] if arch["class"] == "Model" else [[i] for i in range(len(layers))]
+    shapes = [tuple(arch["input_shape"])]  # tensor index (0: the model input, j + 1: layer j's output) -> shape
+    wanted = {}  # array name -> (shape, layer label)
+    for i, (layer, ins) in enumerate(zip(layers, inbound)):
+        label = f"layers[{i}] ({type(layer).__name__})"
+        merge = getattr(layer, "merge", False)
+        shape = [shapes[t] for t in ins] if merge else shapes[ins[0]]
+        if not merge and layer.ndim is not None and len(shape) != layer.ndim - 1:
+            _fail(path, f"{label} takes inputs of rank {layer.ndim - 1} per sample; at its position they are {shape}")
+        try:
+            param_shapes = layer.param_shapes(shape)
+            state_shapes = layer.state_shapes(shape)
+            out = tuple(int(s) for s in layer.compute_output_shape(shape))
+        except (TypeError, ValueError, ArithmeticError, IndexError) as e:
+            _fail(path, f"{label} cannot take inputs of shape {shape}: {e}")
+        if not out or any(s < 1 for s in out):
+            _fail(path, f"{label} gives an empty output {out} for inputs {shape}")
+        for prefix, expected_shapes in ((PARAMS, param_shapes), (STATE, state_shapes)):
+            for key, expected in expected_shapes.items():
+                wanted[f"{prefix}layers.{i}.{key}"] = (tuple(int(s) for s in expected), label)
+        shapes.append(out)
+    _check_param_names(path, reader.names, {n: v for n, v in wanted.items() if n.startswith(PARAMS)})
+    _check_state_names(path, reader.names, {n: v for n, v in wanted.items() if n.startswith(STATE)})
+    for name, (expected, label) in wanted.items():
+        got, _ = reader.header(name)
+        if got != expected:
+            _fail(path, f"array {name!r} has shape {got}, the architecture expects {expected} ({label})")
+
+
+def _check_param_names(path, names, wanted):
+    params_in_file = {n for n in names if n.startswith(PARAMS)}
+    if params_in_file != set(wanted):
+        missing = sorted(n[len(PARAMS):] for n in set(wanted) - params_in_file)
+        extra = sorted(n for n in params_in_file - set(wanted))
+        _fail(path, f"the weights do not match the architecture (missing {missing}, unexpected {extra})")
+
+
+def _check_state_names(path, names, wanted):
+    state_in_file = {n for n in names if n.startswith(STATE)}
+    if state_in_file != set(wanted):
+        missing = sorted(n[len(STATE):] for n in set(wanted) - state_in_file)
+        extra = sorted(n for n in state_in_file - set(wanted))
+        _fail(path, f"the non-trainable state does not match the architecture (missing {missing}, "
+                    f"unexpected {extra})")
 
 
 def _check_graph(arch, path):
@@ -329,13 +415,15 @@ def _check_graph(arch, path):
         _fail(path, f"the graph has layers whose output nothing reads ({unread}) or never reads its input")
 
 
-def _build_model(desc, path):
-    """The model (uncompiled) a validated description describes."""
+def _build_model(desc, path, layers=None):
+    """The model (uncompiled) a validated description describes (``layers``: already built
+    from it by :func:`_build_layers`)."""
     from fastcnn.graph import Input
     from fastcnn.model import Model, Sequential
 
     arch = desc["model"]
-    layers = _build_layers(desc, path)
+    if layers is None:
+        layers = _build_layers(desc, path)
     try:
         if arch["class"] == "Sequential":
             return Sequential(layers, input_shape=tuple(arch["input_shape"]), seed=arch.get("seed"),
@@ -393,18 +481,11 @@ def _read_payload(reader, desc, model):
     expected = {PARAMS + name: p for name, p, _ in model.params()}
     names = reader.names - {META_KEY}
     params_in_file = {n for n in names if n.startswith(PARAMS)}
-    if params_in_file != set(expected):
-        missing = sorted(n[len(PARAMS):] for n in set(expected) - params_in_file)
-        extra = sorted(n for n in params_in_file - set(expected))
-        _fail(path, f"the weights do not match the architecture (missing {missing}, unexpected {extra})")
+    _check_param_names(path, names, expected)
     weights = {key[len(PARAMS):]: reader.read(key, p.shape, p.dtype) for key, p in expected.items()}
     expected_state = {STATE + name: a for name, a in model.states()}
     state_in_file = {n for n in names if n.startswith(STATE)}
-    if state_in_file != set(expected_state):
-        missing = sorted(n[len(STATE):] for n in set(expected_state) - state_in_file)
-        extra = sorted(n for n in state_in_file - set(expected_state))
-        _fail(path, f"the non-trainable state does not match the architecture (missing {missing}, "
-                    f"unexpected {extra})")
+    _check_state_names(path, names, expected_state)
     state_arrays = {key[len(STATE):]: reader.read(key, a.shape, a.dtype) for key, a in expected_state.items()}
 
     optimizer_arrays = None
@@ -466,7 +547,9 @@ def load_model(path):
     reader = _Reader(path)
     try:
         desc = _read_description(reader)
-        model = _build_model(desc, reader.path)
+        layers = _build_layers(desc, reader.path)
+        _check_shapes(reader, desc, layers)
+        model = _build_model(desc, reader.path, layers)
         if desc["compile"] is not None:
             comp = desc["compile"]
             try:

@@ -171,6 +171,22 @@ def test_layers_transform_in_training_only_and_are_seeded(make):
         assert a.backward(x) is x
 
 
+@pytest.mark.parametrize("make", RANDOM_LAYERS, ids=["flip", "translation", "rotation", "crop"])
+def test_slices_of_a_batch_get_the_whole_batch_draws(make):
+    # fastcnn.distributed's protocol (as Dropout's): each rank sets batch_rows = (start, total)
+    # and transforms its rows with the draws one process makes for the whole batch.
+    x = batch(N=7)
+    whole, rank = make(seed=3), make(seed=3)
+    for _ in range(2):  # two batches in a row
+        state = rank.rng.bit_generator.state
+        parts = []
+        for start, stop in ((0, 3), (3, 3), (3, 7)):  # an empty slice too, as a rank may get
+            rank.rng.bit_generator.state = state  # every rank holds the same generator state
+            rank.batch_rows = (start, 7)
+            parts.append(rank(x[start:stop]))
+        np.testing.assert_array_equal(np.concatenate(parts), whole(x))
+
+
 def test_layer_draws_follow_the_documented_formulas():
     x = batch(N=5, H=10, W=20)
     layer = L.RandomTranslation((-0.2, 0.3), 0.1, seed=0, impl="numpy")  # its cache holds the index maps

@@ -502,14 +502,12 @@ def test_offline_error_lists_every_place_quickly(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "_open_url", offline)
     start = time.perf_counter()
     with pytest.raises(DatasetError) as info:
-        ds.load("mnist", path=tmp_path / "mine")
+        ds.load("mnist")
     assert time.perf_counter() - start < 5.0
     assert len(attempts) == len(ds.MIRRORS["mnist"])  # one try per unreachable host
     message = str(info.value)
     assert message.startswith("no copy of the mnist dataset was found, and it could not be downloaded.")
     places = [
-        f"path={tmp_path / 'mine'}: does not exist",
-        f"path={tmp_path / 'mine' / 'mnist'}: does not exist",
         f"$FASTCNN_DATA/mnist = {tmp_path / 'env' / 'mnist'}: does not exist",
         f"cache {cache_of(tmp_path)}: does not exist",
         f"system copy {tmp_path / 'system' / 'mnist'}: does not exist",
@@ -622,3 +620,62 @@ def test_pinned_fashion_mnist_sha256_is_that_of_the_real_files(filename):
     mirror_file = header + filename[: -len(".gz")].encode() + b"\x00" + debian[10:]
     assert hashlib.sha256(mirror_file).hexdigest() == ds.SHA256["fashion-mnist"][filename]
     assert gzip.decompress(mirror_file) == gzip.decompress(debian)
+
+
+# -- issue 14: an explicit path is the only place looked at; precise IDX size errors --------------------
+@pytest.mark.parametrize("state", ["missing", "empty", "incomplete"])
+def test_an_explicit_path_never_falls_back_to_another_copy(tmp_path, monkeypatch, state):
+    # Before the fix, load(name, path=...) silently loaded the next copy (here $FASTCNN_DATA's).
+    monkeypatch.setenv("FASTCNN_DATA", str(tmp_path / "env"))
+    make_set(tmp_path / "env" / "mnist")
+    mine = tmp_path / "mine"
+    if state != "missing":
+        mine.mkdir()
+    if state == "incomplete":
+        make_set(mine)
+        (mine / TEST_LABELS).unlink()
+    match = {"missing": rf"path={re.escape(str(mine))}: no such directory",
+             "empty": rf"path={re.escape(str(mine))} does not hold the mnist dataset: missing {TRAIN_IMAGES}, "
+                      rf"{TRAIN_LABELS}, {TEST_IMAGES}, {TEST_LABELS}",
+             "incomplete": rf"does not hold the mnist dataset: missing {TEST_LABELS} \(the four files"}[state]
+    with pytest.raises(DatasetError, match=match):
+        ds.load("mnist", path=mine)
+
+
+@pytest.mark.parametrize("content, match", [
+    # an images file whose magic says 1 dimension (the labels' 0x00000801)
+    (b"\x00\x00\x08\x01" + np.array([3, 28, 28], ">u4").tobytes() + bytes(3 * 784),
+     r"its header \(magic 0x00000801: uint8, 1 dimension\(s\), shape \(3,\)\) declares 3 bytes of data, the file "
+     r"holds 2,360: the magic number is wrong; the data fits magic 0x00000803 \(uint8, shape \(3, 28, 28\)\)"),
+    # float32 data under the uint8 type byte
+    (b"\x00\x00\x08\x01" + np.array([5], ">u4").tobytes() + bytes(20),
+     r"its header .* declares 5 bytes of data, the file holds 20: the magic number is wrong; "
+     r"the data fits magic 0x00000c01 \(int32, shape \(5,\)\) or 0x00000d01 \(float32, shape \(5,\)\)$"),
+    (b"\x00\x00\x08\x01" + np.array([5], ">u4").tobytes() + bytes(4),
+     r"its header .* declares 5 bytes of data, the file holds 4: wrong number of items; the file is truncated"),
+    (b"\x00\x00\x08\x01" + np.array([5], ">u4").tobytes() + bytes(7),
+     r"its header .* declares 5 bytes of data, the file holds 7: wrong number of items; the file has trailing data"),
+], ids=["ndim-byte", "type-byte", "truncated", "trailing"])
+def test_a_wrong_magic_number_is_named_as_such(tmp_path, content, match):
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + ": not a valid IDX file: " + match):
+        ds.read_idx(path)
+
+
+def test_a_header_declaring_a_huge_array_costs_no_memory(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x0e\x03" + np.array([2**32 - 1] * 3, ">u4").tobytes() + bytes(64)))
+    with pytest.raises(DatasetError, match=r"its header .* declares 633,[\d,]+ bytes of data, the file holds 64: "
+                                           r"wrong number"):
+        ds.read_idx(path)
+
+
+def test_data_that_is_not_a_whole_number_of_items_is_a_dataset_error(tmp_path):
+    # Found by the IDX fuzz target on the old reader: mnist.parse_idx raised a raw
+    # "ValueError: bytes length not a multiple of item size" for int16 data of odd length.
+    path = tmp_path / "odd-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x0b\x01" + np.array([2], ">u4").tobytes() + bytes(5))
+    with pytest.raises(DatasetError, match=r"declares 4 bytes of data, the file holds 5: wrong number of items; "
+                                           r"the file has trailing data"):
+        ds.read_idx(path)

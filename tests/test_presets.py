@@ -93,3 +93,15 @@ def test_each_preset_learns_fashion_mnist(fashion_small, name, samples, min_accu
     if min_accuracy is not None:  # chance is 0.1
         assert after["accuracy"] > min_accuracy
         assert model.evaluate(d.x_test[:200], d.y_test[:200], batch_size=100)["accuracy"] > min_accuracy - 0.05
+
+
+def test_recipes_give_the_documented_training_settings():
+    recipe = models.recipe("resnet_mini")
+    assert (recipe["epochs"], recipe["batch_size"]) == (3, 128)
+    schedule = recipe["learning_rate"](1407)  # 3 epochs of 469 batches of Fashion-MNIST
+    assert float(schedule(0)) == pytest.approx(2e-3)
+    assert float(schedule(1407 // 2)) == pytest.approx(1e-3, rel=2e-3)
+    assert float(schedule(1407)) == pytest.approx(0.0, abs=1e-12)
+    assert models.recipe("mnist_cnn") == {"epochs": 1, "batch_size": 64, "learning_rate": None}
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; expected one of"):
+        models.recipe("nope")

@@ -31,7 +31,8 @@ What a distributed ``fit`` does (after Horovod, ChainerMN and PyTorch DDP):
 - Dropout draws its mask for the whole global batch from its Generator (the
   same on every rank) and keeps this rank's rows (``Dropout.batch_rows``), so
   N ranks reproduce the one-process run: the same weights after an epoch up to
-  float32 rounding (the sums are grouped differently).
+  float32 rounding (the sums are grouped differently). The augmentation layers
+  follow the same protocol (``batch_rows``): whole-batch draws, this rank's rows.
 - Sequential and functional models alike: the hooks run on the model's
   training plan (``model.steps``), whatever its graph. BatchNormalization is
   not synchronized (PyTorch DDP's default): in training each rank normalizes

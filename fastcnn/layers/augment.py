@@ -85,6 +85,9 @@ class _RandomLayer(Layer):
         super().__init__(impl=impl, name=name)
         self.seed = _check_seed(seed, self._label())
         self.rng = np.random.default_rng(self.seed)
+        # ``(start, total_rows)`` while a data-parallel step runs (fastcnn.distributed, the
+        # protocol Dropout follows): draw for the whole batch, transform this rank's rows.
+        self.batch_rows = None
 
     def reseed(self, rng):
         """Draw future transformations from ``rng`` (a numpy Generator)."""
@@ -105,7 +108,14 @@ class _RandomLayer(Layer):
     def forward(self, x):
         if not self.training:
             return self.inference(x)
-        y, self._cache = self._fn.forward(x, **self.draw(x.shape[0]))
+        if self.batch_rows is None:
+            draws = self.draw(x.shape[0])
+        else:  # the same draws as one process taking the whole batch, then this rank's rows
+            start, total = self.batch_rows
+            draws = {key: value[start:start + x.shape[0]]
+                     if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == total else value
+                     for key, value in self.draw(total).items()}
+        y, self._cache = self._fn.forward(x, **draws)
         return y
 
     def backward(self, dy):

@@ -87,6 +87,10 @@ class Layer:
         """Mapping of parameter name to shape; empty for layers without weights."""
         return {}
 
+    def state_shapes(self, input_shape):
+        """Mapping of non-trainable state name to shape (``self.state`` once built); empty for most layers."""
+        return {}
+
     def reset_parameters(self, rng):
         """(Re)initialize every parameter from the numpy Generator ``rng``.
 

@@ -82,6 +82,10 @@ class BatchNormalization(Layer):
             shapes["beta"] = (C,)
         return shapes
 
+    def state_shapes(self, input_shape):
+        C = input_shape[self._channel_axis(input_shape) - 1]
+        return {"moving_mean": (C,), "moving_variance": (C,)}
+
     def build(self, input_shape, dtype=np.float32, rng=None):
         super().build(input_shape, dtype, rng)
         self._last = self._channel_axis(self.input_shape) == len(self.input_shape)
