@@ -29,15 +29,15 @@ is not recorded as a trial of its thread count.
 ``heuristic``
     Fixed rules on the geometry (:data:`HEURISTICS`), the same on every machine:
     the same weights on any machine with the same library versions. The rules
-    hold the thresholds fastcnn used before it measured (tuned on one Xeon,
-    Sapphire Rapids); they never pick Winograd.
+    hold the thresholds fastcnn used before it measured; they never pick
+    Winograd.
 ``numba:<variant>``
     That variant wherever its predicate holds, the heuristic elsewhere.
 
 Machine-dependent numbers are planned the same way (:func:`tuned`): whether
 float32 GEMMs are cut into calls small enough for OpenBLAS's unpacked kernels
-(:func:`fastcnn.kernels._blas.small_gemm_mnk`) is timed under ``measure`` and
-follows the BLAS core type (AVX-512 cores, as tuned on one Xeon) otherwise.
+(:func:`fastcnn.kernels._blas.small_gemm_mnk`) is timed under ``measure``; otherwise
+no GEMM is cut (the same on every machine).
 
 The first time a process times anything it says so on stderr, once.
 """

@@ -432,17 +432,17 @@ def test_gemm_rows_cuts_float32_gemms_to_the_small_kernel_size(monkeypatch):
     assert _blas.small_gemm_rows(288, 32, np.float32, 16) >= 2**62
 
 
-@pytest.mark.parametrize("info, expected", [
-    ({"internal_api": "openblas", "architecture": "SkylakeX"}, 100**3),
-    ({"internal_api": "openblas", "architecture": "SapphireRapids"}, 100**3),
-    ({"internal_api": "openblas", "architecture": "Haswell"}, 0),
-    ({"internal_api": "mkl"}, 0),
-    ({}, 0),
+@pytest.mark.parametrize("info", [
+    {"internal_api": "openblas", "architecture": "SkylakeX"},
+    {"internal_api": "openblas", "architecture": "Haswell"},
+    {"internal_api": "mkl"},
+    {},
 ])
-def test_small_gemm_size_follows_the_blas_core(monkeypatch, info, expected):
+def test_small_gemm_rule_is_the_same_on_every_machine(monkeypatch, info):
+    # The fixed (heuristic) rule names no CPU: whether cutting pays is measured by the planner.
     monkeypatch.delenv("FASTCNN_SMALL_GEMM_MNK", raising=False)
     monkeypatch.setattr(_blas, "_numpy_blas_info", lambda: info)
-    assert _blas._small_gemm_mnk() == expected
+    assert _blas._small_gemm_mnk() == 0
     monkeypatch.setenv("FASTCNN_SMALL_GEMM_MNK", "0")
     assert _blas._small_gemm_mnk() == 0
     monkeypatch.setenv("FASTCNN_SMALL_GEMM_MNK", "500000")

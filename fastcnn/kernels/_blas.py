@@ -68,18 +68,14 @@ def _numpy_blas_library():
     return _numpy_blas_info().get("filepath")
 
 
-#: OpenBLAS core types whose SGEMM has the AVX-512 "small matrix" kernels (the heuristic
-#: plan's rule, tuned on one Xeon; the measuring plan times it instead: :func:`small_gemm_mnk`).
-_SMALL_KERNEL_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
-
-
 def _small_gemm_mnk():
-    """``M*N*K`` up to which this BLAS multiplies float32 without packing its operands, or 0.
+    """The fixed rule for the GEMM cut: ``FASTCNN_SMALL_GEMM_MNK`` if set, else 0 (never cut).
 
-    OpenBLAS (0.3.16 and newer, built with ``SMALL_MATRIX_OPT``, as NumPy's wheels
-    are) sends an SGEMM of at most 100**3 multiply-adds on its AVX-512 cores to
-    kernels that read A and B where they lie (``sgemm_small_kernel_permit``).
-    ``FASTCNN_SMALL_GEMM_MNK`` overrides it (0: never cut GEMMs for it).
+    Some OpenBLAS builds send an SGEMM of at most 100**3 multiply-adds to kernels
+    that read A and B where they lie (``sgemm_small_kernel_permit``); whether that
+    pays is timed on the machine under ``FASTCNN_PLAN=measure``
+    (:func:`_measure_small_gemm`). This rule, used by ``heuristic`` and as the
+    fallback, names no CPU: it is the same on every machine.
     """
     override = os.environ.get("FASTCNN_SMALL_GEMM_MNK", "").strip()
     if override:
@@ -91,11 +87,7 @@ def _small_gemm_mnk():
             raise ValueError(f"FASTCNN_SMALL_GEMM_MNK must be a non-negative integer (0 turns the small GEMM "
                              f"calls off), got {override!r}")
         return value
-    info = _numpy_blas_info()
-    if info.get("internal_api") != "openblas":
-        return 0
-    core = str(info.get("architecture", "")).lower()
-    return 100**3 if core in _SMALL_KERNEL_CORES else 0
+    return 0
 
 
 def _bind():

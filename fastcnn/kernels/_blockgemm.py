@@ -7,8 +7,8 @@ of the block into the group's own buffer, GEMMs called from inside the kernel
 (:mod:`fastcnn.kernels._blas`), and in backward the weight gradient into the
 group's own partial sum and col2im into ``dx``. This module holds the pieces
 every such kernel shares: the block GEMMs, one block's backward, the buffers,
-and the sizes (block rows, GEMM rows per call). The sizes are tuned constants
-(one Xeon, Sapphire Rapids); whether a float32 GEMM is cut into small calls is
+and the sizes (block rows, GEMM rows per call). The block sizes are fixed
+constants (not yet planned); whether a float32 GEMM is cut into small calls is
 planned per machine (:func:`fastcnn.kernels._blas.small_gemm_mnk`).
 """
 

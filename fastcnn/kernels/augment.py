@@ -6,9 +6,8 @@ every image in parallel (``prange`` over N), reading each input pixel once
 with all its channels. Like the element-wise kernels, each comes as a
 parallel and a serial twin, and batches under ``PARALLEL_MIN_SIZE`` elements
 (a batch of 64 MNIST images is 50,176) run serially: waking the thread pool
-costs more than such a copy (measured on a loaded 2-core EPYC: a flip of that
-batch took 0.4 ms serially, 24 ms through a pool that had to wait for busy
-cores).
+costs more than such a copy when the cores are busy (a flip of that batch took
+0.4 ms serially and 24 ms through a pool that had to wait for busy cores).
 
 The backward kernels add each output gradient to its source pixel, per image
 in row-major output order like the reference, so a pixel copied several times

@@ -249,7 +249,7 @@ def _units(K, F, L, itemsize, U, G):
 
 
 def heuristic(geometry):
-    """The variant fastcnn used before it measured (thresholds tuned on one Xeon): shifted GEMMs
+    """The variant fastcnn used before it measured (fixed thresholds, the heuristic plan): shifted GEMMs
     from :data:`fastcnn.kernels._shifted.MIN_CHANNELS` input channels at stride 1, the direct
     loops up to :data:`DIRECT_MAX_K`, im2col blocks otherwise."""
     KH, KW, C, _ = geometry.w_shape

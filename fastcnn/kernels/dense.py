@@ -67,7 +67,7 @@ def _backward_kernel(dx, dw, dy, x, w, G, sub):
 
 
 def heuristic(geometry):
-    """``numba:split`` from :data:`SPLIT_MIN_MACS` multiply-adds (tuned on one Xeon), else ``numba:blas``."""
+    """``numba:split`` from :data:`SPLIT_MIN_MACS` multiply-adds (a fixed threshold), else ``numba:blas``."""
     (N, IN), (_, F) = geometry.x_shape, geometry.w_shape
     return "numba:blas" if N * IN * F < SPLIT_MIN_MACS else "numba:split"
 
