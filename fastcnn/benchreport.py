@@ -34,14 +34,10 @@ IMPL_NAMES = {"reference": "reference", "numpy": "NumPy", "numba": "Numba", "tor
 
 
 def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    """The CPU with its family, model and vector extensions (the plan file's name for it)."""
+    from fastcnn.planner import _cpu_model as cpu_model
+
+    return cpu_model()
 
 
 def _dist_version(name):

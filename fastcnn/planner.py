@@ -93,17 +93,38 @@ def cache_path():
     return os.path.join(root, "plans.json")
 
 
+#: Instruction-set extensions named in the machine key (the ones the kernels' speed depends on).
+_ISA_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2", "fma", "neon", "asimd", "sve")
+
+
 def _cpu_model():
+    """The CPU as /proc/cpuinfo names it, with its family, model, stepping and vector extensions.
+
+    The model name alone is not enough: some virtual machines report only
+    "AMD EPYC" for Zen 1 and Zen 3 alike, whose kernels' speeds differ.
+    """
+    fields = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith(("model name", "cpu model", "hardware")):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip().lower(), value.strip())
     except OSError:
         pass
-    import platform
+    model = fields.get("model name") or fields.get("cpu model") or fields.get("hardware")
+    if model is None:
+        import platform
 
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return platform.processor() or platform.machine() or "unknown CPU"
+    ident = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    isa = [flag for flag in _ISA_FLAGS if flag in flags]
+    detail = ", ".join(x for x in (" ".join(ident), " ".join(isa)) if x)
+    return f"{model} ({detail})" if detail else model
 
 
 def machine_key():
