@@ -219,7 +219,7 @@ class Planner:
         return entry
 
     def _choose(self, op, geometry, train, mode, args, kwargs):
-        candidates = registry.variants(op, geometry)
+        candidates = registry.variants(op, geometry, training=train)
         if not candidates:
             raise ValueError(f"no numba variant of {op!r} applies to {geometry}")
         if mode not in ("measure", "heuristic") and mode in candidates:
@@ -242,7 +242,7 @@ class Planner:
                                                deadline))
         self.timings[key] = times
         fastest = min(candidates, key=lambda name: (times[name], candidates.index(name)))
-        return self.record(key, fastest, times)
+        return self.record(key, fastest, times, candidates)
 
     # -- the plan file -----------------------------------------------------------------
     def read(self):
@@ -263,16 +263,17 @@ class Planner:
             return {}
         return data["plans"]
 
-    def record(self, key, choice, times):
-        """Write ``choice`` for ``key`` unless the file already has one (the first writer wins);
-        returns the choice that holds."""
+    def record(self, key, choice, times, candidates=None):
+        """Write ``choice`` for ``key`` unless the file already has one (the first writer wins)
+        among ``candidates`` (default: any); returns the choice that holds."""
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             with _locked(self.path + ".lock"):
                 plans = self.read()
                 mine = plans.setdefault(self.machine, {})
                 held = mine.get(key)
-                if isinstance(held, dict) and "choice" in held:
+                if isinstance(held, dict) and "choice" in held and (candidates is None
+                                                                      or held["choice"] in candidates):
                     return held["choice"]
                 mine[key] = {"choice": choice, "seconds": {k: round(v, 7) for k, v in times.items()}}
                 _write_atomically(self.path, {"format": _FORMAT, "plans": plans})

@@ -70,13 +70,15 @@ def _always(geometry):
 
 @dataclass(frozen=True)
 class OpImpl:
-    """One implementation of one op; ``applies(geometry)`` says where a variant may run."""
+    """One implementation of one op; ``applies(geometry)`` says where a variant may run;
+    ``plan_training``: whether the planner may choose it where a backward pass follows."""
 
     op: str
     impl: str
     forward: Callable
     backward: Optional[Callable]
     applies: Callable = _always
+    plan_training: bool = True
 
     def __repr__(self):
         return f"OpImpl({self.op!r}, {self.impl!r})"
@@ -97,18 +99,20 @@ def check_impl(impl, owner=""):
                      f"such as 'numba:im2col' (see fastcnn.registry.implementations(op))")
 
 
-def register(op, impl, forward, backward=None, *, applies=None):
+def register(op, impl, forward, backward=None, *, applies=None, plan_training=True):
     """Register ``forward``/``backward`` as implementation ``impl`` of ``op``.
 
     ``impl`` is a family name or a variant ``"numba:<name>"``; a variant takes
-    ``applies(geometry) -> bool`` (default: everywhere).
+    ``applies(geometry) -> bool`` (default: everywhere). ``plan_training=False``:
+    the planner chooses the variant for inference only (a layer may still ask
+    for it by name).
     """
     check_impl(impl)
     if impl == "auto":
         raise ValueError("'auto' is not an implementation name")
     if applies is not None and ":" not in impl:
         raise ValueError(f"only a variant takes a predicate; {impl!r} is a family")
-    _REGISTRY.setdefault(op, {})[impl] = OpImpl(op, impl, forward, backward, applies or _always)
+    _REGISTRY.setdefault(op, {})[impl] = OpImpl(op, impl, forward, backward, applies or _always, plan_training)
 
 
 def _load():
@@ -215,12 +219,14 @@ def implementations(op):
     return [name for name in IMPLS if name in _REGISTRY[op]] + variants(op)
 
 
-def variants(op, geometry=None):
+def variants(op, geometry=None, *, training=None):
     """The ``"numba:*"`` variants of ``op`` in registration order; only those whose predicate
-    holds for ``geometry`` when one is given."""
+    holds for ``geometry`` when one is given, and with ``training=True`` only those the
+    planner may choose where a backward pass follows."""
     _load()
     return [name for name, entry in _REGISTRY.get(op, {}).items()
-            if ":" in name and (geometry is None or entry.applies(geometry))]
+            if ":" in name and (geometry is None or entry.applies(geometry))
+            and (not training or entry.plan_training)]
 
 
 def applicable(op, args, kwargs, names=None):

@@ -81,14 +81,14 @@ def test_measure_keeps_the_fastest_variant_and_writes_it(plans):
     p = planner.Planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}, calls), machine="m")
     args, kwargs = conv_call()
     assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
-    assert calls == [("conv2d", name, True) for name in ("numba:im2col", "numba:winograd", "numba:winograd4")]
+    assert calls == [("conv2d", name, True) for name in ("numba:im2col", "numba:winograd")]  # training
     p.choose("conv2d", args, kwargs, mode="measure")  # remembered: not timed again
-    assert len(calls) == 3
+    assert len(calls) == 2
     with open(plans) as f:
         data = json.load(f)
     key = planner.geometry_key(registry.geometry_of("conv2d", args, kwargs), True)
     assert key == "conv2d x=2x8x8x3 w=3x3x3x4 stride=1x1 padding=1x1,1x1 float32 train"
-    seconds = {"numba:im2col": 2.0, "numba:winograd": 1.0, "numba:winograd4": SLOW}
+    seconds = {"numba:im2col": 2.0, "numba:winograd": 1.0}
     assert data == {"format": 1, "plans": {"m": {key: {"choice": "numba:winograd", "seconds": seconds}}}}
     assert [name for name in os.listdir(os.path.dirname(plans)) if not name.startswith("plans.json")] == []
 
@@ -118,7 +118,31 @@ def test_inference_and_training_are_planned_apart(plans):
     args, kwargs = conv_call()
     p.choose("conv2d", args, kwargs, mode="measure")
     p.choose("conv2d", args, dict(kwargs, need_cache=False), mode="measure")
-    assert [train for _, _, train in calls] == [True] * 3 + [False] * 3
+    # winograd4 is planned for inference only (see test_winograd4_is_planned_for_inference_only)
+    assert [(impl, train) for _, impl, train in calls] == [
+        ("numba:im2col", True), ("numba:winograd", True),
+        ("numba:im2col", False), ("numba:winograd", False), ("numba:winograd4", False)]
+
+
+def test_winograd4_is_planned_for_inference_only(plans):
+    """F(4x4, 3x3) is the fastest by the clock here, but a backward pass follows: not chosen,
+    not even timed, and a plan file naming it for training (an older fastcnn's) is re-planned."""
+    args, kwargs = conv_call()
+    calls = []
+    seconds = {"numba:im2col": 3.0, "numba:winograd": 2.0, "numba:winograd4": 1.0}
+    p = planner.Planner(plans, timer=fake_timer(seconds, calls), machine="m")
+    assert p.choose("conv2d_relu", args, kwargs, mode="measure").impl == "numba:winograd"
+    assert "numba:winograd4" not in [impl for _, impl, _ in calls]
+    assert p.choose("conv2d_relu", args, dict(kwargs, need_cache=False), mode="measure").impl == "numba:winograd4"
+    assert p.choose("conv2d_relu", args, kwargs, mode="numba:winograd4").impl != "numba:winograd4"
+    key = planner.geometry_key(registry.geometry_of("conv2d_relu", args, kwargs), True)
+    with open(plans) as f:
+        data = json.load(f)
+    data["plans"]["old"] = {key: {"choice": "numba:winograd4", "seconds": {}}}
+    with open(plans, "w") as f:
+        json.dump(data, f)
+    old = planner.Planner(plans, timer=fake_timer(seconds), machine="old")
+    assert old.choose("conv2d_relu", args, kwargs, mode="measure").impl == "numba:winograd"
 
 
 def test_a_second_process_reads_the_plan_and_times_nothing(plans):
@@ -139,7 +163,7 @@ def test_plans_are_keyed_by_machine_and_shape(plans):
     assert other.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"
     args3, _ = conv_call(N=3)
     assert other.choose("conv2d", args3, kwargs, mode="measure").impl == "numba:im2col"
-    assert len(calls) == 6  # both shapes timed on the other machine (3 variants each)
+    assert len(calls) == 4  # both shapes timed on the other machine (2 training variants each)
     with open(plans) as f:
         data = json.load(f)["plans"]
     assert set(data) == {"m", "another CPU"} and len(data["another CPU"]) == 2
@@ -389,14 +413,14 @@ def test_timing_runs_on_the_maximum_thread_count_and_restores_the_callers(plans)
         p = planner.Planner(plans, timer=timer, machine="m")
         args, kwargs = conv_call()
         assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
-        assert seen == [parallel.max_num_threads()] * 3
+        assert seen == [parallel.max_num_threads()] * 2  # the training variants
         assert numba.get_num_threads() == 1
         # The count flips: the plan holds (memory and file), nothing is timed again.
         numba.set_num_threads(parallel.max_num_threads())
         assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
         assert planner.Planner(plans, timer=refuse, machine="m").choose(
             "conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
-        assert len(seen) == 3
+        assert len(seen) == 2
     finally:
         numba.set_num_threads(before)
 
@@ -469,3 +493,25 @@ def test_folded_and_functional_convolutions_are_planned_per_geometry(plans, monk
     assert any(g.stride == (1, 1) and g.w_shape[:2] == (3, 3) for g, _, _ in chosen)
     # the folded copies ran the planned variant: predict agrees with the unfolded reference pass
     assert_close(model.predict(x), model.predict(x, fold=False), dtype=np.float32)
+
+
+@pytest.mark.parametrize("mode", ["numba:winograd", "numba:winograd4"])
+def test_the_resnet_benchmark_step_under_each_planned_winograd_passes_its_check(monkeypatch, mode):
+    """The check of benchmarks/test_bench_models.py::test_train_step for resnet_mini (a float32
+    step from the state S1 against float64 NumPy, gradients within 1e-4), with the planner
+    forced to ``mode`` wherever it may choose it. With F(4x4, 3x3) allowed in training, the
+    stem's weight gradient came out 1.3e-3 to 5.7e-3 (rel.) away: rounding carried back through
+    BatchNormalization's backward, which subtracts nearly equal sums. (That check is fragile
+    for resnet_mini: float32 NumPy from a fresh state at another batch fails it too; this is
+    the state and batch the benchmark uses.) winograd4 is planned for inference only."""
+    from benchmarks import _presets
+
+    monkeypatch.setenv("FASTCNN_PLAN", mode)
+    x, y = _presets.batch(64)
+    model = _presets.build("resnet_mini", "numba")
+    _presets.restore(model, _presets.state_after_one_step("resnet_mini", 64))
+    loss = model.train_on_batch(x, y)
+    _, truth_loss, truth_grads = _presets.train_truth("resnet_mini", 64)
+    assert_close(np.float64(loss), truth_loss, dtype=np.float32, name=f"{mode}: loss")
+    for name, g in _presets.grads(model).items():
+        assert_close(g, truth_grads[name], dtype=np.float32, name=f"{mode}: gradient {name}")

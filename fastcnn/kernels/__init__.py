@@ -37,7 +37,11 @@ if _blas.AVAILABLE:
     for _op, (_forward, _backward) in winograd.VARIANTS.items():
         register(_op, "numba:winograd", _forward, _backward, applies=winograd.applies)
     for _op, (_forward, _backward) in winograd4.VARIANTS.items():
-        register(_op, "numba:winograd4", _forward, _backward, applies=winograd4.applies)
+        # Planned for inference only: each op is within the float32 tolerance, but in a
+        # training step of resnet_mini its larger rounding, carried back through the
+        # BatchNormalization layers, left the stem's weight gradient 1.3e-3 away (rel.)
+        # from float64 (F(2x2, 3x3): within 1e-4). A layer may still ask for it by name.
+        register(_op, "numba:winograd4", _forward, _backward, applies=winograd4.applies, plan_training=False)
     for _name, (_forward, _backward) in dense.VARIANTS.items():
         register("dense", _name, _forward, _backward)
     for _op in CONV_OPS:
