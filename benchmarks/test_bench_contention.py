@@ -4,11 +4,15 @@ keep every core busy.
 The load is this module's own: one process per usable core spinning in a
 Python loop, started before the first benchmark here and killed after the last
 (a module fixture; each spinner also stops by itself after
-:data:`LOAD_MAX_S`). Each cell is run three ways, back to back under the same
-load: fastcnn's default (the adaptive thread count of
-:func:`fastcnn.parallel.adaptive`), fastcnn fixed to one thread, fastcnn fixed
-to ``THREADS`` threads (the default before the adaptive policy), and PyTorch
-with ``THREADS`` threads (skipped when PyTorch is not installed).
+:data:`LOAD_MAX_S`). Each cell is run four ways, interleaved round by round
+under the same load (the load drifts over seconds, so rows timed one after the
+other would compare different loads): fastcnn's default (the adaptive thread
+count of :func:`fastcnn.parallel.adaptive`), fastcnn fixed to one thread,
+fastcnn fixed to ``THREADS`` threads (the default before the adaptive policy),
+and PyTorch with ``THREADS`` threads (left out when PyTorch is not installed).
+pytest-benchmark times the default; the medians of the other three, timed in
+the same rounds, are in the row's ``extra_info["interleaved"]``, which
+``python -m fastcnn.benchreport`` puts beside it.
 
 The default is warmed up with as many untimed calls as its tuner needs for its
 first trials of each count (the first steps of any ``fit``); its timed rounds
@@ -34,14 +38,16 @@ from benchmarks import _presets
 from benchmarks._common import BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, model_gflop, run_info
 
 #: Timed rounds per row.
-ROUNDS = 2 if SMALL else 15
+ROUNDS = 2 if SMALL else 30
 #: The smoke run (FASTCNN_BENCH_SMALL) keeps to the smallest preset: it only proves the machinery.
 CELL_PRESETS = ("tutorial_cnn",) if SMALL else PRESETS
 #: Background processes: one per usable core.
 LOAD_PROCESSES = len(os.sched_getaffinity(0))
 #: No spinner outlives this many seconds, whatever happens to this process.
 LOAD_MAX_S = 60 if SMALL else 1800
-#: Rows of each cell, in the order they run.
+#: Rows of each cell (one round runs each once, in an order rotated from round to round: a
+#: call runs while the previous one's idle pool threads may still spin, so each row follows
+#: each other row equally often).
 VARIANTS = ("default", "one-thread", "all-threads", "torch")
 IMPL_OF = {"default": "numba", "one-thread": "numba-1", "all-threads": "numba-all", "torch": "torch"}
 
@@ -81,27 +87,18 @@ def record(benchmark, preset, task, n, variant, torch=False):
 
 
 @pytest.fixture
-def policy(request):
-    """The thread policy a row runs under; the default policy is back after it."""
-    variant = request.param
+def restore_policy():
+    """The default thread policy, with Numba and BLAS as the session set them, after each cell."""
     before = numba.get_num_threads()
     parallel.reset_num_threads()
-    if variant == "one-thread":
-        parallel.set_num_threads(1)
-    elif variant == "all-threads":
-        parallel.set_num_threads(min(THREADS, parallel.max_num_threads()))
-    yield variant
-    parallel.set_num_threads(before)  # Numba and BLAS as the session set them
+    yield
+    parallel.set_num_threads(before)
     parallel.reset_num_threads()
 
 
 def cells():
-    out = []
-    for preset in CELL_PRESETS:
-        for task in ("train_on_batch", "predict"):
-            for variant in VARIANTS:
-                out.append(pytest.param(preset, task, variant, id=f"{preset}-{task}-{variant}"))
-    return out
+    return [pytest.param(preset, task, id=f"{preset}-{task}")
+            for preset in CELL_PRESETS for task in ("train_on_batch", "predict")]
 
 
 def warmup_calls(variant):
@@ -109,80 +106,141 @@ def warmup_calls(variant):
     return 1 + 2 * parallel.SAMPLES if variant == "default" else 1
 
 
-@pytest.mark.parametrize("preset,task,policy", cells(), indirect=["policy"])
-def test_under_load(benchmark, background_load, preset, task, policy):
-    if policy == "torch":
-        return torch_under_load(benchmark, preset, task)
-    n = BATCH
+def fastcnn_call(preset, task, variant, n):
+    """``(call, check)`` for one fastcnn row: ``call()`` runs one step or prediction under
+    ``variant``'s thread policy; ``check()`` compares a step from S1 (or the predictions)
+    with float64 afterwards and returns the worst relative error."""
     x, y = _presets.batch(n)
     model = _presets.build(preset, "numba")
-    record(benchmark, preset, task, n, policy)
+    count = {"one-thread": 1, "all-threads": min(THREADS, parallel.max_num_threads())}.get(variant)
+
+    def policy():
+        if count is None:
+            parallel.reset_num_threads()
+        else:
+            parallel.set_num_threads(count)
+
     if task == "predict":
         model.set_weights(_presets.initial_weights(preset))
-        for _ in range(warmup_calls(policy)):
-            model.predict(x, batch_size=n)
-        probs = benchmark.pedantic(model.predict, args=(x,), kwargs={"batch_size": n}, rounds=ROUNDS, iterations=1)
-        truth_impl, truth = _presets.predict_truth(preset, n)
-        assert probs.dtype == np.float32 and probs.shape == (n, 10)
-        assert_close(probs, truth, dtype=np.float32, name=f"{preset}/{policy} predict under load")
-        benchmark.extra_info["check"] = f"float64 {truth_impl}, same weights: max rel error " \
-                                        f"{max_rel_error(probs, truth):.1e}"
-        return
-    state = _presets.state_after_one_step(preset, n)
-    for _ in range(warmup_calls(policy)):
-        model.train_on_batch(x, y)
-    _presets.restore(model, state)
-    benchmark.pedantic(model.train_on_batch, args=(x, y), rounds=ROUNDS, iterations=1)
-    _presets.restore(model, state)
-    loss = model.train_on_batch(x, y)
-    truth_impl, truth_loss, truth_grads = _presets.train_truth(preset, n)
-    got = _presets.grads(model)
-    assert_close(np.float64(loss), truth_loss, dtype=np.float32, name=f"{preset}/{policy} loss under load")
-    for name, g in got.items():
-        assert_close(g, truth_grads[name], dtype=np.float32, name=f"{preset}/{policy} gradient {name} under load")
-    worst = max(max_rel_error(g, truth_grads[k]) for k, g in got.items())
-    benchmark.extra_info["check"] = f"float64 {truth_impl} step from the same state: max rel error {worst:.1e}"
+        out = {}
+
+        def call():
+            policy()
+            out["probs"] = model.predict(x, batch_size=n)
+
+        def check():
+            probs = out["probs"]
+            truth_impl, truth = _presets.predict_truth(preset, n)
+            assert probs.dtype == np.float32 and probs.shape == (n, 10)
+            assert_close(probs, truth, dtype=np.float32, name=f"{preset}/{variant} predict under load")
+            return max_rel_error(probs, truth)
+    else:
+        state = _presets.state_after_one_step(preset, n)
+
+        def call():
+            policy()
+            model.train_on_batch(x, y)
+
+        def check():
+            policy()
+            _presets.restore(model, state)
+            loss = model.train_on_batch(x, y)
+            _, truth_loss, truth_grads = _presets.train_truth(preset, n)
+            assert_close(np.float64(loss), truth_loss, dtype=np.float32, name=f"{preset}/{variant} loss under load")
+            got = _presets.grads(model)
+            for name, g in got.items():
+                assert_close(g, truth_grads[name], dtype=np.float32,
+                             name=f"{preset}/{variant} gradient {name} under load")
+            return max(max_rel_error(g, truth_grads[k]) for k, g in got.items())
+    for _ in range(warmup_calls(variant)):
+        call()
+    if task != "predict":
+        _presets.restore(model, state)
+    return call, check
 
 
-def torch_under_load(benchmark, preset, task):
-    torch = pytest.importorskip("torch")
+@pytest.mark.parametrize("preset,task", cells())
+def test_under_load(benchmark, background_load, restore_policy, preset, task):
+    """One cell: the default, one thread, all threads and PyTorch, interleaved round by round
+    (the load drifts over seconds: rows timed one after the other compare different loads).
+    pytest-benchmark times the default; the others' medians are in ``extra_info["interleaved"]``."""
+    n = BATCH
+    others = {variant: fastcnn_call(preset, task, variant, n) for variant in ("one-thread", "all-threads")}
+    torch_pair = torch_call(preset, task, n)
+    if torch_pair is not None:
+        others["torch"] = torch_pair
+    default_call, default_check = fastcnn_call(preset, task, "default", n)
+    times = {variant: [] for variant in others}
+    order = ["default", *others]  # rotated every round: each row follows each other row in turn
+
+    def run(variants):
+        for variant in variants:
+            start = time.perf_counter()
+            others[variant][0]()
+            times[variant].append(time.perf_counter() - start)
+        parallel.reset_num_threads()
+
+    def before_default():  # pytest-benchmark's untimed setup and teardown around each timed default call
+        order.append(order.pop(0))
+        run(order[:order.index("default")])
+
+    def after_default():
+        run(order[order.index("default") + 1:])
+
+    record(benchmark, preset, task, n, "default")
+    benchmark.pedantic(default_call, setup=before_default, teardown=after_default, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info["interleaved"] = {IMPL_OF[v]: float(np.median(t)) for v, t in times.items()}
+    checks = {variant: check() for variant, (_, check) in others.items()}
+    checks["default"] = default_check()
+    benchmark.extra_info["check"] = "; ".join(f"{v}: max rel error {e:.1e}" for v, e in checks.items())
+
+
+def torch_call(preset, task, n):
+    """``(call, check)`` for PyTorch on ``THREADS`` threads (set for each call), or None without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
     from benchmarks import test_bench_torch as peer_module
 
-    n = BATCH
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        model, net, _, _ = peer_module.peer(preset)
-        x, y = _presets.batch(n)
-        xt, yt = peer_module.nchw(x), torch.from_numpy(y)
-        if task == "predict":
-            net.eval()
+    model, net, _, _ = peer_module.peer(preset)
+    x, y = _presets.batch(n)
+    xt, yt = peer_module.nchw(x), torch.from_numpy(y)
+    out = {}
+    if task == "predict":
+        net.eval()
 
-            def call():
-                with torch.inference_mode():
-                    return torch.softmax(net(xt), dim=1).numpy()
-        else:
-            net.train()
-            optimizer = peer_module.torch_optimizer(model, net)
-            loss_fn = torch.nn.CrossEntropyLoss()
+        def run():
+            with torch.inference_mode():
+                out["probs"] = torch.softmax(net(xt), dim=1).numpy()
 
-            def call():
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net(xt), yt)
-                loss.backward()
-                optimizer.step()
-                return loss.item()
+        def check():
+            _, truth = _presets.predict_truth(preset, n)
+            assert_close(out["probs"], truth, dtype=np.float32, name=f"{preset}/torch predict under load")
+            return max_rel_error(out["probs"], truth)
+    else:
+        net.train()
+        optimizer = peer_module.torch_optimizer(model, net)
+        loss_fn = torch.nn.CrossEntropyLoss()
 
-        call()  # warm up
-        record(benchmark, preset, task, n, "torch", torch=True)
-        out = benchmark.pedantic(call, rounds=ROUNDS, iterations=1)
-        if task == "predict":
-            truth_impl, truth = _presets.predict_truth(preset, n)
-            assert_close(out, truth, dtype=np.float32, name=f"{preset}/torch predict under load")
-            benchmark.extra_info["check"] = f"float64 fastcnn {truth_impl}, same weights: max rel error " \
-                                            f"{max_rel_error(out, truth):.1e}"
-        else:
-            assert np.isfinite(out)
-            benchmark.extra_info["check"] = "finite loss (the step itself is checked in test_bench_torch.py)"
-    finally:
-        torch.set_num_threads(before)
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xt), yt)
+            loss.backward()
+            optimizer.step()
+            out["loss"] = loss.item()
+
+        def check():  # the step itself is checked in test_bench_torch.py
+            assert np.isfinite(out["loss"])
+            return 0.0
+
+    def call():
+        before = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            run()
+        finally:
+            torch.set_num_threads(before)
+
+    call()  # warm up
+    return call, check

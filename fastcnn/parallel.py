@@ -120,10 +120,7 @@ def set_num_threads(n):
         )
     global _fixed
     _fixed = int(n)
-    numba.set_num_threads(int(n))
-    if threadpoolctl is not None:
-        threadpoolctl.threadpool_limits(limits=int(n), user_api="blas")
-    _blas_applied[0] = int(n)
+    _apply(int(n))  # OpenBLAS's own setter where found (microseconds), else threadpoolctl
 
 
 def get_num_threads():
@@ -331,7 +328,7 @@ PROBE_EVERY = 50
 PROBE_SOON = 10
 CHANGED = 1.5
 #: Durations kept per count (their median decides).
-SAMPLES = 3
+SAMPLES = 5
 #: Tuners kept per model (one per kind of call and input shape).
 MAX_TUNERS = 64
 

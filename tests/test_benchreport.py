@@ -191,6 +191,14 @@ def test_under_load_table_compares_the_default_with_one_thread_and_pytorch(run):
     assert "### Other" not in text
 
 
+def test_under_load_table_reads_the_rows_interleaved_with_the_default(run):
+    group = "mnist_cnn predict, batch 64, 2 busy processes"
+    run["benchmarks"] += [bench(group, "numba", 0.05, 0.1, kind="contention",
+                                interleaved={"numba-1": 0.08, "numba-all": 0.04, "torch": 0.1})]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "Under load") == [[group, "50 ms", "80 ms", "40 ms", "100 ms", "1.25", "**2.00×**"]]
+
+
 def test_against_onnxruntime_table(run):
     predict = "mnist_cnn predict, batch 64"
     run["benchmarks"] += [bench(predict, "numba", 0.004, 1.0, kind="model", batch=64),
