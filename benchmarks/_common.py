@@ -26,6 +26,19 @@ BATCH = 4 if SMALL else 64
 BIG_BATCH = None if SMALL else 1000
 #: Threads for Numba, BLAS and PyTorch alike.
 THREADS = int(os.environ.get("FASTCNN_BENCH_THREADS", "0")) or len(os.sched_getaffinity(0))
+
+
+def warm_up(call):
+    """Untimed calls of a fastcnn model before its timed rounds: the first compiles and allocates,
+    the next ``2 * fastcnn.parallel.SAMPLES`` are the adaptive thread tuner's first trials (it
+    alternates the usable cores and one thread for that many calls of a model and input shape,
+    as in the first steps of any ``fit``). The rounds then time the steady state."""
+    from fastcnn import parallel
+
+    for _ in range(1 + 2 * parallel.SAMPLES):
+        call()
+
+
 #: A reference call estimated to take longer than this (seconds) is not run;
 #: the smoke run keeps it to the cheapest shapes so it stays well under a minute.
 REFERENCE_BUDGET_S = 0.2 if SMALL else 4.0

@@ -18,7 +18,7 @@ from fastcnn import layers as L, models, registry
 from fastcnn.testing import assert_close, max_rel_error
 
 from benchmarks import _presets
-from benchmarks._common import BATCH, IMPL_ORDER, PRESET_LAYERS, model_gflop, run_info
+from benchmarks._common import BATCH, IMPL_ORDER, PRESET_LAYERS, model_gflop, run_info, warm_up
 
 LAYERS = {
     "RandomFlip": lambda impl: L.RandomFlip("horizontal_and_vertical", impl=impl),
@@ -69,7 +69,7 @@ def augmented(impl):
 def test_train_step_augmented(benchmark):
     x, y = _presets.batch(BATCH)
     model = augmented("numba")
-    model.train_on_batch(x, y)  # warm up
+    warm_up(lambda: model.train_on_batch(x, y))
     benchmark.group = f"mnist_cnn train_on_batch + augmentation, batch {BATCH}"
     benchmark.extra_info.update(run_info("numba"))
     benchmark.extra_info.update(kind="model", preset="mnist_cnn", batch=BATCH, task="train_on_batch",

@@ -21,7 +21,7 @@ import pytest
 from fastcnn.testing import assert_close, max_rel_error
 
 from benchmarks import _presets
-from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, model_gflop, run_info
+from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, model_gflop, run_info, warm_up
 
 #: Timed rounds of a training step (each from the restored state S1).
 TRAIN_ROUNDS = 20
@@ -64,7 +64,7 @@ def test_train_step(benchmark, preset, n, impl):
     model = _presets.build(preset, impl)
     state = _presets.state_after_one_step(preset, n)
     if impl != "reference":
-        model.train_on_batch(x, y)  # warm up: JIT, buffers, optimizer slots
+        warm_up(lambda: model.train_on_batch(x, y))  # JIT, buffers, optimizer slots, thread trials
 
     record(benchmark, train_group(preset, n), preset, n, impl, training=True)
     _presets.restore(model, state)
@@ -96,7 +96,7 @@ def test_predict(benchmark, preset, n, impl):
     if impl == "reference":
         probs = benchmark.pedantic(model.predict, args=(x,), kwargs={"batch_size": n}, rounds=1, iterations=1)
     else:
-        model.predict(x, batch_size=n)  # warm up
+        warm_up(lambda: model.predict(x, batch_size=n))
         probs = benchmark(model.predict, x, batch_size=n)
 
     truth_impl, truth = _presets.predict_truth(preset, n)
@@ -119,8 +119,8 @@ def test_predict_batchnorm_folding(benchmark, fold):
     x, _ = _presets.batch(n)
     model = _presets.build(preset, impl)
     _presets.restore(model, _presets.state_after_one_step(preset, n))
-    other = model.predict(x, batch_size=n, fold=not fold)  # also warms up
-    model.predict(x, batch_size=n, fold=fold)
+    other = model.predict(x, batch_size=n, fold=not fold)
+    warm_up(lambda: model.predict(x, batch_size=n, fold=fold))
 
     record(benchmark, f"{preset} predict, batch {n}, BatchNormalization folding", preset, n, impl, training=False)
     benchmark.extra_info["fold"] = fold

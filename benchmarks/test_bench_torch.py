@@ -8,12 +8,16 @@ PyTorch's layouts. Groups are named like benchmarks/test_bench_models.py's,
 so each PyTorch row sits beside fastcnn's rows.
 
 Checks: inference must agree with the float64 fastcnn model holding the same
-weights. A timed training step runs PyTorch's own dropout, whose masks cannot
-match fastcnn's, so the step is checked through its twin: the loss and every
-gradient of one PyTorch forward/backward from the same weights with dropout
-off, against fastcnn in float64 with dropout off. Both within
-``fastcnn.testing.RTOL[float32]``.
+weights, within ``fastcnn.testing.RTOL[float32]``. A timed training step runs
+PyTorch's own dropout, whose masks cannot match fastcnn's, so the step is
+checked through its twin: the loss and every gradient of one forward/backward
+of a float64 copy of the PyTorch network from the same weights with dropout
+off, against fastcnn in float64 with dropout off, within
+``fastcnn.testing.RTOL[float64]`` (in float32, resnet_mini's stem gradient is
+ill-conditioned for PyTorch and fastcnn alike).
 """
+
+import copy
 
 import numpy as np
 import pytest
@@ -187,15 +191,18 @@ def test_torch_train_step(benchmark, preset):
     xt, yt = nchw(x), torch.from_numpy(y)
     loss_fn = nn.CrossEntropyLoss()
 
-    # The check first, from the S0 weights: one forward/backward with dropout off.
-    net.train()
-    for m in net.modules():
+    # The check first, from the S0 weights: one forward/backward with dropout off, of a
+    # float64 copy of the network (float32 rounding carried back through resnet_mini's
+    # BatchNormalization leaves its stem's weight gradient ~2e-3 (rel.) from float64 in
+    # PyTorch as in fastcnn, so only float64 shows whether the two networks are the same).
+    twin_net = copy.deepcopy(net).double()
+    twin_net.train()
+    for m in twin_net.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
-    net.zero_grad()
-    twin_loss = loss_fn(net(xt), yt)
+    twin_loss = loss_fn(twin_net(xt.double()), yt)
     twin_loss.backward()
-    twin = {name: from_torch(name, t.grad.numpy(), flat) for name, t in zip(names, net.parameters())}
+    twin = {name: from_torch(name, t.grad.numpy(), flat) for name, t in zip(names, twin_net.parameters())}
     net.train()
 
     optimizer = torch_optimizer(model, net)
@@ -213,12 +220,13 @@ def test_torch_train_step(benchmark, preset):
     assert np.isfinite(loss)
 
     truth_loss, truth_grads = _presets.no_dropout_truth(preset, BATCH)
-    assert_close(np.float64(twin_loss.item()), truth_loss, dtype=np.float32, name=f"{preset}/torch loss")
+    assert_close(np.float64(twin_loss.item()), truth_loss, dtype=np.float64, name=f"{preset}/torch loss")
     for name, g in twin.items():
-        assert_close(g, truth_grads[name], dtype=np.float32, name=f"{preset}/torch gradient {name}")
+        assert g.dtype == np.float64
+        assert_close(g, truth_grads[name], dtype=np.float64, name=f"{preset}/torch gradient {name}")
     worst = max(max_rel_error(g, truth_grads[k]) for k, g in twin.items())
     benchmark.extra_info["check"] = (
-        f"dropout-off twin step vs float64 fastcnn numpy: max rel error {worst:.1e}"
+        f"dropout-off float64 twin step vs float64 fastcnn numpy: max rel error {worst:.1e}"
     )
 
 
