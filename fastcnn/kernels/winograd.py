@@ -39,7 +39,7 @@ from numba import prange
 from fastcnn.geometry import output_hw
 from fastcnn.kernels import _blas, _blockgemm, conv, conv_pool
 from fastcnn.kernels._im2col import scratch
-from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
+from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel_kernel
 
 __all__ = ["applies", "check_domain", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
@@ -133,6 +133,33 @@ def _input_transform(V, D, T):
         _bt(V[4 * r], V[4 * r + 1], V[4 * r + 2], V[4 * r + 3], T[4 * r], T[4 * r + 1], T[4 * r + 2], T[4 * r + 3])
 
 
+#: B^T's rows as ``(first tile row, its sign, second tile row, its sign)``: row i of ``B^T d``
+#: is ``sign * d[first] + sign * d[second]`` (B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
+#: [0, 1, 0, -1]]); the same pairs combine the columns of ``B^T d`` for ``(B^T d) B``.
+_BT_PAIRS = ((0, 1.0, 2, -1.0), (1, 1.0, 2, 1.0), (2, 1.0, 1, -1.0), (1, 1.0, 3, -1.0))
+
+
+@ordered_kernel
+def _input_tile_interior(Vt, x, n, h0, w0):
+    # Vt: (16, C) out = B^T d B of the 4x4 tile at (h0, w0) of image n, which lies wholly inside
+    # x: (N, H, W*C). Each of the 16 outputs is one pass over the channels reading four input
+    # runs and writing one (few enough pointers for LLVM to vectorize it), with the additions
+    # of _load_tile + _input_transform in the same order: bit-identical results (no reassociation;
+    # the signs are exact).
+    C = Vt.shape[1]
+    for i in range(4):
+        ra, sa, rb, sb = _BT_PAIRS[i]
+        xa, xb = x[n, h0 + ra], x[n, h0 + rb]  # (W*C,) each
+        for j in range(4):
+            ca, ta, cb, tb = _BT_PAIRS[j]
+            pa, pb = xa[(w0 + ca) * C:(w0 + ca + 1) * C], xb[(w0 + ca) * C:(w0 + ca + 1) * C]
+            qa, qb = xa[(w0 + cb) * C:(w0 + cb + 1) * C], xb[(w0 + cb) * C:(w0 + cb + 1) * C]
+            dst = Vt[4 * i + j]
+            s1, s2, t1, t2 = pa.dtype.type(sa), pa.dtype.type(sb), pa.dtype.type(ta), pa.dtype.type(tb)
+            for c in range(C):
+                dst[c] = t1 * (s1 * pa[c] + s2 * pb[c]) + t2 * (s1 * qa[c] + s2 * qb[c])
+
+
 @kernel
 def _output_tile(y, Mt, T, b, relu, n, oh0, ow0):
     # y: (N, OH, OW, F) out, the 2x2 outputs at (oh0, ow0) of image n = A^T m A of Mt: (16, F),
@@ -163,10 +190,16 @@ def _tiles(y, x, U, b, relu, D, TC, TF, V, M, t0, t1, n_off, TH, TW, PT, PL):
     # x: (N, H, W*C) into y: (N', OH, OW, F) at image n - n_off; U: (16, C, F);
     # D, TC: (16, C) and TF: (16, F) scratch; V: (>= t1-t0, 16, C), M: (>= t1-t0, 16, F).
     P = TH * TW
+    _, H, WC = x.shape
+    W = WC // D.shape[1]
     for t in range(t0, t1):  # input transforms
         n, r = t // P, t % P
-        _load_tile(D, x, n, 2 * (r // TW) - PT, 2 * (r % TW) - PL)
-        _input_transform(V[t - t0], D, TC)
+        h0, w0 = 2 * (r // TW) - PT, 2 * (r % TW) - PL
+        if h0 >= 0 and w0 >= 0 and h0 + 4 <= H and w0 + 4 <= W:
+            _input_tile_interior(V[t - t0], x, n, h0, w0)
+        else:  # a tile over the padding
+            _load_tile(D, x, n, h0, w0)
+            _input_transform(V[t - t0], D, TC)
     nt = t1 - t0
     for k in range(16):  # M[:, k] = V[:, k] @ U[k]: (nt, C) x (C, F), rows strided by 16*C
         _blas.gemm(False, False, 1.0, V[:nt, k], U[k], 0.0, M[:nt, k])
