@@ -204,3 +204,34 @@ def test_tuners_per_model_stay_bounded():
     for n in range(1, 3 * parallel.MAX_TUNERS):
         assert owner.run(np.zeros((n, 1))) == n
     assert 0 < len(parallel._TUNERS[owner]) <= parallel.MAX_TUNERS
+
+
+@pytest.mark.parametrize("impl, policy", [("numba", "adaptive"), ("numba", "fixed"), ("numpy", "adaptive"),
+                                          ("numpy", "fixed")])
+def test_blas_stays_on_one_thread_inside_a_numba_models_call(monkeypatch, impl, policy):
+    """Inside a step or inference pass of a model running Numba kernels, OpenBLAS is on one
+    thread (its spinning workers would take the cores from Numba's: tutorial_cnn's step was
+    3.5x slower on a quiet 2-core machine); a NumPy model's GEMMs get the chosen count; after
+    the call BLAS follows the chosen count either way."""
+    from fastcnn.kernels import _blas
+
+    if _blas._GET_THREADS is None or parallel.max_num_threads() < 2:
+        pytest.skip("needs OpenBLAS's thread getter and 2 threads")
+    model = models.tutorial_cnn(seed=0, impl=impl)
+    if policy == "fixed":
+        parallel.set_num_threads(2)
+    seen = []
+    forward = model._forward
+
+    def spy(*args, **kwargs):
+        seen.append(_blas._GET_THREADS())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_forward", spy)
+    x = np.zeros((4, 28, 28, 1), dtype=np.float32)
+    model.train_on_batch(x, np.zeros(4, dtype=np.int64))
+    model.predict(x)
+    assert parallel.runs_numba_kernels(model) == (impl == "numba")
+    inside = 1 if impl == "numba" else parallel.get_num_threads()
+    assert seen == [inside, inside]
+    assert _blas._GET_THREADS() == parallel.get_num_threads()
