@@ -421,10 +421,8 @@ def runs_numba_kernels(owner):
     make runs on the calling kernel thread; a BLAS call left multi-threaded
     there (a small dense GEMM through ``numba:blas``, the input check's dot
     product) wakes OpenBLAS's workers, which then spin for a while after the
-    call and take the cores from Numba's workers at the next barrier. Measured
-    on a quiet 2-core AMD EPYC, tutorial_cnn ``train_on_batch`` at batch 64 on 2
-    threads: 8.1 ms with BLAS on 2 threads inside the step, 2.2 ms with BLAS on
-    one; ``predict``: 8.0 against 0.69 ms.
+    call and take the cores from Numba's workers at the next barrier (the README's
+    paragraph on threads under "The ``fastcnn`` command" has the measured cost).
     """
     fns = [getattr(layer, "_fn", None) for layer in getattr(owner, "layers", ())]
     fns.append(getattr(owner, "_loss_op", None))

@@ -100,8 +100,8 @@ _ISA_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "
 def _cpu_model():
     """The CPU as /proc/cpuinfo names it, with its family, model, stepping and vector extensions.
 
-    The model name alone is not enough: some virtual machines report only
-    "AMD EPYC" for Zen 1 and Zen 3 alike, whose kernels' speeds differ.
+    The model name alone is not enough: some virtual machines report one
+    generic name for CPU generations whose kernels' speeds differ.
     """
     fields = {}
     try:

@@ -41,7 +41,7 @@ from fastcnn.kernels import _blas, _blockgemm, conv, conv_pool
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel_kernel
 
-__all__ = ["applies", "check_domain", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
+__all__ = ["applies", "check_domain", "unpooled_variant", "winograd_conv",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
            "BLOCK_BYTES"]
 
@@ -271,57 +271,57 @@ def _prepare(x, w, b):
     return x, filter_transform(w, dtype), bias
 
 
-def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
-    check_domain("numba:winograd", w, stride, padding)
-    x, U, bias = _prepare(x, w, b)
-    N, H, W, C = x.shape
-    OH, OW = output_hw((H, W), (3, 3), stride, padding)
-    (PT, _), (PL, _) = padding
-    y = winograd_conv(x, U, bias, OH, OW, PT, PL, relu, workspace)
-    cache = None
-    if need_cache:
-        w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(9 * C, -1)  # (9*C, F)
-        im2col_cache = (x, y if relu else None, w2, b is not None, relu, (3, 3), stride, padding, workspace)
-        cache = (im2col_cache, w)
-    return y, cache
+def unpooled_variant(variant, conv_fn, transform, prefix):
+    """``{op: (forward, backward)}`` for ``conv2d`` and ``conv2d_relu`` of a Winograd variant.
 
-
-def _backward(dy, cache, need_dx):
-    im2col_cache, w = cache
-    x, y, relu, padding, workspace = im2col_cache[0], im2col_cache[1], im2col_cache[4], im2col_cache[7], \
-        im2col_cache[8]
-    _, dw, db = conv._backward(dy, im2col_cache, False)
-    dx = None
-    if need_dx:
+    ``conv_fn(x, U, b, OH, OW, PT, PL, relu, workspace, prefix=...)`` is its convolution and
+    ``transform(w, dtype)`` its filter transform (F(2x2, 3x3) here, F(4x4, 3x3) in
+    :mod:`fastcnn.kernels.winograd4`). Forward and input gradient by ``conv_fn`` (the input
+    gradient on ``dy`` padded by ``2 - p``, with the weights flipped and transposed); weight
+    and bias gradients by :mod:`fastcnn.kernels.conv`'s im2col blocks.
+    """
+    def forward(x, w, b, stride, padding, workspace, need_cache, relu):
+        check_domain(variant, w, stride, padding)
+        x = np.ascontiguousarray(x)
         dtype = x.dtype
-        dy = np.ascontiguousarray(dy, dtype=dtype)
-        if relu:
-            dy = dy * (y > 0)  # a multiply, as relu's backward: NaN/inf in dy propagate
+        bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
+        N, H, W, C = x.shape
+        OH, OW = output_hw((H, W), (3, 3), stride, padding)
         (PT, _), (PL, _) = padding
-        U = filter_transform(np.asarray(w)[::-1, ::-1].transpose(0, 1, 3, 2), dtype)  # (16, F, C)
-        dx = winograd_conv(dy, U, np.zeros(0, dtype), x.shape[1], x.shape[2], 2 - PT, 2 - PL, False, workspace,
-                           prefix="winodx")
-    return dx, dw, db
+        y = conv_fn(x, transform(w, dtype), bias, OH, OW, PT, PL, relu, workspace, prefix=prefix)
+        cache = None
+        if need_cache:
+            w2 = np.ascontiguousarray(w, dtype=dtype).reshape(9 * C, -1)  # (9*C, F)
+            cache = ((x, y if relu else None, w2, b is not None, relu, (3, 3), stride, padding, workspace), w)
+        return y, cache
 
+    def backward(dy, cache, need_dx=True):
+        """Gradients ``(dx, dw, db)``: ``dx`` by Winograd, ``dw`` and ``db`` by im2col blocks
+        (``dy`` masked with ``y > 0`` after a ReLU)."""
+        im2col_cache, w = cache
+        x, y, relu, padding, workspace = (im2col_cache[i] for i in (0, 1, 4, 7, 8))
+        _, dw, db = conv._backward(dy, im2col_cache, False)
+        dx = None
+        if need_dx:
+            dtype = x.dtype
+            dy = np.ascontiguousarray(dy, dtype=dtype)
+            if relu:
+                dy = dy * (y > 0)  # a multiply, as relu's backward: NaN/inf in dy propagate
+            (PT, _), (PL, _) = padding
+            U = transform(np.asarray(w)[::-1, ::-1].transpose(0, 1, 3, 2), dtype)  # (positions, F, C)
+            dx = conv_fn(dy, U, np.zeros(0, dtype), x.shape[1], x.shape[2], 2 - PT, 2 - PL, False, workspace,
+                         prefix=prefix + "dx")
+        return dx, dw, db
 
-def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
-    """``numba:winograd`` forward of conv2d. Shape: as :func:`fastcnn.kernels.conv.conv2d_forward`."""
-    return _forward(x, w, b, stride, padding, workspace, need_cache, False)
+    def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
+        return forward(x, w, b, stride, padding, workspace, need_cache, False)
 
+    def conv2d_relu_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
+        """``max(conv2d(x, w, b), 0)``, the ReLU applied in the output transform."""
+        return forward(x, w, b, stride, padding, workspace, need_cache, True)
 
-def conv2d_backward(dy, cache, need_dx=True):
-    """Gradients ``(dx, dw, db)``: ``dx`` by Winograd, ``dw`` and ``db`` by im2col blocks."""
-    return _backward(dy, cache, need_dx)
-
-
-def conv2d_relu_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
-    """``max(conv2d(x, w, b), 0)``, the ReLU applied in the output transform."""
-    return _forward(x, w, b, stride, padding, workspace, need_cache, True)
-
-
-def conv2d_relu_backward(dy, cache, need_dx=True):
-    """Gradients of :func:`conv2d_relu_forward`; ``dy`` masked with ``y > 0``."""
-    return _backward(dy, cache, need_dx)
+    conv2d_forward.__doc__ = f"``{variant}`` forward of conv2d. Shape: as :func:`fastcnn.kernels.conv.conv2d_forward`."
+    return {"conv2d": (conv2d_forward, backward), "conv2d_relu": (conv2d_relu_forward, backward)}
 
 
 def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
@@ -360,8 +360,7 @@ def conv2d_relu_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, worksp
 
 #: op -> (forward, backward) of the ``numba:winograd`` variant.
 VARIANTS = {
-    "conv2d": (conv2d_forward, conv2d_backward),
-    "conv2d_relu": (conv2d_relu_forward, conv2d_relu_backward),
+    **unpooled_variant("numba:winograd", winograd_conv, filter_transform, "wino"),
     "conv2d_maxpool2d": (conv2d_maxpool2d_forward, conv_pool.conv2d_maxpool2d_backward),
     "conv2d_relu_maxpool2d": (conv2d_relu_maxpool2d_forward, conv_pool.conv2d_relu_maxpool2d_backward),
 }

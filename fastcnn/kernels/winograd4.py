@@ -25,14 +25,12 @@ fails the tie tests. (F(2x2, 3x3)'s halves are exact there.)
 import numpy as np
 from numba import prange
 
-from fastcnn.geometry import output_hw
-from fastcnn.kernels import _blas, _blockgemm, conv
+from fastcnn.kernels import _blas, _blockgemm, winograd
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels.winograd import applies, check_domain  # noqa: F401  (the same domain as F(2x2, 3x3))
 
-__all__ = ["applies", "conv2d_forward", "conv2d_backward", "conv2d_relu_forward", "conv2d_relu_backward",
-           "filter_transform", "VARIANTS", "BLOCK_BYTES"]
+__all__ = ["applies", "winograd4_conv", "filter_transform", "VARIANTS", "BLOCK_BYTES"]
 
 #: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block.
 BLOCK_BYTES = 512 * 1024
@@ -192,61 +190,5 @@ def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4"
     return y
 
 
-def _forward(x, w, b, stride, padding, workspace, need_cache, relu):
-    check_domain("numba:winograd4", w, stride, padding)
-    x = np.ascontiguousarray(x)
-    dtype = x.dtype
-    bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
-    N, H, W, C = x.shape
-    OH, OW = output_hw((H, W), (3, 3), stride, padding)
-    (PT, _), (PL, _) = padding
-    y = winograd4_conv(x, filter_transform(w, dtype), bias, OH, OW, PT, PL, relu, workspace)
-    cache = None
-    if need_cache:
-        w2 = np.ascontiguousarray(w, dtype=dtype).reshape(9 * C, -1)  # (9*C, F)
-        cache = ((x, y if relu else None, w2, b is not None, relu, (3, 3), stride, padding, workspace), w)
-    return y, cache
-
-
-def _backward(dy, cache, need_dx):
-    im2col_cache, w = cache
-    x, y, relu, padding, workspace = (im2col_cache[i] for i in (0, 1, 4, 7, 8))
-    _, dw, db = conv._backward(dy, im2col_cache, False)
-    dx = None
-    if need_dx:
-        dtype = x.dtype
-        dy = np.ascontiguousarray(dy, dtype=dtype)
-        if relu:
-            dy = dy * (y > 0)  # a multiply, as relu's backward: NaN/inf in dy propagate
-        (PT, _), (PL, _) = padding
-        U = filter_transform(np.asarray(w)[::-1, ::-1].transpose(0, 1, 3, 2), dtype)  # (36, F, C)
-        dx = winograd4_conv(dy, U, np.zeros(0, dtype), x.shape[1], x.shape[2], 2 - PT, 2 - PL, False, workspace,
-                            prefix="wino4dx")
-    return dx, dw, db
-
-
-def conv2d_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
-    """``numba:winograd4`` forward of conv2d. Shape: as :func:`fastcnn.kernels.conv.conv2d_forward`."""
-    return _forward(x, w, b, stride, padding, workspace, need_cache, False)
-
-
-def conv2d_backward(dy, cache, need_dx=True):
-    """Gradients ``(dx, dw, db)``: ``dx`` by F(4x4, 3x3), ``dw`` and ``db`` by im2col blocks."""
-    return _backward(dy, cache, need_dx)
-
-
-def conv2d_relu_forward(x, w, b, *, stride, padding, workspace=None, need_cache=True):
-    """``max(conv2d(x, w, b), 0)``, the ReLU applied in the output transform."""
-    return _forward(x, w, b, stride, padding, workspace, need_cache, True)
-
-
-def conv2d_relu_backward(dy, cache, need_dx=True):
-    """Gradients of :func:`conv2d_relu_forward`; ``dy`` masked with ``y > 0``."""
-    return _backward(dy, cache, need_dx)
-
-
 #: op -> (forward, backward) of the ``numba:winograd4`` variant.
-VARIANTS = {
-    "conv2d": (conv2d_forward, conv2d_backward),
-    "conv2d_relu": (conv2d_relu_forward, conv2d_relu_backward),
-}
+VARIANTS = winograd.unpooled_variant("numba:winograd4", winograd4_conv, filter_transform, "wino4")
