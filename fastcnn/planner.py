@@ -16,8 +16,9 @@ is not recorded as a trial of its thread count.
 ``FASTCNN_PLAN`` says how a geometry is planned:
 
 ``measure`` (the default)
-    Time every applicable variant on the call's own arguments (once warm, then
-    a few repetitions within :data:`BUDGET_SECONDS`; the minimum counts), with
+    Time every applicable variant on the call's own arguments (in interleaved
+    rounds, each call after an untimed one, over at least :data:`MIN_SPAN_SECONDS`
+    and at most :data:`BUDGET_SECONDS`; each variant's minimum counts), with
     the backward pass when one follows, and keep the fastest. Choices are
     written to a JSON file, ``$FASTCNN_CACHE/plans.json`` or
     ``~/.cache/fastcnn/plans.json``, under a key naming the machine (CPU model,
@@ -55,14 +56,20 @@ import numpy as np
 from fastcnn import registry
 
 __all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner",
-           "HEURISTICS", "BUDGET_SECONDS", "REPEATS"]
+           "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
 
-#: At most this long timing one geometry's variants (the warm-up runs excluded), so
+#: At most this long timing one geometry's variants (a round under way is finished), so
 #: that planning a preset takes a few seconds.
 BUDGET_SECONDS = 0.3
 
-#: Timed repetitions per variant (fewer when the budget runs out; the minimum counts).
+#: Rounds of timing, each timing every variant once in turn (fewer when the budget runs
+#: out; each variant's minimum counts).
 REPEATS = 3
+
+#: The rounds go on for at least this long (within the budget): longer than OpenBLAS's
+#: workers spin after a multi-threaded call (measured: about 0.1 s, during which a
+#: parallel Numba kernel ran 20x slower; see :meth:`Planner._time_interleaved`).
+MIN_SPAN_SECONDS = 0.2
 
 #: op -> rule(geometry) -> variant name: the heuristic mode (set by fastcnn.kernels).
 HEURISTICS = {}
@@ -187,12 +194,13 @@ class Planner:
     """
 
     def __init__(self, path=None, *, timer=None, machine=None, budget=BUDGET_SECONDS, repeats=REPEATS,
-                 announce=True):
+                 min_span=MIN_SPAN_SECONDS, announce=True):
         self.path = path or cache_path()
         self.timer = timer or _time_variant
         self._machine = machine
         self.budget = budget
         self.repeats = repeats
+        self.min_span = min_span
         self.announce = announce
         self.announced = False
         self.memo = {}  # (mode, geometry, train) -> OpImpl
@@ -234,15 +242,32 @@ class Planner:
             self.announced = True
             print(f"fastcnn: planning kernels for new layer shapes (timing the variants, FASTCNN_PLAN=measure); "
                   f"plans are kept in {self.path}", file=sys.stderr, flush=True)
-        times = {}
         with measuring():
-            deadline = time.perf_counter() + self.budget
-            for name in candidates:
-                times[name] = float(self.timer(registry.get(op, name), args, kwargs, train, self.repeats,
-                                               deadline))
+            times = self._time_interleaved(op, candidates, args, kwargs, train)
         self.timings[key] = times
         fastest = min(candidates, key=lambda name: (times[name], candidates.index(name)))
         return self.record(key, fastest, times, candidates)
+
+    def _time_interleaved(self, op, candidates, args, kwargs, train):
+        """``{variant: seconds}``: the minimum over rounds, each round timing every candidate once
+        in turn, for at least ``repeats`` rounds and :data:`MIN_SPAN_SECONDS`, at most the budget.
+
+        Interleaved rounds spread over a span, rather than each variant's repetitions back to
+        back: a disturbance shorter than the span (OpenBLAS's workers spinning for about 0.1 s
+        after a multi-threaded NumPy call just before the first step, a burst of another
+        process) slows some rounds of every variant, not all of one variant's repetitions."""
+        entries = [registry.get(op, name) for name in candidates]
+        times = dict.fromkeys(candidates, float("inf"))
+        start = time.perf_counter()
+        deadline = start + self.budget
+        rounds = 0
+        while True:
+            for name, entry in zip(candidates, entries):
+                times[name] = min(times[name], float(self.timer(entry, args, kwargs, train, 1, deadline)))
+            rounds += 1
+            now = time.perf_counter()
+            if now >= deadline or (rounds >= self.repeats and now - start >= self.min_span):
+                return times
 
     # -- the plan file -----------------------------------------------------------------
     def read(self):
