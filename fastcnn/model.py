@@ -207,10 +207,14 @@ class Model:
         self._plan = build_plan(self.layers, self._inputs_of, self._output, fuse=self._fuse)
         self._inference_plans = {}
 
+    def _folds(self, fold=None):
+        """Whether an inference pass asked for with ``fold`` folds BatchNormalization."""
+        return self.fold if fold is None else bool(fold)
+
     def _inference(self, fold=None):
         """``(plan, frees)`` for inference (folded BatchNormalization when ``fold``, default
         ``self.fold``), built on first use after any change to the weights or state."""
-        fold = self.fold if fold is None else bool(fold)
+        fold = self._folds(fold)
         entry = self._inference_plans.get(fold)
         if entry is None:
             plan = build_plan(self.layers, self._inputs_of, self._output, fuse=self._fuse, fold=fold)
@@ -798,7 +802,7 @@ class Model:
                 break
         return dict(logs)
 
-    @parallel.adaptive("infer")  # the thread count: see fastcnn.parallel
+    @parallel.adaptive("infer", variant=lambda self, x, fold=None, for_loss=False: self._folds(fold))  # see parallel
     def _infer(self, x, fold=None, for_loss=False):
         """Logits of ``x`` through the inference plan, in passes sized by :data:`INFERENCE_PASS_BYTES`
         (``for_loss``: what the loss takes, see :meth:`_forward`)."""

@@ -438,10 +438,12 @@ def _blas_context(owner):
     return contextlib.nullcontext()
 
 
-def adaptive(kind):
+def adaptive(kind, variant=None):
     """Decorator for a method ``f(self, x, ...)``: run it on the thread count :class:`_Tuner` picks.
 
-    One tuner per ``(self, kind, x.shape)``. A fixed policy (:func:`thread_policy`)
+    One tuner per ``(self, kind, x.shape)``, and per ``variant(self, *args, **kwargs)``
+    when given (work of another cost at the same shape, e.g. inference with and without
+    BatchNormalization folded). A fixed policy (:func:`thread_policy`)
     just applies its count; calls nested in an adaptive call run on the count
     chosen for the outer one. The count chosen stays in force after the call
     (:func:`get_num_threads` reports it); while a model that runs Numba kernels
@@ -465,7 +467,8 @@ def adaptive(kind):
                 tuners = _TUNERS.setdefault(self, {})
             except TypeError:  # not weak-referenceable
                 tuners = {}
-            key = (kind, getattr(x, "shape", None), n)
+            key = (kind, getattr(x, "shape", None), n,
+                   None if variant is None else variant(self, x, *args, **kwargs))
             tuner = tuners.get(key)
             if tuner is None:
                 if len(tuners) >= MAX_TUNERS:  # a stream of new shapes: start over rather than grow

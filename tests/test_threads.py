@@ -235,3 +235,15 @@ def test_blas_stays_on_one_thread_inside_a_numba_models_call(monkeypatch, impl, 
     inside = 1 if impl == "numba" else parallel.get_num_threads()
     assert seen == [inside, inside]
     assert _blas._GET_THREADS() == parallel.get_num_threads()
+
+
+def test_folded_and_unfolded_inference_are_tuned_apart():
+    """Inference with BatchNormalization folded does less work than without: each has its own
+    tuner (one shared tuner mixed the two passes' durations in its comparison)."""
+    model = models.resnet_mini(seed=0)
+    x = np.zeros((4, 28, 28, 1), dtype=np.float32)
+    model.predict(x, fold=True)
+    model.predict(x, fold=False)
+    model.predict(x)  # the model's default (fold=True): the first tuner again
+    infer = [key for key in parallel._TUNERS[model] if key[0] == "infer"]
+    assert len(infer) == 2 and {key[-1] for key in infer} == {True, False}
