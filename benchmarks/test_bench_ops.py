@@ -1,4 +1,5 @@
-"""Every registered implementation of every hot op, on the shapes of the three presets.
+"""Every registered implementation of every hot op, on the shapes of the three presets
+(read off the preset models by :mod:`fastcnn._opcases`, as ``fastcnn bench`` reads them).
 
 One pytest-benchmark group per (op, direction, shape), one row per
 implementation the registry holds, numba variants included where their
@@ -17,6 +18,7 @@ the float64 truth on the same (float32-representable) values within
 """
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,7 +26,7 @@ import numpy as np
 import pytest
 
 from fastcnn import registry
-from fastcnn.geometry import output_hw, resolve_padding
+from fastcnn._opcases import preset_op_calls
 from fastcnn.testing import assert_close, max_rel_error
 
 from benchmarks._common import BATCH, IMPL_ORDER, REFERENCE_BUDGET_S, float32_exact, run_info, shape_text
@@ -69,127 +71,87 @@ REF_SECONDS = {
     ("softmax_cross_entropy", "fused"): 15e-6,  # per row
 }
 
-# (where, (H, W, C), F, kernel, padding, bias) of every conv in the presets.
-CONVS = [
-    ("tutorial_cnn conv", (28, 28, 1), 8, 3, "valid", False),
-    ("mnist_cnn conv1", (28, 28, 1), 32, 3, "valid", True),
-    ("mnist_cnn conv2", (26, 26, 32), 64, 3, "valid", True),
-    ("vgg_mini conv1", (28, 28, 1), 32, 3, "same", True),
-    ("vgg_mini conv2", (28, 28, 32), 32, 3, "same", True),
-    ("vgg_mini conv3", (14, 14, 32), 64, 3, "same", True),
-    ("vgg_mini conv4", (14, 14, 64), 64, 3, "same", True),
-]
-# (where, (H, W, C)) of every 2x2 pool; avg_pool2d is timed on the same shapes.
-POOLS = [
-    ("tutorial_cnn pool", (26, 26, 8)),
-    ("mnist_cnn pool", (24, 24, 64)),
-    ("vgg_mini pool1", (28, 28, 32)),
-    ("vgg_mini pool2", (14, 14, 64)),
-]
-DENSES = [
-    ("tutorial_cnn dense", 1352, 10),
-    ("mnist_cnn dense1", 9216, 128),
-    ("mnist_cnn dense2", 128, 10),
-    ("vgg_mini dense1", 3136, 256),
-    ("vgg_mini dense2", 256, 10),
-]
-RELUS = [
-    ("mnist_cnn relu1", (26, 26, 32)),
-    ("mnist_cnn relu2", (24, 24, 64)),
-    ("vgg_mini relu2", (28, 28, 32)),
-    ("vgg_mini relu4", (14, 14, 64)),
-]
+#: The presets whose ops are timed one by one (resnet_mini's only end to end).
+PRESETS = ("tutorial_cnn", "mnist_cnn", "vgg_mini")
+#: ``(preset, call)``: every op call of their layers (fastcnn._opcases), as the layers make them.
+CALLS = [(preset, call) for preset in PRESETS for call in preset_op_calls(preset)]
+#: The fused convolution steps of their training plans (fastcnn.layers.fused).
+FUSED_CALLS = [(preset, call) for preset in PRESETS for call in preset_op_calls(preset, fused=True)
+               if call.op.startswith("conv2d_")]
 CLASSES = 10
 
 
+def calls_of(op):
+    """``(where, call)`` of every call of ``op`` in :data:`CALLS`, ``where`` as "mnist_cnn conv2"."""
+    return [(f"{preset} {call.where}", call) for preset, call in CALLS if call.op == op]
+
+
+def float64_arguments(call, N):
+    """``make`` of an :class:`OpCase`: the call's arguments for a batch of ``N``, float32-exact float64."""
+    return lambda rng: call.arguments(N, rng, np.float64)
+
+
 def conv_cases(N):
-    for where, (H, W, C), F, k, padding, bias in CONVS:
-        pads = resolve_padding(padding, (H, W), (k, k), (1, 1))
-        OH, OW = output_hw((H, W), (k, k), (1, 1), pads)
-
-        def make(rng, H=H, W=W, C=C, F=F, k=k, pads=pads, bias=bias):
-            x = float32_exact(rng, (N, H, W, C))
-            w = float32_exact(rng, (k, k, C, F), scale=(k * k * C) ** -0.5)
-            b = float32_exact(rng, (F,)) if bias else None
-            return (x, w, b), {"stride": (1, 1), "padding": pads}
-
-        shape = f"x{shape_text((N, H, W, C))} {k}x{k} {padding} F={F}" + ("" if bias else " no bias")
-        gemm = 2 * N * OH * OW * k * k * C * F
+    for where, call in calls_of("conv2d"):
+        (H, W, C), ((KH, KW, _, F), bias) = call.inputs[0], call.params
+        OH, OW, _ = call.layer.output_shape
+        shape = f"x{shape_text((N, H, W, C))} {KH}x{KW} {call.layer.padding} F={F}" + ("" if bias else " no bias")
+        gemm = 2 * N * OH * OW * KH * KW * C * F
         for direction, factor in (("forward", 1), ("backward", 2)):
-            yield OpCase("conv2d", direction, where, shape, make, factor * gemm / 1e9,
+            yield OpCase("conv2d", direction, where, shape, float64_arguments(call, N), factor * gemm / 1e9,
                          N * OH * OW * F * REF_SECONDS["conv2d", direction], gemm_like=True)
-
-
-#: The fused steps of the presets' plans (fastcnn.layers.fused): (op, index into CONVS, pool size or None).
-FUSED = [
-    ("conv2d_maxpool2d", 0, 2),
-    ("conv2d_relu", 1, None),
-    ("conv2d_relu_maxpool2d", 2, 2),
-    ("conv2d_relu", 3, None),
-    ("conv2d_relu_maxpool2d", 4, 2),
-    ("conv2d_relu", 5, None),
-    ("conv2d_relu_maxpool2d", 6, 2),
-]
 
 
 def fused_cases(N):
     """The fused convolution ops at the shapes where the presets run them; numpy is the composition."""
     convs = {case.where: case for case in conv_cases(N) if case.direction == "forward"}
-    for op, index, pool in FUSED:
-        where = CONVS[index][0]
+    for preset, call in FUSED_CALLS:
+        where = f"{preset} {call.where}"  # the convolution's
         conv = convs[where]
-
-        def make(rng, conv=conv, pool=pool):
-            args, kwargs = conv.make(rng)
-            return args, (dict(kwargs, pool_size=(pool, pool)) if pool else kwargs)
-
-        shape = conv.shape + (f", {pool}x{pool} max pool" if pool else "")
+        pool = call.kwargs.get("pool_size")
+        shape = conv.shape + (f", {pool[0]}x{pool[1]} max pool" if pool else "")
         for direction, factor in (("forward", 1), ("backward", 2)):
             seconds = conv.reference_seconds * (REF_SECONDS["conv2d", direction] / REF_SECONDS["conv2d", "forward"])
-            yield OpCase(op, direction, where, shape, make, factor * conv.gflop, seconds, gemm_like=True)
+            yield OpCase(call.op, direction, where, shape, float64_arguments(call, N), factor * conv.gflop, seconds,
+                         gemm_like=True)
 
 
 def pool_cases(N):
+    """Every max pool of the presets; avg_pool2d is timed on the same shapes."""
     for op in ("max_pool2d", "avg_pool2d"):
-        for where, (H, W, C) in POOLS:
-            def make(rng, H=H, W=W, C=C):
-                x = float32_exact(rng, (N, H, W, C))
-                return (x,), {"pool_size": (2, 2), "stride": (2, 2), "padding": ((0, 0), (0, 0))}
-
-            windows = N * (H // 2) * (W // 2) * C
-            shape = f"x{shape_text((N, H, W, C))} 2x2"
+        for where, call in calls_of("max_pool2d"):
+            (H, W, C), (PH, PW) = call.inputs[0], call.kwargs["pool_size"]
+            OH, OW, _ = call.layer.output_shape
+            windows = N * OH * OW * C
+            shape = f"x{shape_text((N, H, W, C))} {PH}x{PW}"
             # Forward: one compare (or add) per window element; backward: one
             # scatter per window (max) or one add per window element (avg).
-            flops = {"forward": 4 * windows, "backward": windows if op == "max_pool2d" else 4 * windows}
+            flops = {"forward": PH * PW * windows,
+                     "backward": windows if op == "max_pool2d" else PH * PW * windows}
             for direction in ("forward", "backward"):
-                yield OpCase(op, direction, where, shape, make, flops[direction] / 1e9,
+                yield OpCase(op, direction, where, shape, float64_arguments(call, N), flops[direction] / 1e9,
                              windows * REF_SECONDS[op, direction])
 
 
 def dense_cases(N):
-    for where, IN, OUT in DENSES:
-        def make(rng, IN=IN, OUT=OUT):
-            x = float32_exact(rng, (N, IN))
-            w = float32_exact(rng, (IN, OUT), scale=IN ** -0.5)
-            b = float32_exact(rng, (OUT,))
-            return (x, w, b), {}
-
+    for where, call in calls_of("dense"):
+        (IN, OUT) = call.params[0]
         shape = f"x{shape_text((N, IN))} -> {OUT}"
         for direction, factor in (("forward", 1), ("backward", 2)):
             per_row = REF_SECONDS["dense", direction] + factor * 3.2e-9 * IN
-            yield OpCase("dense", direction, where, shape, make, factor * 2 * N * IN * OUT / 1e9,
-                         N * OUT * per_row, gemm_like=True)
+            yield OpCase("dense", direction, where, shape, float64_arguments(call, N),
+                         factor * 2 * N * IN * OUT / 1e9, N * OUT * per_row, gemm_like=True)
 
 
 def relu_cases(N):
-    for where, (H, W, C) in RELUS:
-        def make(rng, H=H, W=W, C=C):
-            return (float32_exact(rng, (N, H, W, C)),), {}
-
-        size = N * H * W * C
+    """The ReLUs on feature maps (N, H, W, C): in each preset, the last one of each shape."""
+    last = {(where.split()[0], call.inputs): (where, call) for where, call in calls_of("relu")
+            if len(call.inputs[0]) == 3}
+    for where, call in last.values():
+        size = N * math.prod(call.inputs[0])
         for direction in ("forward", "backward"):
-            yield OpCase("relu", direction, where, f"x{shape_text((N, H, W, C))}", make, size / 1e9,
-                         size * REF_SECONDS["relu", direction])
+            yield OpCase("relu", direction, where, f"x{shape_text((N, *call.inputs[0]))}",
+                         float64_arguments(call, N), size / 1e9, size * REF_SECONDS["relu", direction])
 
 
 def loss_cases(N):

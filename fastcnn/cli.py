@@ -34,6 +34,7 @@ import numpy as np
 import fastcnn
 from fastcnn import datasets, models, optim, registry
 from fastcnn._checks import first_non_finite
+from fastcnn._opcases import preset_op_calls
 from fastcnn.callbacks import Callback
 from fastcnn.errors import FastCNNError
 
@@ -196,7 +197,7 @@ def build_parser():
 
     bench = commands.add_parser(
         "bench", help="a quick speed table: reference vs numpy vs numba",
-        description="Time each op of mnist_cnn (forward + backward, small batch) under every "
+        description=f"Time each op of {OPS_PRESET} (forward + backward, small batch) under every "
                     "implementation, and training images/s of each preset with numpy vs numba. "
                     "About a minute (the first run also compiles the Numba kernels). "
                     "For the full suite: pytest benchmarks --benchmark-only.",
@@ -713,27 +714,16 @@ def cmd_predict(args):
 REFERENCE_BUDGET = 1.0
 #: Batch of the end-to-end training timings.
 TRAIN_BATCH = 64
+#: The preset whose ops the first table times.
+OPS_PRESET = "mnist_cnn"
 
 
 def _op_cases(rng):
-    """mnist_cnn's ops: ``(op, description, make)``; ``make(N)`` returns ``(args, kwargs)``."""
-
-    def normal(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
-    valid = ((0, 0), (0, 0))
-    conv = {"stride": (1, 1), "padding": valid}
-    pool = {"pool_size": (2, 2), "stride": (2, 2), "padding": valid}
-    w1, b1, w2, b2 = normal(3, 3, 1, 32), normal(32), normal(3, 3, 32, 64) / 16, normal(64)
-    w3, b3 = normal(9216, 128) / 96, normal(128)
-    return [
-        ("conv2d", "conv 3x3, 1->32", lambda N: ((normal(N, 28, 28, 1), w1, b1), conv)),
-        ("conv2d", "conv 3x3, 32->64", lambda N: ((normal(N, 26, 26, 32), w2, b2), conv)),
-        ("relu", "relu", lambda N: ((normal(N, 24, 24, 64),), {})),
-        ("max_pool2d", "max pool 2x2", lambda N: ((normal(N, 24, 24, 64),), pool)),
-        ("dense", "dense 9216->128", lambda N: ((normal(N, 9216), w3, b3), {})),
-        ("softmax_cross_entropy", "softmax cross-entropy", lambda N: ((normal(N, 10), rng.integers(0, 10, N)), {})),
-    ]
+    """The op calls of :data:`OPS_PRESET`'s layers and loss, as they run unfused
+    (:mod:`fastcnn._opcases`), without Flatten (a reshape: nothing to time):
+    ``(op, description, make)``; ``make(N)`` returns ``(args, kwargs)``."""
+    return [(call.op, call.description, lambda N, call=call: call.arguments(N, rng))
+            for call in preset_op_calls(OPS_PRESET) if call.op != "flatten"]
 
 
 def _op_step(entry, args, kwargs):
@@ -850,7 +840,7 @@ def cmd_bench(args):
         rows.append([description, f"({batch},{','.join(str(s) for s in make(1)[0][0].shape[1:])})",
                      cells["reference"], cells["numpy"], cells["numba"],
                      _speedup(cells.get("_numpy"), cells.get("_numba"))])
-    print(f"\n{title}Ops of mnist_cnn, batch {batch}: forward + backward, median time per call\n")
+    print(f"\n{title}Ops of {OPS_PRESET}, batch {batch}: forward + backward, median time per call\n")
     headers = ["op", "input", "reference", "numpy", "numba", "numba vs numpy"]
     print("\n".join(_table(headers, rows, args.markdown)))
     for i, note in enumerate(notes, 1):

@@ -373,7 +373,14 @@ def test_quick_bench_prints_both_tables(capsys, monkeypatch):
     code, out, err = run(capsys, "bench", "--batch", "2", "--preset", "tutorial_cnn", "--markdown")
     assert code == 0, err
     assert "### Ops of mnist_cnn, batch 2: forward + backward, median time per call" in out
-    assert "| dense 9216->128 | (2,9216) | " in out
+    # Every op mnist_cnn's layers run (but Flatten), then its loss: (op, input) rows in order.
+    rows = re.findall(r"^\| ([^|]+?) \| (\(2,[\d,]+\)) \|", out, re.M)
+    assert rows == [
+        ("conv 3x3, 1->32", "(2,28,28,1)"), ("relu", "(2,26,26,32)"),
+        ("conv 3x3, 32->64", "(2,26,26,32)"), ("relu", "(2,24,24,64)"), ("max pool 2x2", "(2,24,24,64)"),
+        ("dropout 0.25", "(2,12,12,64)"), ("dense 9216->128", "(2,9216)"), ("relu", "(2,128)"),
+        ("dropout 0.5", "(2,128)"), ("dense 128->10", "(2,128)"), ("softmax cross-entropy", "(2,10)"),
+    ]
     assert re.search(r"\| conv 3x3, 32->64 \| \(2,26,26,32\) \| skipped \(\d\) \| 1 ms \| 1 ms \| 1\.00x \|", out)
     assert "| tutorial_cnn | 1,000 | 2,500 | 2.50x |" in out
 

@@ -10,7 +10,7 @@ __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "ACTIVATIONS", "ma
 
 class _Activation(Layer):
     def forward(self, x):
-        y, self._cache = self._fn.forward(x)
+        y, self._cache = self._fn.forward(x, **self.op_kwargs(x.shape[1:]))
         return y
 
     def backward(self, dy):
@@ -56,9 +56,8 @@ class LeakyReLU(_Activation):
             raise ValueError(f"{self._label()}: `alpha` must be a non-negative float, received {alpha!r}")
         self.alpha = float(alpha)
 
-    def forward(self, x):
-        y, self._cache = self._fn.forward(x, alpha=self.alpha)
-        return y
+    def op_kwargs(self, input_shape):
+        return {"alpha": self.alpha}
 
     def extra_repr(self):
         return "" if self.alpha == 0.01 else f"alpha={self.alpha}"

@@ -392,8 +392,11 @@ class ZeroPadding2D(Layer):
         (PT, PB), (PL, PR) = self.padding
         return PT + H + PB, PL + W + PR, C
 
+    def op_kwargs(self, input_shape):
+        return {"padding": self.padding}
+
     def forward(self, x):
-        y, self._cache = self._fn.forward(x, padding=self.padding)
+        y, self._cache = self._fn.forward(x, **self.op_kwargs(x.shape[1:]))
         return y
 
     def backward(self, dy):

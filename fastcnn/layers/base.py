@@ -31,11 +31,15 @@ class Layer:
 
     Subclasses set ``op`` (a registry op name, or None), ``ndim`` (the input rank
     including the batch axis) and override :meth:`compute_output_shape`,
-    :meth:`forward`, :meth:`backward`, and for layers with weights
-    :meth:`param_shapes` and :meth:`reset_parameters`.
+    :meth:`forward`, :meth:`backward`, :meth:`op_kwargs` when the op takes keyword
+    arguments, and for layers with weights ``op_params``, :meth:`param_shapes` and
+    :meth:`reset_parameters`.
     """
 
     op = None
+    #: Names of the parameters the layer passes to its op after the input(s), in order
+    #: (one it does not have, such as an unused bias, is passed as None).
+    op_params = ()
     ndim = None
     input_description = "(N, H, W, C)"
 
@@ -106,6 +110,11 @@ class Layer:
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def op_kwargs(self, input_shape):
+        """The keyword arguments :meth:`forward` passes to the op for per-sample inputs of
+        ``input_shape`` (what :mod:`fastcnn._opcases` reports; empty for most layers)."""
+        return {}
 
     def count_params(self):
         """Every weight, trained or not (Keras's ``count_params``)."""

@@ -40,6 +40,7 @@ class Conv2D(Layer):
     """
 
     op = "conv2d"
+    op_params = ("weight", "bias")
     ndim = 4
 
     def __init__(self, filters, kernel_size, stride=None, padding="valid", use_bias=True,
@@ -76,6 +77,9 @@ class Conv2D(Layer):
         OH, OW = output_hw((H, W), self.kernel_size, self.stride, pads)
         return (OH, OW, self.filters)
 
+    def op_kwargs(self, input_shape):
+        return {"stride": self.stride, "padding": self._geometry(input_shape[:2])}
+
     def param_shapes(self, input_shape):
         shapes = {"weight": self.kernel_size + (input_shape[2], self.filters)}
         if self.use_bias:
@@ -109,23 +113,22 @@ class Conv2D(Layer):
     def forward_with(self, fn, x, **extra):
         """Forward through ``fn``, a registry entry with conv2d's signature (conv2d or a fused op
         starting with it; ``extra`` are the fused op's own arguments, such as ``pool_size``)."""
-        pads = self._geometry(x.shape[1:3])
+        kwargs = {**self.op_kwargs(x.shape[1:]), **extra}
         if ":" in fn.impl:  # one variant asked for: it must apply
-            self._check_variant(fn, x, pads, extra)
+            self._check_variant(fn, x, kwargs)
         y, self._cache = fn.forward(
-            x, self.params["weight"], self.params.get("bias"), stride=self.stride, padding=pads,
-            workspace=self._workspace, need_cache=self.training, **extra,
+            x, self.params["weight"], self.params.get("bias"),
+            workspace=self._workspace, need_cache=self.training, **kwargs,
         )
         return y
 
-    def _check_variant(self, fn, x, pads, extra):
+    def _check_variant(self, fn, x, kwargs):
         args = (x, self.params["weight"], None)
-        kwargs = dict(stride=self.stride, padding=pads, **extra)
         if not fn.applies(registry.geometry_of(fn.op, args, kwargs)):
             (KH, KW), (SH, SW) = self.kernel_size, self.stride
             others = registry.applicable(fn.op, args, kwargs, registry.variants(fn.op))
             raise ValueError(f"{self._label()}: impl {fn.impl!r} does not apply to this convolution (kernel "
-                             f"{KH}x{KW}, stride {SH}x{SW}, padding {pads}); variants that do: {others}")
+                             f"{KH}x{KW}, stride {SH}x{SW}, padding {kwargs['padding']}); variants that do: {others}")
 
     def backward_with(self, fn, dy):
         """Backward through ``fn`` (the entry the last forward used); writes ``grads``."""

@@ -27,6 +27,7 @@ class Dense(Layer):
     """
 
     op = "dense"
+    op_params = ("weight", "bias")
     ndim = 2
     input_description = "(N, features)"
 
@@ -144,14 +145,17 @@ class Dropout(Layer):
         """Draw future masks from ``rng`` (a numpy Generator)."""
         self.rng = rng
 
+    def op_kwargs(self, input_shape):
+        kwargs = {"rate": self.rate, "rng": self.rng}
+        if self.batch_rows is not None:
+            kwargs["rows"] = self.batch_rows
+        return kwargs
+
     def forward(self, x):
         if not self.training or self.rate == 0.0:
             self._cache = None
             return x
-        if self.batch_rows is None:
-            y, self._cache = self._fn.forward(x, rate=self.rate, rng=self.rng)
-        else:
-            y, self._cache = self._fn.forward(x, rate=self.rate, rng=self.rng, rows=self.batch_rows)
+        y, self._cache = self._fn.forward(x, **self.op_kwargs(x.shape[1:]))
         return y
 
     def backward(self, dy):

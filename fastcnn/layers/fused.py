@@ -24,11 +24,14 @@ class ConvReLU:
     separate pass over the convolution's output in either direction.
     """
 
+    op = "conv2d_relu"
+
     def __init__(self, conv, relu):
         self.conv = conv
         self.relu = relu
         self.layers = (conv, relu)
-        self._fn = registry.get("conv2d_relu", conv.resolved_impl)
+        self._fn = registry.get(self.op, conv.resolved_impl)
+        self.extra_kwargs = {}  # the fused op's own keyword arguments, after the convolution's
 
     @staticmethod
     def matches(layers):
@@ -39,7 +42,7 @@ class ConvReLU:
                 and registry.family(conv.resolved_impl) == registry.family(relu.resolved_impl))
 
     def forward(self, x):
-        return self.conv.forward_with(self._fn, x)
+        return self.conv.forward_with(self._fn, x, **self.extra_kwargs)
 
     def backward(self, dy):
         return self.conv.backward_with(self._fn, dy)
@@ -59,8 +62,9 @@ class ConvPool:
     def __init__(self, *layers):
         self.layers = tuple(layers)
         self.conv, self.pool = layers[0], layers[-1]
-        op = "conv2d_relu_maxpool2d" if len(layers) == 3 else "conv2d_maxpool2d"
-        self._fn = registry.get(op, self.conv.resolved_impl)
+        self.op = "conv2d_relu_maxpool2d" if len(layers) == 3 else "conv2d_maxpool2d"
+        self._fn = registry.get(self.op, self.conv.resolved_impl)
+        self.extra_kwargs = {"pool_size": self.pool.pool_size}
 
     @staticmethod
     def matches(layers):
@@ -74,7 +78,7 @@ class ConvPool:
         return pool.stride == pool.pool_size and pool._geometry(conv.output_shape[:2]) == ((0, 0), (0, 0))
 
     def forward(self, x):
-        return self.conv.forward_with(self._fn, x, pool_size=self.pool.pool_size)
+        return self.conv.forward_with(self._fn, x, **self.extra_kwargs)
 
     def backward(self, dy):
         return self.conv.backward_with(self._fn, dy)

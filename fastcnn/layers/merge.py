@@ -120,8 +120,11 @@ class Concatenate(_Merge):
         out[axis - 1] = sum(shape[axis - 1] for shape in input_shapes)
         return tuple(out)
 
+    def op_kwargs(self, input_shapes):
+        return {"axis": self._axis(len(input_shapes[0]))}
+
     def forward(self, xs):
-        y, self._cache = self._fn.forward(*xs, axis=self._axis(xs[0].ndim - 1))
+        y, self._cache = self._fn.forward(*xs, **self.op_kwargs([x.shape[1:] for x in xs]))
         return y
 
     def extra_repr(self):

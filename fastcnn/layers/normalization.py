@@ -38,6 +38,7 @@ class BatchNormalization(Layer):
     """
 
     op = "batch_norm"
+    op_params = ("gamma", "beta")
     input_description = "(N, ..., C) with at least 2 axes"
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True, *, impl="auto", name=None):
@@ -82,6 +83,9 @@ class BatchNormalization(Layer):
             shapes["beta"] = (C,)
         return shapes
 
+    def op_kwargs(self, input_shape):
+        return {"epsilon": self.epsilon}
+
     def state_shapes(self, input_shape):
         C = input_shape[self._channel_axis(input_shape) - 1]
         return {"moving_mean": (C,), "moving_variance": (C,)}
@@ -122,7 +126,7 @@ class BatchNormalization(Layer):
         gamma, beta = self.params.get("gamma"), self.params.get("beta")
         x = self._to_last(x)
         if self.training:
-            y, self._cache = self._fn.forward(x, gamma, beta, epsilon=self.epsilon)
+            y, self._cache = self._fn.forward(x, gamma, beta, **self.op_kwargs(self.input_shape))
             batch_mean, batch_var = self._cache[0], self._cache[1]
             t = self.dtype.type
             for key, batch in (("moving_mean", batch_mean), ("moving_variance", batch_var)):
@@ -131,7 +135,7 @@ class BatchNormalization(Layer):
                 moving += t(1.0 - self.momentum) * batch
         else:
             y, self._cache = self._fn.forward(x, gamma, beta, self.state["moving_mean"],
-                                              self.state["moving_variance"], epsilon=self.epsilon)
+                                              self.state["moving_variance"], **self.op_kwargs(self.input_shape))
         return self._from_last(y)
 
     def backward(self, dy):

@@ -40,9 +40,11 @@ class _Pool2D(Layer):
         H, W, C = input_shape
         return output_hw((H, W), self.pool_size, self.stride, self._geometry((H, W))) + (C,)
 
+    def op_kwargs(self, input_shape):
+        return {"pool_size": self.pool_size, "stride": self.stride, "padding": self._geometry(input_shape[:2])}
+
     def forward(self, x):
-        pads = self._geometry(x.shape[1:3])
-        y, self._cache = self._fn.forward(x, pool_size=self.pool_size, stride=self.stride, padding=pads)
+        y, self._cache = self._fn.forward(x, **self.op_kwargs(x.shape[1:]))
         return y
 
     def backward(self, dy):
