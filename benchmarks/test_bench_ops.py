@@ -1,7 +1,9 @@
 """Every registered implementation of every hot op, on the shapes of the three presets
 (read off the preset models by :mod:`fastcnn._opcases`, as ``fastcnn bench`` reads them).
 
-One pytest-benchmark group per (op, direction, shape), one row per
+One pytest-benchmark group per (op, direction, shape) (the fused convolutions
+also time ``inference``: the forward with ``need_cache=False``, where
+``numba:winograd4`` pools F(4x4, 3x3) outputs), one row per
 implementation the registry holds, numba variants included where their
 predicates hold (``numba`` itself is the planner's choice among them), so a
 newly registered variant is timed here without editing this file. The
@@ -39,7 +41,7 @@ class OpCase:
     """One (op, direction, shape) group."""
 
     op: str
-    direction: str  # "forward", "backward", or "fused" (softmax_cross_entropy)
+    direction: str  # "forward", "inference" (forward with need_cache=False), "backward", or "fused" (loss)
     where: str  # the preset layer(s) this shape comes from
     shape: str  # human-readable geometry
     make: Callable  # rng -> (float64 positional args, keyword args)
@@ -110,8 +112,9 @@ def fused_cases(N):
         conv = convs[where]
         pool = call.kwargs.get("pool_size")
         shape = conv.shape + (f", {pool[0]}x{pool[1]} max pool" if pool else "")
-        for direction, factor in (("forward", 1), ("backward", 2)):
-            seconds = conv.reference_seconds * (REF_SECONDS["conv2d", direction] / REF_SECONDS["conv2d", "forward"])
+        for direction, factor in (("forward", 1), ("inference", 1), ("backward", 2)):
+            ref = "forward" if direction == "inference" else direction
+            seconds = conv.reference_seconds * (REF_SECONDS["conv2d", ref] / REF_SECONDS["conv2d", "forward"])
             yield OpCase(call.op, direction, where, shape, float64_arguments(call, N), factor * conv.gflop, seconds,
                          gemm_like=True)
 
@@ -229,7 +232,7 @@ def outputs(case, result):
     if case.direction == "fused":
         loss, dlogits = result
         return np.asarray(loss), dlogits
-    if case.direction == "forward":
+    if case.direction in ("forward", "inference"):
         return (result[0],)
     return result if isinstance(result, tuple) else (result,)
 
@@ -259,8 +262,10 @@ def test_op(benchmark, case, impl):
         _, cache = fn.forward(*args, **with_fresh_rng(kwargs))
         call, call_args = fn.backward, (dy, cache)
     else:
+        extra = {"need_cache": False} if case.direction == "inference" else {}  # no backward follows
+
         def call(*a):
-            return fn.forward(*a, **with_fresh_rng(kwargs))
+            return fn.forward(*a, **with_fresh_rng(kwargs), **extra)
         call_args = args
 
     benchmark.group = case.group

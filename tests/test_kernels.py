@@ -118,7 +118,7 @@ PARALLEL_KERNELS = [
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
     (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_shifted_forward_kernel"),
     (conv_pool, "_backward_kernel"), (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
-    (winograd4, "_forward_kernel"),
+    (winograd4, "_forward_kernel"), (winograd4, "_pool_forward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
 ]
@@ -164,6 +164,9 @@ def batch_parallel_outputs(dtype):
         grads = backward(rng.standard_normal(y.shape).astype(dtype), cache)
         for key, array in zip(("y", "dx", "dw", "db"), (y,) + grads):
             out[f"winograd {forward.__module__} {op} {key}"] = array
+        if "pool" in op:  # inference: F(4x4, 3x3) runs only without a cache
+            out[f"winograd {forward.__module__} {op} inference y"] = forward(x5, w5, b, stride=(1, 1), padding=same,
+                                                                              need_cache=False, **kw)[0]
     for N, F in ((7, 130), (400, 5)):  # forward split by columns (the weights larger), by rows (the input)
         xd = rng.standard_normal((N, 300)).astype(dtype)  # (N, IN)
         wd = rng.standard_normal((300, F)).astype(dtype)  # (IN, F)

@@ -208,6 +208,24 @@ def test_conv2d_maxpool2d_agrees(op, impl, case, kind, dtype):
     compare(op, impl, args, dict(kwargs, pool_size=pool_of(args, kwargs)), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op,impl,case,kind", conv_case_params(CONV_POOL_OPS, CONV_GRID, pool=True,
+                                                              impls=registry.variants,
+                                                              kinds=lambda impl: ["normal", "ties"]))
+def test_conv2d_maxpool2d_inference_agrees(op, impl, case, kind, dtype):
+    """The inference forward (``need_cache=False``: no backward follows) of every variant of the
+    fused convolution + max pool against the reference, ties included. ``numba:winograd4`` runs
+    F(4x4, 3x3) only here (with a cache it runs F(2x2, 3x3), which the grid above checks)."""
+    args, kwargs = conv_case(np.random.default_rng(4), *case, kind=kind)
+    if kind == "ties":
+        args = (args[0], np.round(args[1]), args[2])
+    kwargs = dict(kwargs, pool_size=pool_of(args, kwargs))
+    y_ref, _ = registry.get(op, "reference").forward(*args, **kwargs)
+    y, _ = registry.get(op, impl).forward(*[cast_like(a, dtype) for a in args], **kwargs, need_cache=False)
+    assert y.dtype == dtype
+    assert_close(y, y_ref, dtype=dtype, name=f"{op}/{impl} inference forward ({kind})")
+
+
 @pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, [(2, 7, 7, 2, 3, 3, 2, "same", True),
                                                                      (2, 7, 7, 2, 3, 3, 1, "same", True)],
                                                          impls=registry.implementations))

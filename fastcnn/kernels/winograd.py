@@ -41,7 +41,7 @@ from fastcnn.kernels import _blas, _blockgemm, conv, conv_pool
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel_kernel
 
-__all__ = ["applies", "check_domain", "unpooled_variant", "winograd_conv",
+__all__ = ["applies", "check_domain", "unpooled_variant", "tile_buffers", "pooled", "winograd_conv",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
            "BLOCK_BYTES"]
 
@@ -239,14 +239,39 @@ def _pool_forward_kernel(yp, arg, x, U, b, relu, D, TC, TF, V, M, Y, TH, TW, PT,
             conv_pool._pool_units(yp, arg, Y[g].reshape(OH * OW, F), b, relu, n * OPH, (n + 1) * OPH, OW, PH, PW)
 
 
-def _buffers(workspace, prefix, N, C, F, tiles_per_group, dtype, G):
-    block = max(1, min(BLOCK_BYTES // (16 * (C + F) * dtype.itemsize), tiles_per_group))
-    D = scratch(workspace, prefix + "D", (G, 16, C), dtype)  # (G, 16, C) one input tile
-    TC = scratch(workspace, prefix + "TC", (G, 16, C), dtype)  # (G, 16, C) input transform scratch
-    TF = scratch(workspace, prefix + "TF", (G, 16, F), dtype)  # (G, 16, F) output transform scratch
-    V = scratch(workspace, prefix + "V", (G, block, 16, C), dtype)  # (G, block, 16, C) transformed tiles
-    M = scratch(workspace, prefix + "M", (G, block, 16, F), dtype)  # (G, block, 16, F) their products
+def tile_buffers(workspace, prefix, positions, C, F, tf_rows, tiles_per_group, dtype, G, block_bytes):
+    """Per-group scratch of a Winograd kernel with ``positions`` transform positions (16 for
+    F(2x2, 3x3), 36 for F(4x4, 3x3)): ``D``, ``TC`` ``(G, positions, C)`` (one input tile and
+    its transform's scratch), ``TF`` ``(G, tf_rows, F)`` (the output transform's), and per
+    block of tiles (about ``block_bytes``) ``V`` ``(G, block, positions, C)`` and ``M``
+    ``(G, block, positions, F)`` (transformed tiles and their products)."""
+    block = max(1, min(block_bytes // (positions * (C + F) * dtype.itemsize), tiles_per_group))
+    D = scratch(workspace, prefix + "D", (G, positions, C), dtype)
+    TC = scratch(workspace, prefix + "TC", (G, positions, C), dtype)
+    TF = scratch(workspace, prefix + "TF", (G, tf_rows, F), dtype)
+    V = scratch(workspace, prefix + "V", (G, block, positions, C), dtype)
+    M = scratch(workspace, prefix + "M", (G, block, positions, F), dtype)
     return D, TC, TF, V, M
+
+
+def pooled(kernel, x, U, bias, padding, pool_size, relu, workspace, *, tile, tf_rows, block_bytes, prefix):
+    """``(yp (N*OPH, OPW, F), arg, (OH, OW))``: the 3x3 stride-1 convolution of contiguous NHWC
+    ``x`` whose filter transform is ``U`` ``(positions, C, F)``, max pooled by ``kernel`` (a
+    ``_pool_forward_kernel`` of tiles ``tile`` x ``tile``; ``arg``: each window's argmax)."""
+    N, H, W, C = x.shape
+    positions, _, F = U.shape
+    PH, PW = pool_size
+    OH, OW = output_hw((H, W), (3, 3), (1, 1), padding)
+    (PT, _), (PL, _) = padding
+    dtype, G = x.dtype, _blockgemm.groups()
+    TH, TW = -(-OH // tile), -(-OW // tile)
+    D, TC, TF, V, M = tile_buffers(workspace, prefix, positions, C, F, tf_rows, TH * TW, dtype, G, block_bytes)
+    Y = scratch(workspace, prefix + "Y", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
+    yp = np.empty((N * (OH // PH), OW // PW, F), dtype=dtype)  # (N*OPH, OPW, F)
+    arg = np.empty(yp.shape, dtype=conv_pool._index_dtype(PH * PW))  # window index
+    with _blas.blas_single_threaded():
+        kernel(yp, arg, x.reshape(N, H, W * C), U, bias, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW)
+    return yp, arg, (OH, OW)
 
 
 def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino"):
@@ -257,18 +282,19 @@ def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino"):
     F = U.shape[2]
     G = _blockgemm.groups()
     TH, TW = -(-OH // 2), -(-OW // 2)
-    D, TC, TF, V, M = _buffers(workspace, prefix, N, C, F, -(-(N * TH * TW) // G), x.dtype, G)
+    D, TC, TF, V, M = tile_buffers(workspace, prefix, 16, C, F, 16, -(-(N * TH * TW) // G), x.dtype, G, BLOCK_BYTES)
     y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
     return y
 
 
-def _prepare(x, w, b):
+def _prepare(x, w, b, transform=filter_transform):
+    """Contiguous ``x``, the filter transform ``U`` of ``w`` in ``x``'s dtype, and the bias ((F,) or (0,))."""
     x = np.ascontiguousarray(x)
     dtype = x.dtype
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
-    return x, filter_transform(w, dtype), bias
+    return x, transform(w, dtype), bias
 
 
 def unpooled_variant(variant, conv_fn, transform, prefix):
@@ -282,13 +308,12 @@ def unpooled_variant(variant, conv_fn, transform, prefix):
     """
     def forward(x, w, b, stride, padding, workspace, need_cache, relu):
         check_domain(variant, w, stride, padding)
-        x = np.ascontiguousarray(x)
+        x, U, bias = _prepare(x, w, b, transform)
         dtype = x.dtype
-        bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
         N, H, W, C = x.shape
         OH, OW = output_hw((H, W), (3, 3), stride, padding)
         (PT, _), (PL, _) = padding
-        y = conv_fn(x, transform(w, dtype), bias, OH, OW, PT, PL, relu, workspace, prefix=prefix)
+        y = conv_fn(x, U, bias, OH, OW, PT, PL, relu, workspace, prefix=prefix)
         cache = None
         if need_cache:
             w2 = np.ascontiguousarray(w, dtype=dtype).reshape(9 * C, -1)  # (9*C, F)
@@ -327,25 +352,15 @@ def unpooled_variant(variant, conv_fn, transform, prefix):
 def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     check_domain("numba:winograd", w, stride, padding)
     x, U, bias = _prepare(x, w, b)
-    N, H, W, C = x.shape
+    yp, arg, (OH, OW) = pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=2,
+                               tf_rows=16, block_bytes=BLOCK_BYTES, prefix="wino")
+    N, _, _, C = x.shape
     F = U.shape[2]
-    PH, PW = pool_size
-    OH, OW = output_hw((H, W), (3, 3), stride, padding)
-    OPH, OPW = OH // PH, OW // PW
-    (PT, _), (PL, _) = padding
-    dtype, G = x.dtype, _blockgemm.groups()
-    TH, TW = -(-OH // 2), -(-OW // 2)
-    D, TC, TF, V, M = _buffers(workspace, "wino", N, C, F, TH * TW, dtype, G)
-    Y = scratch(workspace, "winoY", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
-    yp = np.empty((N * OPH, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
-    arg = np.empty((N * OPH, OPW, F), dtype=conv_pool._index_dtype(PH * PW))  # window index
-    with _blas.blas_single_threaded():
-        _pool_forward_kernel(yp, arg, x.reshape(N, H, W * C), U, bias, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW)
     cache = None
     if need_cache:
-        w2 = np.ascontiguousarray(w, dtype=dtype).reshape(9 * C, F)  # (9*C, F)
-        cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), (PH, PW), (3, 3), stride, padding, workspace)
-    return yp.reshape(N, OPH, OPW, F), cache
+        w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(9 * C, F)  # (9*C, F)
+        cache = (x, yp, arg, w2, b is not None, relu, (OH, OW), tuple(pool_size), (3, 3), stride, padding, workspace)
+    return yp.reshape(N, -1, yp.shape[1], F), cache
 
 
 def conv2d_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):

@@ -15,22 +15,26 @@ has the measured float32 error, within the agreement tolerance. Transforms
     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 
 Registered for ``conv2d`` and ``conv2d_relu`` (forward and input gradient by
-Winograd, weight gradient by im2col blocks), not for the ops fused with a max
-pool: ``G``'s constants (1/6, 1/24) are not exact in binary, so outputs that
-are exactly equal (integer data) come out a rounding apart, and the pool's
-first-maximum rule then picks another window element than the reference: it
-fails the tie tests. (F(2x2, 3x3)'s halves are exact there.)
+Winograd, weight gradient by im2col blocks), and for the ops fused with a max
+pool at inference: a 4x4 output tile holds whole 2x2 pool windows, and the
+pool's epilogue is F(2x2, 3x3)'s. A fused forward that keeps a cache for a
+backward pass runs F(2x2, 3x3) instead: ``G``'s constants (1/6, 1/24) are not
+exact in binary, so outputs that are exactly equal (integer data) come out a
+rounding apart, and the pool's first-maximum rule would route the gradient to
+another window element than the reference (F(2x2, 3x3)'s halves are exact
+there). The pooled values themselves are a rounding apart at most: the
+inference forward is within the same tolerance as the unpooled one.
 """
 
 import numpy as np
 from numba import prange
 
-from fastcnn.kernels import _blas, _blockgemm, winograd
-from fastcnn.kernels._im2col import scratch
+from fastcnn.kernels import _blas, _blockgemm, conv_pool, winograd
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels.winograd import applies, check_domain  # noqa: F401  (the same domain as F(2x2, 3x3))
 
-__all__ = ["applies", "winograd4_conv", "filter_transform", "VARIANTS", "BLOCK_BYTES"]
+__all__ = ["applies", "winograd4_conv", "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward",
+           "filter_transform", "VARIANTS", "BLOCK_BYTES"]
 
 #: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block.
 BLOCK_BYTES = 512 * 1024
@@ -143,9 +147,10 @@ def _output_tile(y, Mt, T, b, relu, n, oh0, ow0):
 
 
 @kernel
-def _tiles(y, x, U, b, relu, D, TC, TF, V, M, t0, t1, TH, TW, PT, PL):
-    # Tiles t0..t1 ((n, th, tw) row-major) of the convolution of x: (N, H, W*C) into y: (N, OH, OW, F);
-    # U: (36, C, F); D, TC: (36, C), TF: (40, F) scratch; V: (>= t1-t0, 36, C), M: (>= t1-t0, 36, F).
+def _tiles(y, x, U, b, relu, D, TC, TF, V, M, t0, t1, n_off, TH, TW, PT, PL):
+    # Tiles t0..t1 ((n, th, tw) row-major) of the convolution of x: (N, H, W*C) into y: (N', OH, OW, F)
+    # at image n - n_off; U: (36, C, F); D, TC: (36, C), TF: (40, F) scratch; V: (>= t1-t0, 36, C),
+    # M: (>= t1-t0, 36, F).
     P = TH * TW
     for t in range(t0, t1):
         n, r = t // P, t % P
@@ -156,7 +161,7 @@ def _tiles(y, x, U, b, relu, D, TC, TF, V, M, t0, t1, TH, TW, PT, PL):
         _blas.gemm(False, False, 1.0, V[:nt, k], U[k], 0.0, M[:nt, k])
     for t in range(t0, t1):
         n, r = t // P, t % P
-        _output_tile(y, M[t - t0], TF, b, relu, n, 4 * (r // TW), 4 * (r % TW))
+        _output_tile(y, M[t - t0], TF, b, relu, n - n_off, 4 * (r // TW), 4 * (r % TW))
 
 
 @parallel_kernel
@@ -168,7 +173,28 @@ def _forward_kernel(y, x, U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL):
     for g in prange(G):
         lo, hi = g * tiles // G, (g + 1) * tiles // G
         for t0 in range(lo, hi, block):
-            _tiles(y, x, U, b, relu, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, hi), TH, TW, PT, PL)
+            _tiles(y, x, U, b, relu, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, hi), 0, TH, TW, PT, PL)
+
+
+@parallel_kernel
+def _pool_forward_kernel(yp, arg, x, U, b, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW):
+    # F(2x2, 3x3)'s kernel with this module's _tiles. (Not one kernel built by a factory, nor one
+    # taking _tiles as an argument: Numba's disk cache missed both, so every process recompiled.)
+    # Fused with a max pool: groups own whole images; each image's convolution
+    # goes to Y[g]: (1, OH, OW, F) (no bias) and is pooled by conv_pool's epilogue (bias and ReLU
+    # after the max) into yp, arg: (N*OPH, OPW, F) out.
+    G, block = V.shape[0], V.shape[1]
+    N = x.shape[0]
+    OPH = yp.shape[0] // N
+    _, OH, OW, F = Y.shape[1:]
+    P = TH * TW
+    none = b[:0]
+    for g in prange(G):
+        for n in range(g * N // G, (g + 1) * N // G):
+            for t0 in range(n * P, (n + 1) * P, block):
+                _tiles(Y[g], x, U, none, False, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, (n + 1) * P), n,
+                       TH, TW, PT, PL)
+            conv_pool._pool_units(yp, arg, Y[g].reshape(OH * OW, F), b, relu, n * OPH, (n + 1) * OPH, OW, PH, PW)
 
 
 def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4"):
@@ -178,17 +204,38 @@ def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4"
     G = _blockgemm.groups()
     TH, TW = -(-OH // 4), -(-OW // 4)
     dtype = x.dtype
-    block = max(1, min(BLOCK_BYTES // (36 * (C + F) * dtype.itemsize), -(-(N * TH * TW) // G)))
-    D = scratch(workspace, prefix + "D", (G, 36, C), dtype)  # (G, 36, C) one input tile
-    TC = scratch(workspace, prefix + "TC", (G, 36, C), dtype)  # (G, 36, C) input transform scratch
-    TF = scratch(workspace, prefix + "TF", (G, 40, F), dtype)  # (G, 40, F) output transform scratch
-    V = scratch(workspace, prefix + "V", (G, block, 36, C), dtype)  # (G, block, 36, C) transformed tiles
-    M = scratch(workspace, prefix + "M", (G, block, 36, F), dtype)  # (G, block, 36, F) their products
+    D, TC, TF, V, M = winograd.tile_buffers(workspace, prefix, 36, C, F, 40, -(-(N * TH * TW) // G), dtype, G,
+                                            BLOCK_BYTES)
     y = np.empty((N, OH, OW, F), dtype=dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
     return y
 
 
+def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
+    if need_cache:  # a backward pass follows: its window choice must break ties as the reference does
+        return winograd._pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu)
+    check_domain("numba:winograd4", w, stride, padding)
+    x, U, bias = winograd._prepare(x, w, b, filter_transform)
+    yp, _, _ = winograd.pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=4,
+                               tf_rows=40, block_bytes=BLOCK_BYTES, prefix="wino4")
+    return yp.reshape(x.shape[0], -1, yp.shape[1], yp.shape[2]), None
+
+
+def conv2d_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+    """``numba:winograd4`` forward of conv2d_maxpool2d: F(4x4, 3x3) for inference (``need_cache=False``);
+    with a cache for the backward pass, ``numba:winograd``'s (F(2x2, 3x3): ties as the reference)."""
+    return _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, False)
+
+
+def conv2d_relu_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
+    """``numba:winograd4`` forward of conv2d_relu_maxpool2d (see :func:`conv2d_maxpool2d_forward`)."""
+    return _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, True)
+
+
 #: op -> (forward, backward) of the ``numba:winograd4`` variant.
-VARIANTS = winograd.unpooled_variant("numba:winograd4", winograd4_conv, filter_transform, "wino4")
+VARIANTS = {
+    **winograd.unpooled_variant("numba:winograd4", winograd4_conv, filter_transform, "wino4"),
+    "conv2d_maxpool2d": (conv2d_maxpool2d_forward, conv_pool.conv2d_maxpool2d_backward),
+    "conv2d_relu_maxpool2d": (conv2d_relu_maxpool2d_forward, conv_pool.conv2d_relu_maxpool2d_backward),
+}
