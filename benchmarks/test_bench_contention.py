@@ -1,8 +1,9 @@
 """The presets on a busy machine: a training step and a batch prediction while other processes
 keep every core busy.
 
-The load is this module's own: one process per usable core spinning in a
-Python loop, started before the first benchmark here and killed after the last
+The load is this module's own: one process per usable core (or
+``FASTCNN_BENCH_LOAD`` processes; 0 runs the same interleaved rows on a quiet
+machine) spinning in a Python loop, started before the first benchmark here and killed after the last
 (a module fixture; each spinner also stops by itself after
 :data:`LOAD_MAX_S`). Each cell is run four ways, interleaved round by round
 (in a shuffled order) under the same load (the load drifts over seconds, so rows timed one after the
@@ -42,8 +43,13 @@ from benchmarks._common import BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, mo
 ROUNDS = 2 if SMALL else 30
 #: The smoke run (FASTCNN_BENCH_SMALL) keeps to the smallest preset: it only proves the machinery.
 CELL_PRESETS = ("tutorial_cnn",) if SMALL else PRESETS
-#: Background processes: one per usable core.
-LOAD_PROCESSES = len(os.sched_getaffinity(0))
+#: Background processes: one per usable core, or ``FASTCNN_BENCH_LOAD`` (0: none, the same
+#: four rows interleaved on a quiet machine: the thread policy against the fixed counts in the
+#: same rounds). Interleaved in one process, fastcnn and PyTorch slow each other down (each
+#: one's idle workers spin for a while after its call: measured on a 2-core Zen 5, vgg_mini's
+#: batch-64 prediction took 11.2 ms after other rows against 5.85 ms back to back), so the
+#: quiet ratio to PyTorch is a lower bound; test_bench_models/test_bench_torch time each alone.
+LOAD_PROCESSES = int(os.environ.get("FASTCNN_BENCH_LOAD", "").strip() or len(os.sched_getaffinity(0)))
 #: No spinner outlives this many seconds, whatever happens to this process.
 LOAD_MAX_S = 60 if SMALL else 1800
 #: Rows of each cell (one round runs each once, in an order shuffled from round to round: a
@@ -63,7 +69,8 @@ def background_load():
         for _ in range(LOAD_PROCESSES):
             procs.append(subprocess.Popen([sys.executable, "-c", _SPIN, str(LOAD_MAX_S)],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
-        time.sleep(0.2)  # let them start spinning
+        if procs:
+            time.sleep(0.2)  # let them start spinning
         assert all(p.poll() is None for p in procs), "a background load process exited at once"
         yield procs
     finally:
@@ -74,7 +81,8 @@ def background_load():
 
 
 def group(preset, task, n):
-    return f"{preset} {task}, batch {n}, {LOAD_PROCESSES} busy processes"
+    load = f"{LOAD_PROCESSES} busy processes" if LOAD_PROCESSES else "quiet, interleaved"
+    return f"{preset} {task}, batch {n}, {load}"
 
 
 def record(benchmark, preset, task, n, variant, torch=False):

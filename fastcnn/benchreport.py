@@ -322,13 +322,19 @@ def _memory(rows):
 def _under_load(rows):
     """benchmarks/test_bench_contention.py: fastcnn's default, fastcnn on one thread and PyTorch
     under the same background load, per cell."""
-    cells = {}
-    for r in rows:
-        if r.kind == "contention" and r.seconds:
-            cells.setdefault(r.group, {})[r.impl] = r
-    if not cells:
-        return []
-    lines = ["### Under load", "",
+    out = []
+    for loaded in (True, False):
+        cells = {}
+        for r in rows:
+            if r.kind == "contention" and r.seconds and bool((r.extra or {}).get("load_processes", 1)) == loaded:
+                cells.setdefault(r.group, {})[r.impl] = r
+        if cells:
+            out += _contention_table(cells, loaded)
+    return out
+
+
+def _contention_table(cells, loaded):
+    lines = ["### Under load" if loaded else "### Quiet machine, interleaved", "",
              "| benchmark | fastcnn default | fastcnn 1 thread | fastcnn all threads | PyTorch | "
              "default / best fastcnn | PyTorch / default |", "|---|--:|--:|--:|--:|--:|--:|"]
     for group, row in cells.items():
@@ -343,8 +349,11 @@ def _under_load(rows):
         vs_torch = f"**{torch / d:.2f}×**" if d and torch else "—"
         lines.append(f"| {_cell(group)} | {cell(d)} | {cell(one)} | {cell(every)} | {cell(torch)} | {ratio} | "
                      f"{vs_torch} |")
-    return lines + ["", "Each cell ran while one process per core spun in a loop (started and stopped by the "
-                        "benchmark), its four rows interleaved round by round. \"default / best fastcnn\" is the "
+    where = ("Each cell ran while one process per core spun in a loop (started and stopped by the benchmark), its "
+             "four rows interleaved round by round." if loaded else
+             "Each cell's four rows ran interleaved round by round (in a shuffled order) with nothing else running "
+             "(FASTCNN_BENCH_LOAD=0).")
+    return lines + ["", where + " \"default / best fastcnn\" is the "
                         "default's time over the fastest of the "
                         "default and the fixed counts (1.00: the default is the best); \"PyTorch / default\" above 1: "
                         "fastcnn is faster.", ""]

@@ -199,6 +199,20 @@ def test_under_load_table_reads_the_rows_interleaved_with_the_default(run):
     assert table_rows(text, "Under load") == [[group, "50 ms", "80 ms", "40 ms", "100 ms", "1.25", "**2.00×**"]]
 
 
+def test_quiet_interleaved_cells_get_their_own_table(run):
+    loaded = "vgg_mini predict, batch 64, 2 busy processes"
+    quiet = "vgg_mini predict, batch 64, quiet, interleaved"
+    run["benchmarks"] += [bench(loaded, "numba", 0.02, 0.1, kind="contention", load_processes=2,
+                                interleaved={"numba-1": 0.03, "numba-all": 0.025, "torch": 0.04}),
+                          bench(quiet, "numba", 0.006, 0.1, kind="contention", load_processes=0,
+                                interleaved={"numba-1": 0.01, "numba-all": 0.0055, "torch": 0.0075})]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "Under load") == [[loaded, "20 ms", "30 ms", "25 ms", "40 ms", "1.00", "**2.00×**"]]
+    assert table_rows(text, "Quiet machine, interleaved") == [
+        [quiet, "6 ms", "10 ms", "5.5 ms", "7.5 ms", "1.09", "**1.25×**"]]
+    assert "FASTCNN_BENCH_LOAD=0" in text.split("### Quiet machine, interleaved", 1)[1]
+
+
 def test_against_onnxruntime_table(run):
     predict = "mnist_cnn predict, batch 64"
     run["benchmarks"] += [bench(predict, "numba", 0.004, 1.0, kind="model", batch=64),
