@@ -204,6 +204,7 @@ class Planner:
         self.announce = announce
         self.announced = False
         self.memo = {}  # (mode, geometry, train) -> OpImpl
+        self.quick = {}  # the same choices keyed by the calls' raw shapes, dtypes and arguments
         self.timings = {}  # geometry key -> {variant: seconds}, what this process measured
 
     def __repr__(self):
@@ -217,13 +218,24 @@ class Planner:
 
     def choose(self, op, args, kwargs, mode=None):
         """The :class:`fastcnn.registry.OpImpl` to run for ``forward(*args, **kwargs)`` of ``op``."""
-        geometry = registry.geometry_of(op, args, kwargs)
-        train = bool(kwargs.get("need_cache", True))
         mode = plan_mode() if mode is None else mode
+        train = bool(kwargs.get("need_cache", True))
+        x, w = args[0], args[1]
+        try:  # every call of a layer after its first: the call's own values as the key (no Geometry built)
+            quick = (op, mode, train, x.shape, w.shape, x.dtype, kwargs.get("stride"), kwargs.get("padding"),
+                     kwargs.get("pool_size"))
+            entry = self.quick.get(quick)
+        except TypeError:  # a list among them: unhashable
+            quick = entry = None
+        if entry is not None:
+            return entry
+        geometry = registry.geometry_of(op, args, kwargs)
         memo_key = (mode, geometry, train)
         entry = self.memo.get(memo_key)
         if entry is None:
             entry = self.memo[memo_key] = registry.get(op, self._choose(op, geometry, train, mode, args, kwargs))
+        if quick is not None:
+            self.quick[quick] = entry
         return entry
 
     def _choose(self, op, geometry, train, mode, args, kwargs):

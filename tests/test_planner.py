@@ -152,6 +152,17 @@ def test_the_rounds_span_at_least_the_minimum_and_stop_at_the_budget(plans):
     assert 1 <= len(calls) // 2 < 0.03 / (2 * 0.004) + 1  # the budget ends it, within a round
 
 
+def test_a_repeated_call_is_answered_from_its_raw_arguments(plans):
+    calls = []
+    p = measuring_planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}, calls), machine="m")
+    args, kwargs = conv_call()
+    first = p.choose("conv2d", args, kwargs, mode="measure")
+    assert len(p.quick) == 1 and p.choose("conv2d", args, kwargs, mode="measure") is first
+    listed = dict(kwargs, stride=list(kwargs["stride"]), padding=[list(side) for side in kwargs["padding"]])
+    assert p.choose("conv2d", args, listed, mode="measure") is first  # unhashable: the Geometry path
+    assert len(p.quick) == 1 and len(calls) == 2 * planner.REPEATS  # planned once
+
+
 def test_ties_go_to_the_first_registered_variant(plans):
     p = measuring_planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:winograd": 1.0}), machine="m")
     args, kwargs = conv_call()
