@@ -37,19 +37,24 @@ from fastcnn import parallel
 from fastcnn.testing import assert_close, max_rel_error
 
 from benchmarks import _presets
-from benchmarks._common import BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, model_gflop, run_info
+from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, model_gflop, run_info
 
 #: Timed rounds per row.
 ROUNDS = 2 if SMALL else 30
 #: The smoke run (FASTCNN_BENCH_SMALL) keeps to the smallest preset: it only proves the machinery.
 CELL_PRESETS = ("tutorial_cnn",) if SMALL else PRESETS
 #: Background processes: one per usable core, or ``FASTCNN_BENCH_LOAD`` (0: none, the same
-#: four rows interleaved on a quiet machine: the thread policy against the fixed counts in the
-#: same rounds). Interleaved in one process, fastcnn and PyTorch slow each other down (each
-#: one's idle workers spin for a while after its call: measured on a 2-core Zen 5, vgg_mini's
-#: batch-64 prediction took 11.2 ms after other rows against 5.85 ms back to back), so the
-#: quiet ratio to PyTorch is a lower bound; test_bench_models/test_bench_torch time each alone.
+#: rows on a quiet machine, taking turns in blocks: see BLOCK).
 LOAD_PROCESSES = int(os.environ.get("FASTCNN_BENCH_LOAD", "").strip() or len(os.sched_getaffinity(0)))
+#: Quiet mode (no load): rows take turns in blocks of BLOCK timed calls, each block after
+#: SETTLE untimed calls, rather than call by call: interleaved call by call in one process,
+#: fastcnn and PyTorch slow each other down (each one's idle workers spin for a while after its
+#: call, and take the cores from the other's next call). Blocks still alternate every second
+#: or so, so a drift of the machine's speed (seen on shared VMs: 5.6 ms and 9.5 ms for the same
+#: prediction a minute apart) falls on every row alike.
+BLOCK, SETTLE = (1, 0) if LOAD_PROCESSES else (2 if SMALL else 10, 1 if SMALL else 3)
+#: Blocks per row in quiet mode.
+BLOCK_ROUNDS = 1 if SMALL else 6
 #: No spinner outlives this many seconds, whatever happens to this process.
 LOAD_MAX_S = 60 if SMALL else 1800
 #: Rows of each cell (one round runs each once, in an order shuffled from round to round: a
@@ -106,8 +111,12 @@ def restore_policy():
 
 
 def cells():
-    return [pytest.param(preset, task, id=f"{preset}-{task}")
-            for preset in CELL_PRESETS for task in ("train_on_batch", "predict")]
+    """(preset, task, batch): training and prediction at BATCH; on a quiet machine also
+    prediction at BIG_BATCH (the cells of the every-CPU issue's table)."""
+    tasks = [("train_on_batch", BATCH), ("predict", BATCH)]
+    if not LOAD_PROCESSES and BIG_BATCH:
+        tasks.append(("predict", BIG_BATCH))
+    return [pytest.param(preset, task, n, id=f"{preset}-{task}-{n}") for preset in CELL_PRESETS for task, n in tasks]
 
 
 def warmup_calls(variant):
@@ -168,12 +177,12 @@ def fastcnn_call(preset, task, variant, n):
     return call, check
 
 
-@pytest.mark.parametrize("preset,task", cells())
-def test_under_load(benchmark, background_load, restore_policy, preset, task):
+@pytest.mark.parametrize("preset,task,n", cells())
+def test_under_load(benchmark, background_load, restore_policy, preset, task, n):
     """One cell: the default, one thread, all threads and PyTorch, interleaved round by round
-    (the load drifts over seconds: rows timed one after the other compare different loads).
+    (the load drifts over seconds: rows timed one after the other compare different loads;
+    on a quiet machine the rows take turns in blocks, see BLOCK).
     pytest-benchmark times the default; the others' medians are in ``extra_info["interleaved"]``."""
-    n = BATCH
     others = {variant: fastcnn_call(preset, task, variant, n) for variant in ("one-thread", "all-threads")}
     torch_pair = torch_call(preset, task, n)
     if torch_pair is not None:
@@ -183,22 +192,33 @@ def test_under_load(benchmark, background_load, restore_policy, preset, task):
     order = ["default", *others]  # shuffled every round (seeded): each row follows each other row
     shuffle = random.Random(0).shuffle  # about equally often (a rotation would keep the cyclic order)
 
+    calls = {"default": 0}
+
     def run(variants):
         for variant in variants:
-            start = time.perf_counter()
-            others[variant][0]()
-            times[variant].append(time.perf_counter() - start)
+            for _ in range(SETTLE):
+                others[variant][0]()
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                others[variant][0]()
+                times[variant].append(time.perf_counter() - start)
         parallel.reset_num_threads()
 
     def before_default():  # pytest-benchmark's untimed setup and teardown around each timed default call
-        shuffle(order)
-        run(order[:order.index("default")])
+        if calls["default"] % BLOCK == 0:  # the default's block starts
+            shuffle(order)
+            run(order[:order.index("default")])
+            for _ in range(SETTLE):
+                default_call()
+        calls["default"] += 1
 
     def after_default():
-        run(order[order.index("default") + 1:])
+        if calls["default"] % BLOCK == 0:  # the default's block is over
+            run(order[order.index("default") + 1:])
 
     record(benchmark, preset, task, n, "default")
-    benchmark.pedantic(default_call, setup=before_default, teardown=after_default, rounds=ROUNDS, iterations=1)
+    rounds = ROUNDS if LOAD_PROCESSES else BLOCK * BLOCK_ROUNDS
+    benchmark.pedantic(default_call, setup=before_default, teardown=after_default, rounds=rounds, iterations=1)
     # (none under --benchmark-disable, which runs the default once without setup and teardown)
     benchmark.extra_info["interleaved"] = {IMPL_OF[v]: float(np.median(t)) for v, t in times.items() if t}
     checks = {variant: check() for variant, (_, check) in others.items()}
