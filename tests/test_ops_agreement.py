@@ -488,8 +488,13 @@ def test_conv2d_agrees_hypothesis(config, kind, contiguous, dtype, seed):
             compare(op, impl, args, kwargs, dtype, seed)
     pool = (1 + seed % min(OH, 3), 1 + seed // 3 % min(OW, 3))  # 1 to 3, at most the output size
     for op in CONV_POOL_OPS:
-        for impl in applicable_impls(op, args, dict(kwargs, pool_size=pool), fast_variants(op)):
-            compare(op, impl, args, dict(kwargs, pool_size=pool), dtype, seed)
+        pooled = dict(kwargs, pool_size=pool)
+        for impl in applicable_impls(op, args, pooled, fast_variants(op)):
+            compare(op, impl, args, pooled, dtype, seed)
+        y_ref, _ = registry.get(op, "reference").forward(*args, **pooled)  # inference (numba:winograd4: F(4x4))
+        for impl in applicable_impls(op, args, pooled, registry.variants(op)):
+            y, _ = registry.get(op, impl).forward(*[cast_like(a, dtype) for a in args], **pooled, need_cache=False)
+            assert_close(y, y_ref, dtype=dtype, name=f"{op}/{impl} inference forward")
 
 
 @st.composite
