@@ -22,7 +22,8 @@ is not recorded as a trial of its thread count.
     the backward pass when one follows, and keep the fastest. Choices are
     written to a JSON file, ``$FASTCNN_CACHE/plans.json`` or
     ``~/.cache/fastcnn/plans.json``, under a key naming the machine (CPU model,
-    BLAS library and core type, ``NUMBA_NUM_THREADS``) and the library versions, so a
+    BLAS library and core type, ``NUMBA_NUM_THREADS``), the library versions and a
+    digest of the kernels' source (:func:`kernels_digest`), so a
     second process on the same machine plans nothing and runs exactly the same
     arithmetic: the same seed gives the same weights. Before timing, the file is
     read again, and a choice is written under a lock where the first writer wins:
@@ -44,6 +45,8 @@ The first time a process times anything it says so on stderr, once.
 """
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -55,8 +58,8 @@ import numpy as np
 
 from fastcnn import registry
 
-__all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "geometry_key", "Planner",
-           "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
+__all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "kernels_digest", "geometry_key",
+           "Planner", "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
 
 #: At most this long timing one geometry's variants (a round under way is finished), so
 #: that planning a preset takes a few seconds.
@@ -134,8 +137,24 @@ def _cpu_model():
     return f"{model} ({detail})" if detail else model
 
 
+@functools.lru_cache(maxsize=None)
+def kernels_digest(root=None):
+    """The first 12 hex digits of a SHA-256 of the kernels' source (``fastcnn/kernels/*.py``, by
+    name and content): a plan measured before a kernel changed is not reused after it, even
+    where the version number stayed the same (a development checkout, a patched install)."""
+    root = root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+    digest = hashlib.sha256()
+    try:
+        for name in sorted(n for n in os.listdir(root) if n.endswith(".py")):
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    except OSError:  # not on a file system (a zip import): the version alone tells
+        return "unknown"
+    return digest.hexdigest()[:12]
+
+
 def machine_key():
-    """The machine and library versions a plan holds for, as one string."""
+    """The machine, library versions and kernel source a plan holds for, as one string."""
     import numba
 
     import fastcnn
@@ -144,7 +163,8 @@ def machine_key():
     info = _blas._numpy_blas_info()
     blas = f"{info.get('internal_api', 'none')} {info.get('version', '')} {info.get('architecture', '')}".strip()
     return (f"{_cpu_model()} | BLAS {blas} | numba threads {numba.config.NUMBA_NUM_THREADS} | "
-            f"fastcnn {fastcnn.__version__} numpy {np.__version__} numba {numba.__version__}")
+            f"fastcnn {fastcnn.__version__} (kernels {kernels_digest()}) numpy {np.__version__} "
+            f"numba {numba.__version__}")
 
 
 def geometry_key(geometry, train):

@@ -240,6 +240,21 @@ def test_the_first_writer_wins(plans):
 def test_the_machine_key_names_cpu_blas_and_versions():
     key = planner.machine_key()
     assert f"fastcnn {fastcnn.__version__}" in key and "BLAS" in key and f"numpy {np.__version__}" in key
+    assert f"(kernels {planner.kernels_digest()})" in key
+
+
+def test_the_kernels_digest_changes_with_a_kernels_source(tmp_path):
+    """A plan measured before a kernel changed is not reused after it (same version number)."""
+    (tmp_path / "conv.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not source")
+    before = planner.kernels_digest(str(tmp_path))
+    assert len(before) == 12 and int(before, 16) >= 0
+    (tmp_path / "notes.txt").write_text("changed, but not a .py file")
+    planner.kernels_digest.cache_clear()
+    assert planner.kernels_digest(str(tmp_path)) == before
+    (tmp_path / "conv.py").write_text("x = 2\n")
+    planner.kernels_digest.cache_clear()
+    assert planner.kernels_digest(str(tmp_path)) != before
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "plans": {}}), json.dumps([1, 2])])
