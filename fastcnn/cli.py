@@ -1,10 +1,11 @@
-"""The ``fastcnn`` command (also ``python -m fastcnn``): train, evaluate, predict, bench, export.
+"""The ``fastcnn`` command (also ``python -m fastcnn``): train, evaluate, predict, bench, plans, export.
 
     fastcnn train --dataset fashion-mnist --model mnist_cnn --epochs 1 --save m.npz
     fastcnn evaluate m.npz
     fastcnn predict m.npz shoe.png digits-idx3-ubyte.gz --top 3
     fastcnn bench
     fastcnn bench --from-json bench.json --markdown
+    fastcnn plans [--forget]
     fastcnn export m.npz m.onnx
 
 Every mistake a user can make (a missing or corrupt file, a bad flag value, a
@@ -210,6 +211,16 @@ def build_parser():
                        help="time only this preset end to end (repeatable; default: all)")
     _add_threads_argument(bench)
     bench.set_defaults(run=cmd_bench)
+
+    plans = commands.add_parser(
+        "plans", help="the kernel variants the planner chose on this machine (or forget them)",
+        description="List the plan file's choices for this machine (FASTCNN_PLAN=measure times the "
+                    "kernel variants of each layer geometry once and keeps the fastest): geometry, "
+                    "chosen variant, and the time of each variant. --forget removes them, so the "
+                    "next run plans again (for example after the machine was busy while planning).",
+    )
+    plans.add_argument("--forget", action="store_true", help="remove this machine's plans from the plan file")
+    plans.set_defaults(run=cmd_plans)
 
     export = commands.add_parser(
         "export", help="write a saved model as an ONNX graph (needs onnx)",
@@ -876,6 +887,32 @@ def _render_json(path):
 
 
 # -- export ---------------------------------------------------------------------------------
+def cmd_plans(args):
+    """``fastcnn plans [--forget]``: this machine's planned variants, or remove them."""
+    from fastcnn import planner as planner_module
+
+    planner = planner_module.default_planner()
+    print(f"Plan file: {planner.path}")
+    print(f"Machine: {planner.machine}")
+    if args.forget:
+        print(f"Forgot {planner.forget()} plans of this machine; the next run of each layer shape plans again.")
+        return 0
+    held = planner.held()
+    if not held:
+        print("No plans for this machine yet: the first run of a model times its layers' variants "
+              "(FASTCNN_PLAN=measure, the default).")
+        return 0
+    rows = []
+    for key in sorted(held):
+        entry = held[key] if isinstance(held[key], dict) else {}
+        seconds = entry.get("seconds") if isinstance(entry.get("seconds"), dict) else {}
+        timed = ", ".join(f"{name} {_format_seconds(t)}" for name, t in sorted(seconds.items(), key=lambda kv: kv[1])
+                          if isinstance(t, (int, float)))
+        rows.append([key, str(entry.get("choice", "?")), timed or "—"])
+    print("\n".join(_table(["geometry", "choice", "timed (fastest first)"], rows, markdown=False)))
+    return 0
+
+
 def cmd_export(args):
     """``fastcnn export MODEL.npz OUT.onnx``: the model as an ONNX graph."""
     try:
@@ -913,7 +950,8 @@ def main(argv=None):
         except SystemExit as exit_:  # --help and --version
             return exit_.code or 0
         if args.command is None:
-            raise UsageError(f"choose a command: train, evaluate, predict or bench (see '{PROG} --help')")
+            raise UsageError(f"choose a command: train, evaluate, predict, bench, plans or export "
+                             f"(see '{PROG} --help')")
         return args.run(args)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)

@@ -320,6 +320,26 @@ class Planner:
             return {}
         return data["plans"]
 
+    def held(self):
+        """This machine's plans in the file: ``{geometry key: {"choice", "seconds"}}``."""
+        mine = self.read().get(self.machine, {})
+        return mine if isinstance(mine, dict) else {}
+
+    def forget(self):
+        """Remove this machine's plans from the file (other machines' stay) and from memory, so
+        the next call of each geometry plans again; returns how many were removed."""
+        self.memo.clear()
+        self.quick.clear()
+        if not os.path.exists(self.path):
+            return 0
+        with _locked(self.path + ".lock"):
+            plans = self.read()
+            gone = plans.pop(self.machine, None)
+            if not gone:
+                return 0
+            _write_atomically(self.path, {"format": _FORMAT, "plans": plans})
+        return len(gone)
+
     def record(self, key, choice, times, candidates=None):
         """Write ``choice`` for ``key`` unless the file already has one (the first writer wins)
         among ``candidates`` (default: any); returns the choice that holds."""

@@ -84,6 +84,29 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def test_plans_lists_this_machines_choices_and_forgets_them(capsys, monkeypatch, tmp_path):
+    from fastcnn import planner
+
+    monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path / "cache"))
+    p = planner.default_planner()
+    key = "conv2d x=2x8x8x3 w=3x3x3x4 stride=1x1 padding=1x1,1x1 float32 train"
+    p.record(key, "numba:winograd", {"numba:im2col": 0.002, "numba:winograd": 0.001})
+    other = planner.Planner(p.path, machine="another machine")
+    other.record(key, "numba:im2col", {"numba:im2col": 0.001})
+    code, out, err = run(capsys, "plans")
+    assert code == 0 and err == ""
+    assert f"Plan file: {p.path}" in out and f"Machine: {p.machine}" in out
+    row = next(line for line in out.splitlines() if line.startswith(key))
+    assert re.fullmatch(rf"{re.escape(key)}\s+numba:winograd\s+numba:winograd 1 ms, numba:im2col 2 ms", row), row
+    code, out, _ = run(capsys, "plans", "--forget")
+    assert code == 0 and "Forgot 1 plans of this machine" in out
+    assert planner.Planner(p.path).held() == {}  # this machine's: gone
+    assert other.held() == {key: {"choice": "numba:im2col", "seconds": {"numba:im2col": 0.001}}}  # kept
+    code, out, _ = run(capsys, "plans")
+    assert "No plans for this machine yet" in out
+
+
+
 def summary_of(out):
     match = SUMMARY.match(out.strip().splitlines()[-1])
     assert match, f"no summary line at the end of:\n{out}"
@@ -297,7 +320,7 @@ def not_a_model(path):
      "--save {tmp}/no/dir/m.npz: directory {tmp}/no/dir does not exist"),
     (["bench", "--from-json", "{tmp}/b.json"], lambda tmp: (tmp / "b.json").write_text("[]"), 1,
      "not a pytest-benchmark JSON file"),
-    ([], None, 2, "choose a command: train, evaluate, predict or bench"),
+    ([], None, 2, "choose a command: train, evaluate, predict, bench, plans or export"),
 ])
 def test_user_errors_print_one_message(capsys, tmp_path, argv, setup, code, message):
     if setup is not None:
