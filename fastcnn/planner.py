@@ -38,8 +38,10 @@ is not recorded as a trial of its thread count.
 
 Machine-dependent numbers are planned the same way (:func:`tuned`): whether
 float32 GEMMs are cut into calls small enough for OpenBLAS's unpacked kernels
-(:func:`fastcnn.kernels._blas.small_gemm_mnk`) is timed under ``measure``; otherwise
-no GEMM is cut (the same on every machine).
+(:func:`fastcnn.kernels._blas.small_gemm_mnk`) and the Winograd kernels' block
+size (:func:`fastcnn.kernels.winograd.planned_block_bytes`) are timed under
+``measure``; otherwise no GEMM is cut and the blocks are 512 KB (the same on
+every machine).
 
 The first time a process times anything it says so on stderr, once.
 """

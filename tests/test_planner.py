@@ -420,6 +420,40 @@ def test_a_tuned_number_is_measured_once_per_machine_and_kept(plans, monkeypatch
     assert planner.tuned("small_gemm_mnk", refuse, lambda: 7, planner=again) == 7
 
 
+def test_winograd_block_sizes_are_planned_under_measure_and_fixed_otherwise(monkeypatch, tmp_path):
+    from fastcnn.kernels import winograd, winograd4
+
+    monkeypatch.setattr(winograd, "_PLANNED_BLOCKS", {})
+    monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTCNN_PLAN", "heuristic")
+    assert winograd4.block_bytes() == winograd4.BLOCK_BYTES and winograd.block_bytes() == winograd.BLOCK_BYTES
+    monkeypatch.setenv("FASTCNN_PLAN", "measure")
+    probes = []
+
+    def fake(conv_fn, transform):
+        probes.append(conv_fn)
+        return 1 << 20, {"1048576": 1.0, "524288": 2.0}
+
+    monkeypatch.setattr(winograd, "_measure_blocks", fake)
+    assert winograd4.block_bytes() == 1 << 20 and winograd4.block_bytes() == 1 << 20
+    assert probes == [winograd4.winograd4_conv]  # measured once, with its own kernel
+    monkeypatch.setattr(winograd, "_PLANNED_BLOCKS", {})  # another process: read from the plan file
+    assert winograd4.block_bytes() == 1 << 20 and len(probes) == 1
+    machine = planner.default_planner().machine
+    with open(os.path.join(str(tmp_path), "plans.json")) as f:
+        assert json.load(f)["plans"][machine]["tuning winograd4_block_bytes"]["choice"] == 1 << 20
+
+
+def test_the_winograd_block_probe_times_every_candidate():
+    from fastcnn.kernels import winograd, winograd4
+
+    choice, seconds = winograd._measure_blocks(winograd4.winograd4_conv, winograd4.filter_transform, min_rounds=1,
+                                               min_span=0.0)
+    assert choice in winograd.BLOCK_CANDIDATES
+    assert set(seconds) == {str(c) for c in winograd.BLOCK_CANDIDATES} and all(t > 0 for t in seconds.values())
+    assert seconds[str(choice)] == min(seconds.values())
+
+
 def test_the_small_gemm_probe_decides_between_its_two_values():
     from fastcnn.kernels import _blas
 

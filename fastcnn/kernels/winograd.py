@@ -33,6 +33,8 @@ few more operations per output than a direct sum; measured over the agreement
 grid it stays below the float32 and float64 tolerances (docs/ops.md has the figures).
 """
 
+import time
+
 import numpy as np
 from numba import prange
 
@@ -43,10 +45,66 @@ from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel
 
 __all__ = ["applies", "check_domain", "unpooled_variant", "tile_buffers", "pooled", "winograd_conv",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
-           "BLOCK_BYTES"]
+           "BLOCK_BYTES", "BLOCK_CANDIDATES", "planned_block_bytes", "block_bytes", "tile_buffers", "pooled"]
 
-#: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block.
+#: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block,
+#: outside ``FASTCNN_PLAN=measure`` (there: :func:`planned_block_bytes`).
 BLOCK_BYTES = 512 * 1024
+
+#: The block sizes the planner times for a Winograd kernel (``FASTCNN_PLAN=measure``).
+BLOCK_CANDIDATES = (256 << 10, 512 << 10, 1 << 20, 2 << 20)
+
+_PLANNED_BLOCKS = {}  # tuning name -> bytes, this process
+
+
+def planned_block_bytes(name, conv_fn, transform, default):
+    """The block size of a Winograd kernel: ``default`` (the module's ``BLOCK_BYTES``) unless
+    ``FASTCNN_PLAN=measure``; then the fastest of :data:`BLOCK_CANDIDATES` on this machine,
+    measured once and kept in the plan file as ``"tuning <name>"`` (:func:`fastcnn.planner.tuned`).
+    Larger blocks mean fewer, taller GEMMs, smaller ones that the block stays in a faster cache:
+    where that balance lies depends on the CPU (measured: 2 MB beat 512 KB by 15-25% on a Zen 5
+    for F(4x4, 3x3) at 14x14x32 -> 64)."""
+    from fastcnn import planner
+
+    if planner.plan_mode() != "measure":
+        return default
+    value = _PLANNED_BLOCKS.get(name)
+    if value is None:
+        value = _PLANNED_BLOCKS[name] = int(planner.tuned(name, lambda: _measure_blocks(conv_fn, transform),
+                                                          lambda: default))
+    return value
+
+
+def _measure_blocks(conv_fn, transform, min_rounds=3, min_span=0.2):
+    """``(bytes, {bytes: seconds})``: a probe convolution (64 images 14x14x32 -> 64, 3x3 'same',
+    no cache) under each candidate block size, in interleaved rounds over at least ``min_span``
+    seconds (as the planner times variants); each candidate's minimum counts."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 14, 14, 32), dtype=np.float32)  # (N, H, W, C)
+    U = transform(rng.standard_normal((3, 3, 32, 64)), np.float32)  # (positions, C, F)
+    none = np.zeros(0, np.float32)
+    spaces = {c: {} for c in BLOCK_CANDIDATES}  # each candidate's own reused buffers
+
+    def run(c):
+        conv_fn(x, U, none, 14, 14, 1, 1, True, spaces[c], block=c)
+
+    for c in BLOCK_CANDIDATES:
+        run(c)
+    best = dict.fromkeys(BLOCK_CANDIDATES, float("inf"))
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or time.perf_counter() - start < min_span:
+        for c in BLOCK_CANDIDATES:
+            t0 = time.perf_counter()
+            run(c)
+            best[c] = min(best[c], time.perf_counter() - t0)
+        rounds += 1
+    fastest = min(BLOCK_CANDIDATES, key=lambda c: (best[c], c))
+    return fastest, {str(c): t for c, t in best.items()}
+
+
+def block_bytes():
+    """F(2x2, 3x3)'s block size (see :func:`planned_block_bytes`)."""
+    return planned_block_bytes("winograd_block_bytes", winograd_conv, filter_transform, BLOCK_BYTES)
 
 #: The filter transform ``G`` (4x3) of F(2x2, 3x3).
 G_MATRIX = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -274,15 +332,17 @@ def pooled(kernel, x, U, bias, padding, pool_size, relu, workspace, *, tile, tf_
     return yp, arg, (OH, OW)
 
 
-def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino"):
+def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino", block=None):
     """``y`` ``(N, OH, OW, F)``: the 3x3 stride-1 correlation of NHWC ``x`` whose filter transform is
     ``U`` ``(16, C, F)``, with ``PT`` rows and ``PL`` columns of zeros before the image (and as
-    many after it as ``OH``, ``OW`` need), plus ``b`` ((F,) or size 0), ReLU'd when ``relu``."""
+    many after it as ``OH``, ``OW`` need), plus ``b`` ((F,) or size 0), ReLU'd when ``relu``;
+    blocks of about ``block`` bytes (default: :func:`block_bytes`)."""
     N, H, W, C = x.shape
     F = U.shape[2]
     G = _blockgemm.groups()
     TH, TW = -(-OH // 2), -(-OW // 2)
-    D, TC, TF, V, M = tile_buffers(workspace, prefix, 16, C, F, 16, -(-(N * TH * TW) // G), x.dtype, G, BLOCK_BYTES)
+    size = block_bytes() if block is None else block
+    D, TC, TF, V, M = tile_buffers(workspace, prefix, 16, C, F, 16, -(-(N * TH * TW) // G), x.dtype, G, size)
     y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
@@ -353,7 +413,7 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
     check_domain("numba:winograd", w, stride, padding)
     x, U, bias = _prepare(x, w, b)
     yp, arg, (OH, OW) = pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=2,
-                               tf_rows=16, block_bytes=BLOCK_BYTES, prefix="wino")
+                               tf_rows=16, block_bytes=block_bytes(), prefix="wino")
     N, _, _, C = x.shape
     F = U.shape[2]
     cache = None

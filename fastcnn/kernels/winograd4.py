@@ -34,7 +34,7 @@ from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels.winograd import applies, check_domain  # noqa: F401  (the same domain as F(2x2, 3x3))
 
 __all__ = ["applies", "winograd4_conv", "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward",
-           "filter_transform", "VARIANTS", "BLOCK_BYTES"]
+           "filter_transform", "block_bytes", "VARIANTS", "BLOCK_BYTES"]
 
 #: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block.
 BLOCK_BYTES = 512 * 1024
@@ -197,15 +197,20 @@ def _pool_forward_kernel(yp, arg, x, U, b, relu, D, TC, TF, V, M, Y, TH, TW, PT,
             conv_pool._pool_units(yp, arg, Y[g].reshape(OH * OW, F), b, relu, n * OPH, (n + 1) * OPH, OW, PH, PW)
 
 
-def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4"):
+def block_bytes():
+    """F(4x4, 3x3)'s block size (see :func:`fastcnn.kernels.winograd.planned_block_bytes`)."""
+    return winograd.planned_block_bytes("winograd4_block_bytes", winograd4_conv, filter_transform, BLOCK_BYTES)
+
+
+def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4", block=None):
     """As :func:`fastcnn.kernels.winograd.winograd_conv`, with F(4x4, 3x3) and ``U`` ``(36, C, F)``."""
     N, H, W, C = x.shape
     F = U.shape[2]
     G = _blockgemm.groups()
     TH, TW = -(-OH // 4), -(-OW // 4)
     dtype = x.dtype
-    D, TC, TF, V, M = winograd.tile_buffers(workspace, prefix, 36, C, F, 40, -(-(N * TH * TW) // G), dtype, G,
-                                            BLOCK_BYTES)
+    size = block_bytes() if block is None else block
+    D, TC, TF, V, M = winograd.tile_buffers(workspace, prefix, 36, C, F, 40, -(-(N * TH * TW) // G), dtype, G, size)
     y = np.empty((N, OH, OW, F), dtype=dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
@@ -218,7 +223,7 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
     check_domain("numba:winograd4", w, stride, padding)
     x, U, bias = winograd._prepare(x, w, b, filter_transform)
     yp, _, _ = winograd.pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=4,
-                               tf_rows=40, block_bytes=BLOCK_BYTES, prefix="wino4")
+                               tf_rows=40, block_bytes=block_bytes(), prefix="wino4")
     return yp.reshape(x.shape[0], -1, yp.shape[1], yp.shape[2]), None
 
 
