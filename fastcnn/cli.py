@@ -886,7 +886,7 @@ def _render_json(path):
     return 0
 
 
-# -- export ---------------------------------------------------------------------------------
+# -- plans ----------------------------------------------------------------------------------
 def cmd_plans(args):
     """``fastcnn plans [--forget]``: this machine's planned variants, or remove them."""
     from fastcnn import planner as planner_module
@@ -913,6 +913,7 @@ def cmd_plans(args):
     return 0
 
 
+# -- export ---------------------------------------------------------------------------------
 def cmd_export(args):
     """``fastcnn export MODEL.npz OUT.onnx``: the model as an ONNX graph."""
     try:

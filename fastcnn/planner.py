@@ -61,7 +61,7 @@ import numpy as np
 from fastcnn import registry
 
 __all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "kernels_digest", "geometry_key",
-           "Planner", "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
+           "Planner", "rounds_minimum", "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
 
 #: At most this long timing one geometry's variants (a round under way is finished), so
 #: that planning a preset takes a few seconds.
@@ -73,7 +73,7 @@ REPEATS = 3
 
 #: The rounds go on for at least this long (within the budget): longer than OpenBLAS's
 #: workers spin after a multi-threaded call (measured: about 0.1 s, during which a
-#: parallel Numba kernel ran 20x slower; see :meth:`Planner._time_interleaved`).
+#: parallel Numba kernel ran 20x slower; see :func:`rounds_minimum`).
 MIN_SPAN_SECONDS = 0.2
 
 #: op -> rule(geometry) -> variant name: the heuristic mode (set by fastcnn.kernels).
@@ -187,31 +187,49 @@ def geometry_key(geometry, train):
     return " ".join(parts)
 
 
-def _time_variant(entry, args, kwargs, train, repeats, deadline):
-    """Seconds of one forward (and backward when ``train``) of ``entry``: min over repetitions."""
+def _time_variant(entry, args, kwargs, train):
+    """Seconds of one forward (and backward when ``train``) of ``entry``, after an untimed one
+    (it compiles or loads the kernels and faults the pages in, and puts this variant's data in
+    the caches as the previous call of a step would)."""
     kw = dict(kwargs)
     if "workspace" in kw:
         kw["workspace"] = {}  # its own buffers: the caller's stay as they are
-    y, cache = entry.forward(*args, **kw)  # warm: compiles or loads the kernels, faults the pages in
+    y, cache = entry.forward(*args, **kw)
     dy = np.ones(y.shape, dtype=y.dtype) if train else None
     if train:
         entry.backward(dy, cache)
-    best = float("inf")
-    for rep in range(repeats):
-        start = time.perf_counter()
-        y, cache = entry.forward(*args, **kw)
-        if train:
-            entry.backward(dy, cache)
-        best = min(best, time.perf_counter() - start)
-        if time.perf_counter() > deadline:
-            break
-    return best
+    start = time.perf_counter()
+    y, cache = entry.forward(*args, **kw)
+    if train:
+        entry.backward(dy, cache)
+    return time.perf_counter() - start
+
+
+def rounds_minimum(names, measure, *, min_rounds, min_span, budget=float("inf")):
+    """``{name: seconds}``: the minimum of ``measure(name)`` over rounds, each round measuring
+    every name once in turn, for at least ``min_rounds`` rounds and ``min_span`` seconds, and
+    no more rounds once ``budget`` seconds have passed (a round under way is finished).
+
+    Interleaved rounds spread over a span, rather than each name's repetitions back to back:
+    a disturbance shorter than the span (OpenBLAS's workers spinning for about 0.1 s after a
+    multi-threaded NumPy call, a burst of another process) slows some rounds of every name,
+    not all of one name's repetitions."""
+    times = dict.fromkeys(names, float("inf"))
+    start = time.perf_counter()
+    rounds = 0
+    while True:
+        for name in names:
+            times[name] = min(times[name], float(measure(name)))
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget or (rounds >= min_rounds and elapsed >= min_span):
+            return times
 
 
 class Planner:
     """Chooses variants, remembers choices in memory and in the plan file at ``path``.
 
-    ``timer(entry, args, kwargs, train, repeats, deadline) -> seconds`` times one
+    ``timer(entry, args, kwargs, train) -> seconds`` times one call of one
     variant (tests inject a fake one); ``machine`` overrides :func:`machine_key`.
     """
 
@@ -277,31 +295,12 @@ class Planner:
             print(f"fastcnn: planning kernels for new layer shapes (timing the variants, FASTCNN_PLAN=measure); "
                   f"plans are kept in {self.path}", file=sys.stderr, flush=True)
         with measuring():
-            times = self._time_interleaved(op, candidates, args, kwargs, train)
+            entries = {name: registry.get(op, name) for name in candidates}
+            times = rounds_minimum(candidates, lambda name: self.timer(entries[name], args, kwargs, train),
+                                   min_rounds=self.repeats, min_span=self.min_span, budget=self.budget)
         self.timings[key] = times
         fastest = min(candidates, key=lambda name: (times[name], candidates.index(name)))
         return self.record(key, fastest, times, candidates)
-
-    def _time_interleaved(self, op, candidates, args, kwargs, train):
-        """``{variant: seconds}``: the minimum over rounds, each round timing every candidate once
-        in turn, for at least ``repeats`` rounds and :data:`MIN_SPAN_SECONDS`, at most the budget.
-
-        Interleaved rounds spread over a span, rather than each variant's repetitions back to
-        back: a disturbance shorter than the span (OpenBLAS's workers spinning for about 0.1 s
-        after a multi-threaded NumPy call just before the first step, a burst of another
-        process) slows some rounds of every variant, not all of one variant's repetitions."""
-        entries = [registry.get(op, name) for name in candidates]
-        times = dict.fromkeys(candidates, float("inf"))
-        start = time.perf_counter()
-        deadline = start + self.budget
-        rounds = 0
-        while True:
-            for name, entry in zip(candidates, entries):
-                times[name] = min(times[name], float(self.timer(entry, args, kwargs, train, 1, deadline)))
-            rounds += 1
-            now = time.perf_counter()
-            if now >= deadline or (rounds >= self.repeats and now - start >= self.min_span):
-                return times
 
     # -- the plan file -----------------------------------------------------------------
     def read(self):

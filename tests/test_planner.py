@@ -37,7 +37,7 @@ SLOW = 10.0
 
 def fake_timer(seconds, calls=None):
     """A timer that reports ``seconds[variant]`` (:data:`SLOW` for others) and records what it timed."""
-    def timer(entry, args, kwargs, train, repeats, deadline):
+    def timer(entry, args, kwargs, train):
         if calls is not None:
             calls.append((entry.op, entry.impl, train))
         return seconds.get(entry.impl, SLOW)
@@ -119,7 +119,7 @@ def test_a_disturbance_during_the_first_round_does_not_decide(plans):
     # could; in rounds, its later timings are clean and its minimum counts.
     seen = []
 
-    def timer(entry, args, kwargs, train, repeats, deadline):
+    def timer(entry, args, kwargs, train):
         seen.append(entry.impl)
         if entry.impl == "numba:winograd":
             return 8.0 if seen.count("numba:winograd") == 1 else 1.0
@@ -135,7 +135,7 @@ def test_a_disturbance_during_the_first_round_does_not_decide(plans):
 def test_the_rounds_span_at_least_the_minimum_and_stop_at_the_budget(plans):
     calls = []
 
-    def timer(entry, args, kwargs, train, repeats, deadline):
+    def timer(entry, args, kwargs, train):
         time.sleep(0.004)
         calls.append(entry.impl)
         return 1.0
@@ -509,7 +509,7 @@ def test_timing_runs_on_the_maximum_thread_count_and_restores_the_callers(plans)
 
     seen = []
 
-    def timer(entry, args, kwargs, train, repeats, deadline):
+    def timer(entry, args, kwargs, train):
         seen.append(numba.get_num_threads())
         return {"numba:im2col": 2.0, "numba:winograd": 1.0}.get(entry.impl, SLOW)
 

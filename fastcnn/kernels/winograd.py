@@ -45,7 +45,7 @@ from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel
 
 __all__ = ["applies", "check_domain", "unpooled_variant", "tile_buffers", "pooled", "winograd_conv",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
-           "BLOCK_BYTES", "BLOCK_CANDIDATES", "planned_block_bytes", "block_bytes", "tile_buffers", "pooled"]
+           "BLOCK_BYTES", "BLOCK_CANDIDATES", "planned_block_bytes", "block_bytes"]
 
 #: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block,
 #: outside ``FASTCNN_PLAN=measure`` (there: :func:`planned_block_bytes`).
@@ -62,8 +62,7 @@ def planned_block_bytes(name, conv_fn, transform, default):
     ``FASTCNN_PLAN=measure``; then the fastest of :data:`BLOCK_CANDIDATES` on this machine,
     measured once and kept in the plan file as ``"tuning <name>"`` (:func:`fastcnn.planner.tuned`).
     Larger blocks mean fewer, taller GEMMs, smaller ones that the block stays in a faster cache:
-    where that balance lies depends on the CPU (measured: 2 MB beat 512 KB by 15-25% on a Zen 5
-    for F(4x4, 3x3) at 14x14x32 -> 64)."""
+    where that balance lies depends on the caches and the BLAS, so it is measured where it runs."""
     from fastcnn import planner
 
     if planner.plan_mode() != "measure":
@@ -88,16 +87,16 @@ def _measure_blocks(conv_fn, transform, min_rounds=3, min_span=0.2):
     def run(c):
         conv_fn(x, U, none, 14, 14, 1, 1, True, spaces[c], block=c)
 
+    def timed(c):
+        start = time.perf_counter()
+        run(c)
+        return time.perf_counter() - start
+
+    from fastcnn.planner import rounds_minimum
+
     for c in BLOCK_CANDIDATES:
         run(c)
-    best = dict.fromkeys(BLOCK_CANDIDATES, float("inf"))
-    start, rounds = time.perf_counter(), 0
-    while rounds < min_rounds or time.perf_counter() - start < min_span:
-        for c in BLOCK_CANDIDATES:
-            t0 = time.perf_counter()
-            run(c)
-            best[c] = min(best[c], time.perf_counter() - t0)
-        rounds += 1
+    best = rounds_minimum(BLOCK_CANDIDATES, timed, min_rounds=min_rounds, min_span=min_span)
     fastest = min(BLOCK_CANDIDATES, key=lambda c: (best[c], c))
     return fastest, {str(c): t for c, t in best.items()}
 
@@ -312,10 +311,12 @@ def tile_buffers(workspace, prefix, positions, C, F, tf_rows, tiles_per_group, d
     return D, TC, TF, V, M
 
 
-def pooled(kernel, x, U, bias, padding, pool_size, relu, workspace, *, tile, tf_rows, block_bytes, prefix):
+def pooled(kernel, x, U, bias, padding, pool_size, relu, workspace, *, tile, tf_rows, block_bytes, prefix,
+           keep_arg):
     """``(yp (N*OPH, OPW, F), arg, (OH, OW))``: the 3x3 stride-1 convolution of contiguous NHWC
     ``x`` whose filter transform is ``U`` ``(positions, C, F)``, max pooled by ``kernel`` (a
-    ``_pool_forward_kernel`` of tiles ``tile`` x ``tile``; ``arg``: each window's argmax)."""
+    ``_pool_forward_kernel`` of tiles ``tile`` x ``tile``; ``arg``: each window's argmax, a new
+    array when ``keep_arg`` (a backward pass reads it), else the workspace's scratch)."""
     N, H, W, C = x.shape
     positions, _, F = U.shape
     PH, PW = pool_size
@@ -326,7 +327,8 @@ def pooled(kernel, x, U, bias, padding, pool_size, relu, workspace, *, tile, tf_
     D, TC, TF, V, M = tile_buffers(workspace, prefix, positions, C, F, tf_rows, TH * TW, dtype, G, block_bytes)
     Y = scratch(workspace, prefix + "Y", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
     yp = np.empty((N * (OH // PH), OW // PW, F), dtype=dtype)  # (N*OPH, OPW, F)
-    arg = np.empty(yp.shape, dtype=conv_pool._index_dtype(PH * PW))  # window index
+    index = conv_pool._index_dtype(PH * PW)
+    arg = np.empty(yp.shape, dtype=index) if keep_arg else scratch(workspace, prefix + "arg", yp.shape, index)
     with _blas.blas_single_threaded():
         kernel(yp, arg, x.reshape(N, H, W * C), U, bias, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW)
     return yp, arg, (OH, OW)
@@ -413,7 +415,7 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
     check_domain("numba:winograd", w, stride, padding)
     x, U, bias = _prepare(x, w, b)
     yp, arg, (OH, OW) = pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=2,
-                               tf_rows=16, block_bytes=block_bytes(), prefix="wino")
+                               tf_rows=16, block_bytes=block_bytes(), prefix="wino", keep_arg=need_cache)
     N, _, _, C = x.shape
     F = U.shape[2]
     cache = None

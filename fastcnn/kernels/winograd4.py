@@ -223,7 +223,7 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
     check_domain("numba:winograd4", w, stride, padding)
     x, U, bias = winograd._prepare(x, w, b, filter_transform)
     yp, _, _ = winograd.pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=4,
-                               tf_rows=40, block_bytes=block_bytes(), prefix="wino4")
+                               tf_rows=40, block_bytes=block_bytes(), prefix="wino4", keep_arg=False)
     return yp.reshape(x.shape[0], -1, yp.shape[1], yp.shape[2]), None
 
 
