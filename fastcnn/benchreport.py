@@ -351,8 +351,8 @@ def _contention_table(cells, loaded):
                      f"{vs_torch} |")
     where = ("Each cell ran while one process per core spun in a loop (started and stopped by the benchmark), its "
              "four rows interleaved round by round." if loaded else
-             "Each cell's four rows ran interleaved round by round (in a shuffled order) with nothing else running "
-             "(FASTCNN_BENCH_LOAD=0).")
+             "Each cell's four rows took turns in blocks of timed calls, each after a few untimed ones, in a "
+             "shuffled order, with nothing else running (FASTCNN_BENCH_LOAD=0).")
     return lines + ["", where + " \"default / best fastcnn\" is the "
                         "default's time over the fastest of the "
                         "default and the fixed counts (1.00: the default is the best); \"PyTorch / default\" above 1: "
