@@ -106,7 +106,6 @@ def test_plans_lists_this_machines_choices_and_forgets_them(capsys, monkeypatch,
     assert "No plans for this machine yet" in out
 
 
-
 def summary_of(out):
     match = SUMMARY.match(out.strip().splitlines()[-1])
     assert match, f"no summary line at the end of:\n{out}"

@@ -74,10 +74,13 @@ def planned_block_bytes(name, conv_fn, transform, default):
     return value
 
 
-def _measure_blocks(conv_fn, transform, min_rounds=3, min_span=0.2):
+def _measure_blocks(conv_fn, transform, min_rounds=None, min_span=None):
     """``(bytes, {bytes: seconds})``: a probe convolution (64 images 14x14x32 -> 64, 3x3 'same',
-    no cache) under each candidate block size, in interleaved rounds over at least ``min_span``
-    seconds (as the planner times variants); each candidate's minimum counts."""
+    no cache) under each candidate block size, in interleaved rounds as the planner times
+    variants (by default its :data:`~fastcnn.planner.REPEATS` rounds over at least
+    :data:`~fastcnn.planner.MIN_SPAN_SECONDS`); each candidate's minimum counts."""
+    from fastcnn import planner
+
     rng = np.random.default_rng(0)
     x = rng.random((64, 14, 14, 32), dtype=np.float32)  # (N, H, W, C)
     U = transform(rng.standard_normal((3, 3, 32, 64)), np.float32)  # (positions, C, F)
@@ -92,11 +95,11 @@ def _measure_blocks(conv_fn, transform, min_rounds=3, min_span=0.2):
         run(c)
         return time.perf_counter() - start
 
-    from fastcnn.planner import rounds_minimum
-
     for c in BLOCK_CANDIDATES:
         run(c)
-    best = rounds_minimum(BLOCK_CANDIDATES, timed, min_rounds=min_rounds, min_span=min_span)
+    best = planner.rounds_minimum(BLOCK_CANDIDATES, timed,
+                                  min_rounds=planner.REPEATS if min_rounds is None else min_rounds,
+                                  min_span=planner.MIN_SPAN_SECONDS if min_span is None else min_span)
     fastest = min(BLOCK_CANDIDATES, key=lambda c: (best[c], c))
     return fastest, {str(c): t for c, t in best.items()}
 
