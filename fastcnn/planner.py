@@ -18,7 +18,8 @@ is not recorded as a trial of its thread count.
 ``measure`` (the default)
     Time every applicable variant on the call's own arguments (in interleaved
     rounds, each call after an untimed one, over at least :data:`MIN_SPAN_SECONDS`
-    and at most :data:`BUDGET_SECONDS`; each variant's minimum counts), with
+    and at most :data:`BUDGET_SECONDS` after a first round that also compiles the
+    kernels; each variant's minimum counts), with
     the backward pass when one follows, and keep the fastest. Choices are
     written to a JSON file, ``$FASTCNN_CACHE/plans.json`` or
     ``~/.cache/fastcnn/plans.json``, under a key naming the machine (CPU model,
@@ -63,8 +64,8 @@ from fastcnn import registry
 __all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "kernels_digest", "geometry_key",
            "Planner", "rounds_minimum", "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
 
-#: At most this long timing one geometry's variants (a round under way is finished), so
-#: that planning a preset takes a few seconds.
+#: At most this long timing one geometry's variants after their first round (a round under
+#: way is finished), so that planning a preset takes a few seconds.
 BUDGET_SECONDS = 0.3
 
 #: Rounds of timing, each timing every variant once in turn (fewer when the budget runs
@@ -213,14 +214,22 @@ def rounds_minimum(names, measure, *, min_rounds, min_span, budget=float("inf"))
     Interleaved rounds spread over a span, rather than each name's repetitions back to back:
     a disturbance shorter than the span (OpenBLAS's workers spinning for about 0.1 s after a
     multi-threaded NumPy call, a burst of another process) slows some rounds of every name,
-    not all of one name's repetitions."""
+    not all of one name's repetitions.
+
+    The span and the budget are counted from the end of the first round: a name's first
+    measurement also compiles or loads its kernels and runs the tunings they make
+    (:func:`tuned`), which took 0.1-0.35 s at vgg_mini's first layer; counted, that cost
+    used up the budget in one round, which left one timing per variant, taken right after
+    its compilation (im2col there: 5.4 ms against 0.37 ms when warm)."""
     times = dict.fromkeys(names, float("inf"))
-    start = time.perf_counter()
+    start = None
     rounds = 0
     while True:
         for name in names:
             times[name] = min(times[name], float(measure(name)))
         rounds += 1
+        if start is None:
+            start = time.perf_counter()
         elapsed = time.perf_counter() - start
         if elapsed >= budget or (rounds >= min_rounds and elapsed >= min_span):
             return times
