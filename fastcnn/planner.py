@@ -44,7 +44,15 @@ size (:func:`fastcnn.kernels.winograd.planned_block_bytes`) are timed under
 ``measure``; otherwise no GEMM is cut and the blocks are 512 KB (the same on
 every machine).
 
-The first time a process times anything it says so on stderr, once.
+A plan timed while other processes took the CPUs (:func:`others_share` above
+:data:`BUSY_SHARE`) is used by the process that timed it but not written to the
+plan file: under two spinning processes a variant's time grows by whole scheduler
+slices (8 ms and 16 ms where 0.13-2.5 ms were true), which rank the variants by
+luck, and a plan on disk lasts. The next process on a quieter machine times it
+again.
+
+The first time a process times anything it says so on stderr, once, and again
+when it keeps a plan out of the file because the machine was busy.
 """
 
 import contextlib
@@ -62,7 +70,8 @@ import numpy as np
 from fastcnn import registry
 
 __all__ = ["choose", "tuned", "measuring", "plan_mode", "cache_path", "machine_key", "kernels_digest", "geometry_key",
-           "Planner", "rounds_minimum", "HEURISTICS", "BUDGET_SECONDS", "REPEATS", "MIN_SPAN_SECONDS"]
+           "Planner", "rounds_minimum", "others_share", "HEURISTICS", "BUDGET_SECONDS", "REPEATS",
+           "MIN_SPAN_SECONDS", "BUSY_SHARE"]
 
 #: At most this long timing one geometry's variants after their first round (a round under
 #: way is finished), so that planning a preset takes a few seconds.
@@ -76,6 +85,13 @@ REPEATS = 3
 #: workers spin after a multi-threaded call (measured: about 0.1 s, during which a
 #: parallel Numba kernel ran 20x slower; see :func:`rounds_minimum`).
 MIN_SPAN_SECONDS = 0.2
+
+#: A plan is not written to the file when other processes used more than this share of
+#: the CPUs this process may run on while it was timed (:func:`others_share`).
+BUSY_SHARE = 0.2
+
+#: :func:`others_share` tells nothing of a span shorter than this many clock ticks.
+SHARE_TICKS = 10
 
 #: op -> rule(geometry) -> variant name: the heuristic mode (set by fastcnn.kernels).
 HEURISTICS = {}
@@ -235,6 +251,46 @@ def rounds_minimum(names, measure, *, min_rounds, min_span, budget=float("inf"))
             return times
 
 
+def _cpu_counters():
+    """``(busy, own, wall, cpus)`` now: the seconds the CPUs this process may run on spent busy
+    (``/proc/stat``: user, nice, system, irq, softirq and steal), this process's CPU seconds,
+    a wall clock in seconds, and how many CPUs those are; None where ``/proc/stat`` cannot
+    be read (not Linux)."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        busy = 0
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in cpus:
+                    # user nice system idle iowait irq softirq steal (guest time is within user)
+                    busy += sum(int(v) for v in fields[1:4]) + sum(int(v) for v in fields[6:9])
+    except (OSError, AttributeError, ValueError):
+        return None
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter(), len(cpus)
+
+
+@contextlib.contextmanager
+def others_share():
+    """Measures, over its block, the share of this process's CPUs that other processes used
+    (and the hypervisor's steal): ``with others_share() as share: ...`` then ``share[0]``,
+    0 to 1, or None where it cannot be told: not Linux, or a block shorter than
+    :data:`SHARE_TICKS` clock ticks (the kernel counts CPU time in ticks, 10 ms at
+    ``SC_CLK_TCK`` 100: one tick in a 1 ms block would read as the whole machine)."""
+    share = [None]
+    before = _cpu_counters()
+    try:
+        yield share
+    finally:
+        after = _cpu_counters()
+        if before is not None and after is not None:
+            span = after[2] - before[2]
+            if span * os.sysconf("SC_CLK_TCK") >= SHARE_TICKS:
+                others = (after[0] - before[0]) - (after[1] - before[1])
+                share[0] = min(max(others / (span * after[3]), 0.0), 1.0)
+
+
 class Planner:
     """Chooses variants, remembers choices in memory and in the plan file at ``path``.
 
@@ -252,6 +308,8 @@ class Planner:
         self.min_span = min_span
         self.announce = announce
         self.announced = False
+        self.announced_busy = False
+        self.busy_plans = 0  # choices and tunings kept out of the file because the machine was busy
         self.memo = {}  # (mode, geometry, train) -> OpImpl
         self.quick = {}  # the same choices keyed by the calls' raw shapes, dtypes and arguments
         self.timings = {}  # geometry key -> {variant: seconds}, what this process measured
@@ -303,13 +361,28 @@ class Planner:
             self.announced = True
             print(f"fastcnn: planning kernels for new layer shapes (timing the variants, FASTCNN_PLAN=measure); "
                   f"plans are kept in {self.path}", file=sys.stderr, flush=True)
-        with measuring():
+        with measuring(), others_share() as share:
             entries = {name: registry.get(op, name) for name in candidates}
             times = rounds_minimum(candidates, lambda name: self.timer(entries[name], args, kwargs, train),
                                    min_rounds=self.repeats, min_span=self.min_span, budget=self.budget)
         self.timings[key] = times
         fastest = min(candidates, key=lambda name: (times[name], candidates.index(name)))
+        if self._busy(share[0]):
+            return fastest
         return self.record(key, fastest, times, candidates)
+
+    def _busy(self, share):
+        """True (and said once) when other processes used more than :data:`BUSY_SHARE` of the
+        CPUs during a timing: its result then holds for this process only."""
+        if share is None or share <= BUSY_SHARE:
+            return False
+        self.busy_plans += 1
+        if self.announce and not self.announced_busy:
+            self.announced_busy = True
+            print(f"fastcnn: the machine is busy (other processes took {share:.0%} of the CPUs while kernels were "
+                  f"timed): this process uses what it timed but keeps it out of {self.path}; a later process "
+                  f"times it again", file=sys.stderr, flush=True)
+        return True
 
     # -- the plan file -----------------------------------------------------------------
     def read(self):
@@ -380,8 +453,10 @@ def tuned(name, measure, rule, planner=None):
     known = planner.read().get(planner.machine, {}).get(key)
     if isinstance(known, dict) and "choice" in known:
         return known["choice"]
-    with measuring():
+    with measuring(), others_share() as share:
         value, times = measure()
+    if planner._busy(share[0]):
+        return value
     return planner.record(key, value, times)
 
 

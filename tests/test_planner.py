@@ -317,6 +317,93 @@ def test_planning_is_announced_once_on_stderr(plans, capsys):
     assert err.count("fastcnn: planning kernels") == 1 and plans in err
 
 
+# -- a busy machine ------------------------------------------------------------------------
+
+def fake_counters(monkeypatch, others, cpus=2):
+    """``/proc/stat`` and this process's CPU time as if, between two readings (1 s apart), this
+    process used half a CPU and other processes ``others`` of the ``cpus`` CPUs."""
+    reading = [0]
+
+    def counters():
+        i = reading[0]
+        reading[0] += 1
+        return i * (0.5 + others * cpus), i * 0.5, float(i), cpus
+
+    monkeypatch.setattr(planner, "_cpu_counters", counters)
+
+
+def test_a_plan_timed_on_a_busy_machine_holds_for_the_process_but_is_not_written(plans, monkeypatch, capsys):
+    # Under two spinning processes the variants' times grew by whole scheduler slices
+    # (8 and 16 ms against 0.13-2.5 ms quiet): such a ranking must not outlive the load.
+    fake_counters(monkeypatch, others=0.6)
+    calls = []
+    p = measuring_planner(plans, timer=fake_timer({"numba:im2col": 2.0, "numba:winograd": 1.0}, calls), machine="m")
+    for N in (1, 2):
+        args, kwargs = conv_call(N=N)
+        assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+        assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"  # remembered
+    assert len(calls) == 2 * 2 * planner.REPEATS and p.busy_plans == 2
+    assert not os.path.exists(plans)
+    err = capsys.readouterr().err
+    assert err.count("fastcnn: the machine is busy (other processes took 60% of the CPUs") == 1
+    assert f"keeps it out of {plans}" in err
+    # the next process on a quiet machine times it again, and writes it
+    fake_counters(monkeypatch, others=0.05)
+    again = measuring_planner(plans, timer=fake_timer({"numba:im2col": 1.0, "numba:winograd": 2.0}, calls),
+                              machine="m")
+    assert again.choose("conv2d", args, kwargs, mode="measure").impl == "numba:im2col"
+    assert again.busy_plans == 0 and len(again.held()) == 1
+    assert "the machine is busy" not in capsys.readouterr().err
+
+
+def test_a_share_at_the_threshold_or_unknown_is_quiet(plans, monkeypatch):
+    for others in (planner.BUSY_SHARE, None):
+        if others is None:
+            monkeypatch.setattr(planner, "_cpu_counters", lambda: None)  # not Linux
+        else:
+            fake_counters(monkeypatch, others=others)
+        path = f"{plans}.{others}"
+        p = measuring_planner(path, timer=fake_timer({"numba:winograd": 1.0}), machine="m")
+        args, kwargs = conv_call()
+        assert p.choose("conv2d", args, kwargs, mode="measure").impl == "numba:winograd"
+        assert p.busy_plans == 0 and len(p.held()) == 1
+
+
+def test_a_tuning_measured_on_a_busy_machine_is_not_written(plans, monkeypatch, capsys):
+    fake_counters(monkeypatch, others=0.9)
+    p = planner.Planner(plans, machine="m")
+    monkeypatch.setenv("FASTCNN_PLAN", "measure")
+    assert planner.tuned("small_gemm_mnk", lambda: (5, {"a": 1.0}), lambda: 0, planner=p) == 5
+    assert p.busy_plans == 1 and not os.path.exists(plans)
+    assert "fastcnn: the machine is busy (other processes took 90% of the CPUs" in capsys.readouterr().err
+
+
+def test_others_share_is_unknown_over_a_span_shorter_than_its_ticks():
+    with planner.others_share() as share:
+        pass
+    assert share == [None]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_getaffinity"),
+                    reason="reads /proc/stat")
+def test_others_share_sees_processes_spinning_on_this_processs_cpus():
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    spin = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in cpus]
+    try:
+        time.sleep(0.3)  # started
+        with planner.others_share() as share:
+            time.sleep(0.5)  # this process idle: the spinners have every CPU
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert share[0] is not None and share[0] > 0.6, share
+
+
 def test_heuristic_and_forced_modes_time_nothing(plans):
     p = measuring_planner(plans, timer=refuse, machine="m")
     args, kwargs = conv_call(C=16, pool=(2, 2))
@@ -487,6 +574,8 @@ TRAIN = """
 import hashlib, sys
 import numpy as np
 import fastcnn as fc
+from fastcnn import planner
+planner.BUSY_SHARE = 1.0  # written even if the machine is busy: the second process must find the plan
 from fastcnn import layers as L
 model = fc.Sequential([L.Conv2D(4, 3, padding="same"), L.ReLU(), L.Conv2D(4, 3, padding="same"), L.ReLU(),
                        L.MaxPool2D(2), L.Flatten(), L.Dense(3)], input_shape=(6, 6, 2), seed=0)
