@@ -250,10 +250,12 @@ def test_conv2d_workspace_and_inference_hints(monkeypatch, op, impl, case, dtype
     import fastcnn.kernels._blockgemm
     import fastcnn.kernels.conv_im2col
     import fastcnn.kernels.winograd
+    import fastcnn.kernels.winograd4
 
     monkeypatch.setattr(fastcnn.kernels.conv_im2col, "INFERENCE_CHUNK_ROWS", 7)  # many small chunks
     monkeypatch.setattr(fastcnn.kernels._blockgemm, "BLOCK_BYTES", 7 * 8)  # blocks of a few rows
     monkeypatch.setattr(fastcnn.kernels.winograd, "BLOCK_BYTES", 16 * 7 * 8)  # blocks of a few tiles
+    monkeypatch.setattr(fastcnn.kernels.winograd4, "BLOCK_BYTES", 4096)  # blocks of one or a few tiles
     fn = registry.get(op, impl)
     rng = np.random.default_rng(11)
     workspace = {}

@@ -1,9 +1,20 @@
 """Winograd F(4x4, 3x3) for 3x3 kernels at stride 1 (variant ``numba:winograd4``).
 
-The same organization as :mod:`fastcnn.kernels.winograd` (F(2x2, 3x3): read its
-docstring), with 6x6 input tiles giving 4x4 outputs: 36 multiplications per
-input channel and filter for 16 outputs instead of 144, 4x fewer than a direct
-or im2col convolution (F(2x2, 3x3): 2.25x). The price is larger transform
+6x6 input tiles give 4x4 outputs: 36 multiplications per input channel and
+filter for 16 outputs instead of 144, 4x fewer than a direct or im2col
+convolution (F(2x2, 3x3), :mod:`fastcnn.kernels.winograd`: 2.25x).
+
+Layout: tiles innermost. Each thread's group of tiles goes in blocks of about
+:func:`block_bytes`; a block's input tiles are gathered into ``D`` ``(36, tiles,
+C)`` (position, tile, channel), so each step of the input transform runs along
+``tiles * C`` values at once, each of the 36 products is one GEMM of contiguous
+operands ``(tiles, C) @ (C, F)``, and the output transform runs along ``tiles *
+F``. (F(2x2, 3x3) keeps each tile's positions together and transforms one tile
+at a time, along ``C`` values: at C = 32 the loop set-up cost as much as the
+arithmetic, and at vgg_mini's pooled layers this layout ran 1.2-1.5x faster.)
+Fused with a max pool whose windows divide the 4x4 tiles (2x2, the presets'),
+the pool reads the block's outputs where they are, and no convolution output is
+written at all. The price is larger transform
 constants (interpolation points 0, +-1, +-2), so more rounding: docs/ops.md
 has the measured float32 error, within the agreement tolerance. Transforms
 (Lavin & Gray, 2015)::
@@ -16,8 +27,7 @@ has the measured float32 error, within the agreement tolerance. Transforms
 
 Registered for ``conv2d`` and ``conv2d_relu`` (forward and input gradient by
 Winograd, weight gradient by im2col blocks), and for the ops fused with a max
-pool at inference: a 4x4 output tile holds whole 2x2 pool windows, and the
-pool's epilogue is F(2x2, 3x3)'s. A fused forward that keeps a cache for a
+pool at inference (other pool sizes: the convolution, then the pool). A fused forward that keeps a cache for a
 backward pass runs F(2x2, 3x3) instead: ``G``'s constants (1/6, 1/24) are not
 exact in binary, so outputs that are exactly equal (integer data) come out a
 rounding apart, and the pool's first-maximum rule would route the gradient to
@@ -29,14 +39,16 @@ inference forward is within the same tolerance as the unpooled one.
 import numpy as np
 from numba import prange
 
-from fastcnn.kernels import _blas, _blockgemm, conv_pool, winograd
+from fastcnn.geometry import output_hw
+from fastcnn.kernels import _blas, _blockgemm, conv_pool, pooling, winograd
+from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels.winograd import applies, check_domain  # noqa: F401  (the same domain as F(2x2, 3x3))
 
 __all__ = ["applies", "winograd4_conv", "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward",
            "filter_transform", "block_bytes", "VARIANTS", "BLOCK_BYTES"]
 
-#: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block.
+#: Target bytes of one group's block buffers (``D``, ``T``, ``M``, ``O``) when not planned.
 BLOCK_BYTES = 512 * 1024
 
 G_MATRIX = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -79,122 +91,154 @@ def _at6(o0, o1, o2, o3, a0, a1, a2, a3, a4, a5):
 
 
 @kernel
-def _load_tile(D, x, n, h0, w0):
-    # D: (36, C) out, the 6x6 input tile at (h0, w0) of image n, zero outside x: (N, H, W*C).
+def _load_tiles(D, x, t0, t1, TH, TW, PT, PL):
+    # D: (36, cap, C) out: the 6x6 input tile of tile t (t0..t1, (n, th, tw) row-major) at
+    # D[:, t - t0], position 6*r + s at row 6*r + s; zero outside x: (N, H, W*C).
     _, H, WC = x.shape
-    C = D.shape[1]
+    C = D.shape[2]
     W = WC // C
     zero = D.dtype.type(0)
-    rows = D.reshape(6, 6 * C)
-    for r in range(6):
-        h = h0 + r
-        dst = rows[r]
-        if h < 0 or h >= H:
-            for t in range(6 * C):
-                dst[t] = zero
-        elif w0 >= 0 and w0 + 6 <= W:
-            src = x[n, h, w0 * C:(w0 + 6) * C]
-            for t in range(6 * C):
-                dst[t] = src[t]
-        else:
+    P = TH * TW
+    for t in range(t0, t1):
+        n, r = t // P, t % P
+        h0, w0 = 4 * (r // TW) - PT, 4 * (r % TW) - PL
+        j = t - t0
+        for rr in range(6):
+            h = h0 + rr
             for s in range(6):
                 w = w0 + s
-                px = dst[s * C:(s + 1) * C]
-                if w < 0 or w >= W:
+                dst = D[6 * rr + s, j]  # (C,)
+                if h < 0 or h >= H or w < 0 or w >= W:
                     for c in range(C):
-                        px[c] = zero
+                        dst[c] = zero
                 else:
                     src = x[n, h, w * C:(w + 1) * C]
                     for c in range(C):
-                        px[c] = src[c]
+                        dst[c] = src[c]
 
 
 @kernel
-def _input_transform(V, D, T):
-    # V: (36, C) out = B^T d B of the tile D: (36, C); T: (36, C) scratch.
-    for s in range(6):
-        _bt6(T[s], T[6 + s], T[12 + s], T[18 + s], T[24 + s], T[30 + s],
-             D[s], D[6 + s], D[12 + s], D[18 + s], D[24 + s], D[30 + s])
-    for r in range(6):
+def _transform_block(D, T, U, M, O, nt):
+    # The first nt tiles of a block: D: (36, cap, C) input tiles in, V = B^T d B out (through
+    # T, the same shape); M: (36, cap, F) out, M[k] = V[k] @ U[k]; O: (40, cap, F) out, rows
+    # 24 + 4*r + s the outputs A^T m A at (r, s) of the 4x4 tile (rows 0..23: A^T m).
+    # Tiles innermost: each transform step runs along nt*C (or nt*F) values at once, and
+    # each product is one GEMM of contiguous operands.
+    cap, C = D.shape[1], D.shape[2]
+    F = M.shape[2]
+    L, LF = nt * C, nt * F
+    Dv, Tv = D.reshape(36, cap * C), T.reshape(36, cap * C)
+    Mv, Ov = M.reshape(36, cap * F), O.reshape(40, cap * F)
+    for s in range(6):  # B^T d: rows of T
+        _bt6(Tv[s, :L], Tv[6 + s, :L], Tv[12 + s, :L], Tv[18 + s, :L], Tv[24 + s, :L], Tv[30 + s, :L],
+             Dv[s, :L], Dv[6 + s, :L], Dv[12 + s, :L], Dv[18 + s, :L], Dv[24 + s, :L], Dv[30 + s, :L])
+    for r in range(6):  # (B^T d) B: back into D
         k = 6 * r
-        _bt6(V[k], V[k + 1], V[k + 2], V[k + 3], V[k + 4], V[k + 5],
-             T[k], T[k + 1], T[k + 2], T[k + 3], T[k + 4], T[k + 5])
-
-
-@kernel
-def _output_tile(y, Mt, T, b, relu, n, oh0, ow0):
-    # y: (N, OH, OW, F) out, the 4x4 outputs at (oh0, ow0) of image n = A^T m A of Mt: (36, F),
-    # + b (size 0: none), then max(., 0) when relu; T: (40, F) scratch (rows 0..23, then 24..39).
-    _, OH, OW, F = y.shape
-    zero = y.dtype.type(0)
-    for s in range(6):  # A^T m: rows 0..3 of T (4 x 6)
-        _at6(T[s], T[6 + s], T[12 + s], T[18 + s], Mt[s], Mt[6 + s], Mt[12 + s], Mt[18 + s], Mt[24 + s], Mt[30 + s])
-    for r in range(4):  # (A^T m) A into T[24 + 4r .. 24 + 4r + 3]
+        _bt6(Dv[k, :L], Dv[k + 1, :L], Dv[k + 2, :L], Dv[k + 3, :L], Dv[k + 4, :L], Dv[k + 5, :L],
+             Tv[k, :L], Tv[k + 1, :L], Tv[k + 2, :L], Tv[k + 3, :L], Tv[k + 4, :L], Tv[k + 5, :L])
+    for k in range(36):
+        _blas.gemm(False, False, 1.0, D[k, :nt], U[k], 0.0, M[k, :nt])
+    for s in range(6):  # A^T m: rows 0..23 of O (4 x 6)
+        _at6(Ov[s, :LF], Ov[6 + s, :LF], Ov[12 + s, :LF], Ov[18 + s, :LF],
+             Mv[s, :LF], Mv[6 + s, :LF], Mv[12 + s, :LF], Mv[18 + s, :LF], Mv[24 + s, :LF], Mv[30 + s, :LF])
+    for r in range(4):  # (A^T m) A: rows 24..39
         k, o = 6 * r, 24 + 4 * r
-        _at6(T[o], T[o + 1], T[o + 2], T[o + 3], T[k], T[k + 1], T[k + 2], T[k + 3], T[k + 4], T[k + 5])
-    for r in range(4):
-        oh = oh0 + r
-        if oh >= OH:
-            continue
-        for s in range(4):
-            ow = ow0 + s
-            if ow >= OW:
-                continue
-            src, dst = T[24 + 4 * r + s], y[n, oh, ow]
-            for f in range(F):
-                v = src[f] + b[f] if b.size else src[f]
-                dst[f] = zero if (relu and v <= zero) else v
+        _at6(Ov[o, :LF], Ov[o + 1, :LF], Ov[o + 2, :LF], Ov[o + 3, :LF],
+             Ov[k, :LF], Ov[k + 1, :LF], Ov[k + 2, :LF], Ov[k + 3, :LF], Ov[k + 4, :LF], Ov[k + 5, :LF])
 
 
 @kernel
-def _tiles(y, x, U, b, relu, D, TC, TF, V, M, t0, t1, n_off, TH, TW, PT, PL):
-    # Tiles t0..t1 ((n, th, tw) row-major) of the convolution of x: (N, H, W*C) into y: (N', OH, OW, F)
-    # at image n - n_off; U: (36, C, F); D, TC: (36, C), TF: (40, F) scratch; V: (>= t1-t0, 36, C),
-    # M: (>= t1-t0, 36, F).
+def _store_tiles(y, O, b, relu, t0, t1, TH, TW):
+    # y: (N, OH, OW, F) out: the 4x4 outputs of tiles t0..t1 (O rows 24..39, tile t at column
+    # t - t0) + b (size 0: none), then max(., 0) when relu (NaN passes); rows and columns past
+    # OH, OW are not stored.
+    _, OH, OW, F = y.shape
     P = TH * TW
+    zero = y.dtype.type(0)
     for t in range(t0, t1):
         n, r = t // P, t % P
-        _load_tile(D, x, n, 4 * (r // TW) - PT, 4 * (r % TW) - PL)
-        _input_transform(V[t - t0], D, TC)
-    nt = t1 - t0
-    for k in range(36):  # M[:, k] = V[:, k] @ U[k]
-        _blas.gemm(False, False, 1.0, V[:nt, k], U[k], 0.0, M[:nt, k])
+        oh0, ow0 = 4 * (r // TW), 4 * (r % TW)
+        j = t - t0
+        for rr in range(4):
+            oh = oh0 + rr
+            if oh >= OH:
+                continue
+            for s in range(4):
+                ow = ow0 + s
+                if ow >= OW:
+                    continue
+                src, dst = O[24 + 4 * rr + s, j], y[n, oh, ow]
+                for f in range(F):
+                    v = src[f] + b[f] if b.size else src[f]
+                    dst[f] = zero if (relu and v <= zero) else v
+
+
+@kernel
+def _pool_tiles(yp, O, b, relu, t0, t1, TH, TW, PH, PW):
+    # yp: (N, OPH, OPW, F) out: the PH x PW max pools (PH, PW dividing 4: every window inside
+    # one tile) of tiles t0..t1's 4x4 outputs (O rows 24..39), + b, then ReLU when relu. The
+    # first maximum wins and a NaN wins once, as in max_pool2d; bias and ReLU after the max.
+    _, OPH, OPW, F = yp.shape
+    P = TH * TW
+    zero = yp.dtype.type(0)
     for t in range(t0, t1):
         n, r = t // P, t % P
-        _output_tile(y, M[t - t0], TF, b, relu, n - n_off, 4 * (r // TW), 4 * (r % TW))
+        j = t - t0
+        for i in range(4 // PH):
+            p = (4 // PH) * (r // TW) + i
+            if p >= OPH:
+                continue
+            for k in range(4 // PW):
+                q = (4 // PW) * (r % TW) + k
+                if q >= OPW:
+                    continue
+                best = yp[n, p, q]  # (F,)
+                first = O[24 + 4 * PH * i + PW * k, j]
+                for f in range(F):
+                    best[f] = first[f]
+                for a in range(PH):
+                    for c in range(PW):
+                        if a == 0 and c == 0:
+                            continue
+                        v = O[24 + 4 * (PH * i + a) + PW * k + c, j]
+                        for f in range(F):
+                            m = best[f]
+                            best[f] = v[f] if (v[f] > m) | ((v[f] != v[f]) & (m == m)) else m
+                for f in range(F):
+                    v = best[f] + b[f] if b.size else best[f]
+                    best[f] = zero if (relu and v <= zero) else v
 
 
 @parallel_kernel
-def _forward_kernel(y, x, U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL):
-    # y: (N, OH, OW, F) out; x: (N, H, W*C); U: (36, C, F); b: (F,) or size 0; per group g:
-    # D[g], TC[g]: (36, C), TF[g]: (40, F), V[g]: (block, 36, C), M[g]: (block, 36, F).
-    G, block = V.shape[0], V.shape[1]
+def _forward_kernel(y, x, U, b, relu, D, T, M, O, TH, TW, PT, PL):
+    # y: (N, OH, OW, F) out; x: (N, H, W*C); U: (36, C, F); b: (F,) or size 0; per group g,
+    # blocks of cap tiles: D[g], T[g]: (36, cap, C), M[g]: (36, cap, F), O[g]: (40, cap, F).
+    G, cap = D.shape[0], D.shape[2]
     tiles = x.shape[0] * TH * TW
     for g in prange(G):
         lo, hi = g * tiles // G, (g + 1) * tiles // G
-        for t0 in range(lo, hi, block):
-            _tiles(y, x, U, b, relu, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, hi), 0, TH, TW, PT, PL)
+        for t0 in range(lo, hi, cap):
+            t1 = min(t0 + cap, hi)
+            _load_tiles(D[g], x, t0, t1, TH, TW, PT, PL)
+            _transform_block(D[g], T[g], U, M[g], O[g], t1 - t0)
+            _store_tiles(y, O[g], b, relu, t0, t1, TH, TW)
 
 
 @parallel_kernel
-def _pool_forward_kernel(yp, arg, x, U, b, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW):
-    # F(2x2, 3x3)'s kernel with this module's _tiles. (Not one kernel built by a factory, nor one
-    # taking _tiles as an argument: Numba's disk cache missed both, so every process recompiled.)
-    # Fused with a max pool: groups own whole images; each image's convolution
-    # goes to Y[g]: (1, OH, OW, F) (no bias) and is pooled by conv_pool's epilogue (bias and ReLU
-    # after the max) into yp, arg: (N*OPH, OPW, F) out.
-    G, block = V.shape[0], V.shape[1]
-    N = x.shape[0]
-    OPH = yp.shape[0] // N
-    _, OH, OW, F = Y.shape[1:]
-    P = TH * TW
+def _pool_forward_kernel(yp, x, U, b, relu, D, T, M, O, TH, TW, PT, PL, PH, PW):
+    # As _forward_kernel, each block's outputs max pooled (PH x PW, dividing the 4x4 tiles)
+    # into yp: (N, OPH, OPW, F) with bias and ReLU after the max (_pool_tiles): no
+    # convolution output is written.
+    G, cap = D.shape[0], D.shape[2]
+    tiles = x.shape[0] * TH * TW
     none = b[:0]
     for g in prange(G):
-        for n in range(g * N // G, (g + 1) * N // G):
-            for t0 in range(n * P, (n + 1) * P, block):
-                _tiles(Y[g], x, U, none, False, D[g], TC[g], TF[g], V[g], M[g], t0, min(t0 + block, (n + 1) * P), n,
-                       TH, TW, PT, PL)
-            conv_pool._pool_units(yp, arg, Y[g].reshape(OH * OW, F), b, relu, n * OPH, (n + 1) * OPH, OW, PH, PW)
+        lo, hi = g * tiles // G, (g + 1) * tiles // G
+        for t0 in range(lo, hi, cap):
+            t1 = min(t0 + cap, hi)
+            _load_tiles(D[g], x, t0, t1, TH, TW, PT, PL)
+            _transform_block(D[g], T[g], U, M[g], O[g], t1 - t0)
+            _pool_tiles(yp, O[g], b, relu, t0, t1, TH, TW, PH, PW)
 
 
 def block_bytes():
@@ -202,18 +246,27 @@ def block_bytes():
     return winograd.planned_block_bytes("winograd4_block_bytes", winograd4_conv, filter_transform, BLOCK_BYTES)
 
 
+def _buffers(workspace, prefix, C, F, tiles_per_group, dtype, size):
+    """Per-group scratch for blocks of about ``size`` bytes: ``D``, ``T`` ``(G, 36, cap, C)``,
+    ``M`` ``(G, 36, cap, F)``, ``O`` ``(G, 40, cap, F)``, ``cap`` tiles a block."""
+    G = _blockgemm.groups()
+    cap = max(1, min(size // ((72 * C + 76 * F) * dtype.itemsize), tiles_per_group))
+    return (scratch(workspace, prefix + "D", (G, 36, cap, C), dtype),
+            scratch(workspace, prefix + "T", (G, 36, cap, C), dtype),
+            scratch(workspace, prefix + "M", (G, 36, cap, F), dtype),
+            scratch(workspace, prefix + "O", (G, 40, cap, F), dtype))
+
+
 def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4", block=None):
     """As :func:`fastcnn.kernels.winograd.winograd_conv`, with F(4x4, 3x3) and ``U`` ``(36, C, F)``."""
     N, H, W, C = x.shape
     F = U.shape[2]
-    G = _blockgemm.groups()
     TH, TW = -(-OH // 4), -(-OW // 4)
-    dtype = x.dtype
     size = block_bytes() if block is None else block
-    D, TC, TF, V, M = winograd.tile_buffers(workspace, prefix, 36, C, F, 40, -(-(N * TH * TW) // G), dtype, G, size)
-    y = np.empty((N, OH, OW, F), dtype=dtype)  # (N, OH, OW, F)
+    D, T, M, O = _buffers(workspace, prefix, C, F, -(-(N * TH * TW) // _blockgemm.groups()), x.dtype, size)
+    y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
-        _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
+        _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, T, M, O, TH, TW, PT, PL)
     return y
 
 
@@ -222,9 +275,21 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
         return winograd._pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu)
     check_domain("numba:winograd4", w, stride, padding)
     x, U, bias = winograd._prepare(x, w, b, filter_transform)
-    yp, _, _ = winograd.pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=4,
-                               tf_rows=40, block_bytes=block_bytes(), prefix="wino4", keep_arg=False)
-    return yp.reshape(x.shape[0], -1, yp.shape[1], yp.shape[2]), None
+    N, H, W, C = x.shape
+    PH, PW = pool_size
+    (PT, _), (PL, _) = padding
+    OH, OW = output_hw((H, W), (3, 3), (1, 1), padding)
+    if 4 % PH or 4 % PW:  # windows across tiles: the convolution (bias, ReLU), then the pool
+        y = winograd4_conv(x, U, bias, OH, OW, PT, PL, relu, workspace)
+        return pooling.max_pool2d_forward(y, pool_size=pool_size, stride=pool_size, padding=((0, 0), (0, 0)))[0], None
+    F = U.shape[2]
+    TH, TW = -(-OH // 4), -(-OW // 4)
+    D, T, M, O = _buffers(workspace, "wino4", C, F, -(-(N * TH * TW) // _blockgemm.groups()), x.dtype,
+                          block_bytes())
+    yp = np.empty((N, OH // PH, OW // PW, F), dtype=x.dtype)  # (N, OPH, OPW, F)
+    with _blas.blas_single_threaded():
+        _pool_forward_kernel(yp, x.reshape(N, H, W * C), U, bias, relu, D, T, M, O, TH, TW, PT, PL, PH, PW)
+    return yp, None
 
 
 def conv2d_maxpool2d_forward(x, w, b, *, stride, padding, pool_size, workspace=None, need_cache=True):
