@@ -43,7 +43,7 @@ from fastcnn.kernels import _blas, _blockgemm, conv, conv_pool
 from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel_kernel
 
-__all__ = ["applies", "check_domain", "unpooled_variant", "tile_buffers", "pooled", "winograd_conv",
+__all__ = ["applies", "check_domain", "unpooled_variant", "winograd_conv",
            "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
            "BLOCK_BYTES", "BLOCK_CANDIDATES", "planned_block_bytes", "block_bytes"]
 
@@ -299,41 +299,40 @@ def _pool_forward_kernel(yp, arg, x, U, b, relu, D, TC, TF, V, M, Y, TH, TW, PT,
             conv_pool._pool_units(yp, arg, Y[g].reshape(OH * OW, F), b, relu, n * OPH, (n + 1) * OPH, OW, PH, PW)
 
 
-def tile_buffers(workspace, prefix, positions, C, F, tf_rows, tiles_per_group, dtype, G, block_bytes):
-    """Per-group scratch of a Winograd kernel with ``positions`` transform positions (16 for
-    F(2x2, 3x3), 36 for F(4x4, 3x3)): ``D``, ``TC`` ``(G, positions, C)`` (one input tile and
-    its transform's scratch), ``TF`` ``(G, tf_rows, F)`` (the output transform's), and per
-    block of tiles (about ``block_bytes``) ``V`` ``(G, block, positions, C)`` and ``M``
-    ``(G, block, positions, F)`` (transformed tiles and their products)."""
-    block = max(1, min(block_bytes // (positions * (C + F) * dtype.itemsize), tiles_per_group))
-    D = scratch(workspace, prefix + "D", (G, positions, C), dtype)
-    TC = scratch(workspace, prefix + "TC", (G, positions, C), dtype)
-    TF = scratch(workspace, prefix + "TF", (G, tf_rows, F), dtype)
-    V = scratch(workspace, prefix + "V", (G, block, positions, C), dtype)
-    M = scratch(workspace, prefix + "M", (G, block, positions, F), dtype)
+def _tile_buffers(workspace, prefix, C, F, tiles_per_group, dtype, G, block_bytes):
+    """Per-group scratch: ``D``, ``TC`` ``(G, 16, C)`` (one input tile and its transform's
+    scratch), ``TF`` ``(G, 16, F)`` (the output transform's), and per block of tiles (about
+    ``block_bytes``) ``V`` ``(G, block, 16, C)`` and ``M`` ``(G, block, 16, F)`` (transformed
+    tiles and their products)."""
+    block = max(1, min(block_bytes // (16 * (C + F) * dtype.itemsize), tiles_per_group))
+    D = scratch(workspace, prefix + "D", (G, 16, C), dtype)
+    TC = scratch(workspace, prefix + "TC", (G, 16, C), dtype)
+    TF = scratch(workspace, prefix + "TF", (G, 16, F), dtype)
+    V = scratch(workspace, prefix + "V", (G, block, 16, C), dtype)
+    M = scratch(workspace, prefix + "M", (G, block, 16, F), dtype)
     return D, TC, TF, V, M
 
 
-def pooled(kernel, x, U, bias, padding, pool_size, relu, workspace, *, tile, tf_rows, block_bytes, prefix,
-           keep_arg):
+def _pooled(x, U, bias, padding, pool_size, relu, workspace, keep_arg):
     """``(yp (N*OPH, OPW, F), arg, (OH, OW))``: the 3x3 stride-1 convolution of contiguous NHWC
-    ``x`` whose filter transform is ``U`` ``(positions, C, F)``, max pooled by ``kernel`` (a
-    ``_pool_forward_kernel`` of tiles ``tile`` x ``tile``; ``arg``: each window's argmax, a new
-    array when ``keep_arg`` (a backward pass reads it), else the workspace's scratch)."""
+    ``x`` whose filter transform is ``U`` ``(16, C, F)``, max pooled (``arg``: each window's
+    argmax, a new array when ``keep_arg`` (a backward pass reads it), else the workspace's
+    scratch)."""
     N, H, W, C = x.shape
-    positions, _, F = U.shape
+    F = U.shape[2]
     PH, PW = pool_size
     OH, OW = output_hw((H, W), (3, 3), (1, 1), padding)
     (PT, _), (PL, _) = padding
     dtype, G = x.dtype, _blockgemm.groups()
-    TH, TW = -(-OH // tile), -(-OW // tile)
-    D, TC, TF, V, M = tile_buffers(workspace, prefix, positions, C, F, tf_rows, TH * TW, dtype, G, block_bytes)
-    Y = scratch(workspace, prefix + "Y", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    D, TC, TF, V, M = _tile_buffers(workspace, "wino", C, F, TH * TW, dtype, G, block_bytes())
+    Y = scratch(workspace, "winoY", (G, 1, OH, OW, F), dtype)  # (G, 1, OH, OW, F) one image's convolution
     yp = np.empty((N * (OH // PH), OW // PW, F), dtype=dtype)  # (N*OPH, OPW, F)
     index = conv_pool._index_dtype(PH * PW)
-    arg = np.empty(yp.shape, dtype=index) if keep_arg else scratch(workspace, prefix + "arg", yp.shape, index)
+    arg = np.empty(yp.shape, dtype=index) if keep_arg else scratch(workspace, "winoarg", yp.shape, index)
     with _blas.blas_single_threaded():
-        kernel(yp, arg, x.reshape(N, H, W * C), U, bias, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL, PH, PW)
+        _pool_forward_kernel(yp, arg, x.reshape(N, H, W * C), U, bias, relu, D, TC, TF, V, M, Y, TH, TW, PT, PL,
+                             PH, PW)
     return yp, arg, (OH, OW)
 
 
@@ -347,7 +346,7 @@ def winograd_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino", 
     G = _blockgemm.groups()
     TH, TW = -(-OH // 2), -(-OW // 2)
     size = block_bytes() if block is None else block
-    D, TC, TF, V, M = tile_buffers(workspace, prefix, 16, C, F, 16, -(-(N * TH * TW) // G), x.dtype, G, size)
+    D, TC, TF, V, M = _tile_buffers(workspace, prefix, C, F, -(-(N * TH * TW) // G), x.dtype, G, size)
     y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, TC, TF, V, M, TH, TW, PT, PL)
@@ -417,8 +416,7 @@ def unpooled_variant(variant, conv_fn, transform, prefix):
 def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu):
     check_domain("numba:winograd", w, stride, padding)
     x, U, bias = _prepare(x, w, b)
-    yp, arg, (OH, OW) = pooled(_pool_forward_kernel, x, U, bias, padding, pool_size, relu, workspace, tile=2,
-                               tf_rows=16, block_bytes=block_bytes(), prefix="wino", keep_arg=need_cache)
+    yp, arg, (OH, OW) = _pooled(x, U, bias, padding, pool_size, relu, workspace, keep_arg=need_cache)
     N, _, _, C = x.shape
     F = U.shape[2]
     cache = None
