@@ -327,6 +327,11 @@ PROBE_EVERY = 50
 #: when the two were last compared, as soon as that time reaches PROBE_SOON times it.
 PROBE_SOON = 10
 CHANGED = 1.5
+#: A re-check of the count not in use that comes back this many times faster than the
+#: median of the count in use makes that count's older durations stale: the next
+#: :data:`CONFIRM` calls run it too, and the median of those fresh durations decides.
+PROMISING = 1.1
+CONFIRM = 2
 #: Durations kept per count (their median decides).
 SAMPLES = 5
 #: Tuners kept per model (one per kind of call and input shape).
@@ -343,8 +348,14 @@ class _Tuner:
     reaches :data:`PROBE_EVERY` times its median, or :data:`PROBE_SOON` times
     once the count in use has become :data:`CHANGED` times faster or slower than
     at the last comparison (the load changed: then that one trial replaces the
-    other count's stale durations). (Two candidates; the choice is
-    recomputed when a duration is recorded, so :meth:`choose` is a few comparisons.)
+    other count's stale durations). A trial that beats the count in use by
+    :data:`PROMISING` is followed by :data:`CONFIRM` more calls on that count,
+    and those fresh durations replace its stale ones: the other count got faster
+    while the one in use did not (under two spinning processes, two threads ran
+    a prediction in 8 ms in one benchmark run and in 30-40 ms in others), and
+    waiting for three re-checks :data:`PROBE_EVERY` calls apart would take 150
+    calls. (Two candidates; the choice is recomputed when a duration is
+    recorded, so :meth:`choose` is a few comparisons.)
     """
 
     def __init__(self, candidates):
@@ -357,9 +368,13 @@ class _Tuner:
         self.since_probe = 0.0
         self.probing = False
         self.reference = math.inf
+        self.confirming = 0  # calls still to run on the other count after a promising trial
 
     def choose(self):
         self.probing = False
+        if self.confirming:
+            self.probing = True
+            return self.other
         if self.ready:
             other = self.medians[self.other]
             due = self.since_probe >= PROBE_EVERY * other
@@ -382,7 +397,14 @@ class _Tuner:
         if not self.warm:
             self.warm = True
             return
+        if self.confirming:
+            self.confirming -= 1
+        elif self.probing and seconds * PROMISING < self.medians[self.best]:
+            self.times[n].clear()  # faster than the count in use: its older durations are stale
+            self.confirming = CONFIRM
         self.times[n].append(seconds)
+        if self.confirming:  # the other count's fresh durations decide only once all are in
+            return
         self.medians[n] = _median(self.times[n])
         if self.probing:
             self.since_probe = 0.0
