@@ -345,7 +345,11 @@ class _Tuner:
     each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
     candidate with the lowest median of its last :data:`SAMPLES` durations runs,
     and the other one runs once whenever the time spent since its last trial
-    reaches :data:`PROBE_EVERY` times its median, or :data:`PROBE_SOON` times
+    reaches :data:`PROBE_EVERY` times its median (the first re-checks after the
+    trials sooner: :data:`PROBE_SOON` times, then twice that, and so on up to
+    PROBE_EVERY, for five trials each can mislead: under two spinning processes, two threads lost the trials of a
+    vgg_mini prediction and then ran it in 15-16 ms against one thread's 23 ms),
+    or :data:`PROBE_SOON` times
     once the count in use has become :data:`CHANGED` times faster or slower than
     at the last comparison (the load changed: then that one trial replaces the
     other count's stale durations). A trial that beats the count in use by
@@ -369,6 +373,7 @@ class _Tuner:
         self.probing = False
         self.reference = math.inf
         self.confirming = 0  # calls still to run on the other count after a promising trial
+        self.rechecks = 0  # re-checks since the trials: the first few come sooner
 
     def choose(self):
         self.probing = False
@@ -377,7 +382,7 @@ class _Tuner:
             return self.other
         if self.ready:
             other = self.medians[self.other]
-            due = self.since_probe >= PROBE_EVERY * other
+            due = self.since_probe >= min(PROBE_EVERY, PROBE_SOON << self.rechecks) * other
             if not due and self.since_probe >= PROBE_SOON * other:
                 # The count in use got much faster or slower since the other was last timed:
                 # the machine changed, and the other's durations are stale.
@@ -408,6 +413,7 @@ class _Tuner:
         self.medians[n] = _median(self.times[n])
         if self.probing:
             self.since_probe = 0.0
+            self.rechecks += 1
         else:
             self.since_probe += seconds
         first, second = self.candidates[0], self.candidates[-1]
