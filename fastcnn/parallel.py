@@ -39,9 +39,9 @@ How many threads (see README.md, "Threads on a busy machine"):
 - Unless the user fixed a count (:func:`set_num_threads`, ``--threads`` or
   ``FASTCNN_THREADS=n``), each training step and inference pass of a model runs
   under :func:`adaptive`: it times the ceiling and one thread on the same work,
-  keeps the faster, and re-times the other now and then: at most
-  1/:data:`PROBE_EVERY` of the run while the machine is steady, sooner when the
-  count in use speeds up or slows down (see :class:`_Tuner`). On a busy machine a parallel region
+  keeps the faster, and re-times the other now and then: after the first few
+  re-checks, at most 1/:data:`PROBE_EVERY` of the run while the machine is steady,
+  sooner when the count in use speeds up or slows down (see :class:`_Tuner`). On a busy machine a parallel region
   ends only when its slowest thread has had its time slice (and libgomp's
   waiting threads spin meanwhile), so a step of small kernels can run several
   times slower on two threads than on one; on a quiet machine the ceiling wins

@@ -251,24 +251,52 @@ def rounds_minimum(names, measure, *, min_rounds, min_span, budget=float("inf"))
             return times
 
 
-def _cpu_counters():
-    """``(busy, own, wall, cpus)`` now: the seconds the CPUs this process may run on spent busy
-    (``/proc/stat``: user, nice, system, irq, softirq and steal), this process's CPU seconds,
-    a wall clock in seconds, and how many CPUs those are; None where ``/proc/stat`` cannot
-    be read (not Linux)."""
+def _process_cpus():
+    """The CPUs this process's threads may run on: the union of every thread's
+    ``Cpus_allowed_list`` (``os.sched_getaffinity`` answers for the calling thread, and with
+    ``OMP_PROC_BIND`` set the OpenMP runtime pins the main thread to one CPU: the share then
+    read 0 under load); the calling thread's affinity where ``/proc`` has no tasks; None
+    where neither exists."""
+    cpus = set()
     try:
-        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
-        busy = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/status", encoding="ascii") as f:
+                    for line in f:
+                        if line.startswith("Cpus_allowed_list:"):
+                            for part in line.split(":", 1)[1].strip().split(","):
+                                lo, _, hi = part.partition("-")
+                                cpus.update(range(int(lo), int(hi or lo) + 1))
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+    except (OSError, ValueError):
+        cpus = set()
+    if cpus:
+        return cpus
+    try:
+        return set(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpu_counters():
+    """``(busy, own, wall)`` now: ``{cpu: seconds}`` that each CPU spent busy (``/proc/stat``:
+    user, nice, system, irq, softirq and steal), this process's CPU seconds, and a wall
+    clock in seconds; None where ``/proc/stat`` cannot be read (not Linux)."""
+    busy = {}
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
         with open("/proc/stat", encoding="ascii") as f:
             for line in f:
                 fields = line.split()
-                if fields and fields[0] in cpus:
+                if fields and fields[0].startswith("cpu") and fields[0] != "cpu":
                     # user nice system idle iowait irq softirq steal (guest time is within user)
-                    busy += sum(int(v) for v in fields[1:4]) + sum(int(v) for v in fields[6:9])
-    except (OSError, AttributeError, ValueError):
+                    ticks = sum(int(v) for v in fields[1:4]) + sum(int(v) for v in fields[6:9])
+                    busy[int(fields[0][3:])] = ticks / tick
+    except (OSError, ValueError, AttributeError):
         return None
     own = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter(), len(cpus)
+    return busy, own.user + own.system, time.perf_counter()
 
 
 @contextlib.contextmanager
@@ -277,18 +305,23 @@ def others_share():
     (and the hypervisor's steal): ``with others_share() as share: ...`` then ``share[0]``,
     0 to 1, or None where it cannot be told: not Linux, or a block shorter than
     :data:`SHARE_TICKS` clock ticks (the kernel counts CPU time in ticks, 10 ms at
-    ``SC_CLK_TCK`` 100: one tick in a 1 ms block would read as the whole machine)."""
+    ``SC_CLK_TCK`` 100: one tick in a 1 ms block would read as the whole machine). The
+    CPUs are those the process's threads may run on at the end of the block
+    (:func:`_process_cpus`: the thread pool may start inside it)."""
     share = [None]
     before = _cpu_counters()
     try:
         yield share
     finally:
         after = _cpu_counters()
-        if before is not None and after is not None:
+        allowed = _process_cpus()
+        if before is not None and after is not None and allowed:
             span = after[2] - before[2]
-            if span * os.sysconf("SC_CLK_TCK") >= SHARE_TICKS:
-                others = (after[0] - before[0]) - (after[1] - before[1])
-                share[0] = min(max(others / (span * after[3]), 0.0), 1.0)
+            cpus = [c for c in allowed if c in before[0] and c in after[0]]
+            if cpus and span * os.sysconf("SC_CLK_TCK") >= SHARE_TICKS:
+                busy = sum(after[0][c] - before[0][c] for c in cpus)
+                others = busy - (after[1] - before[1])
+                share[0] = min(max(others / (span * len(cpus)), 0.0), 1.0)
 
 
 class Planner:

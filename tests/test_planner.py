@@ -327,9 +327,11 @@ def fake_counters(monkeypatch, others, cpus=2):
     def counters():
         i = reading[0]
         reading[0] += 1
-        return i * (0.5 + others * cpus), i * 0.5, float(i), cpus
+        busy = i * (0.5 + others * cpus)
+        return {c: busy / cpus for c in range(cpus)}, i * 0.5, float(i)
 
     monkeypatch.setattr(planner, "_cpu_counters", counters)
+    monkeypatch.setattr(planner, "_process_cpus", lambda: set(range(cpus)))
 
 
 def test_a_plan_timed_on_a_busy_machine_holds_for_the_process_but_is_not_written(plans, monkeypatch, capsys):
@@ -378,6 +380,24 @@ def test_a_tuning_measured_on_a_busy_machine_is_not_written(plans, monkeypatch, 
     assert "fastcnn: the machine is busy (other processes took 90% of the CPUs" in capsys.readouterr().err
 
 
+def test_the_cpus_are_every_threads_not_the_calling_threads(monkeypatch):
+    # With OMP_PROC_BIND the OpenMP runtime pins the main thread to one CPU: the calling
+    # thread's affinity would leave out the CPUs where the pool's other threads run.
+    statuses = {"1": "Name:\tpython\nCpus_allowed_list:\t0\n", "2": "Cpus_allowed_list:\t1-2,5\n"}
+    monkeypatch.setattr(planner.os, "listdir", lambda path: list(statuses))
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        task = str(path).split("/")[-2]
+        if str(path).startswith("/proc/self/task/"):
+            import io
+            return io.StringIO(statuses[task])
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert planner._process_cpus() == {0, 1, 2, 5}
+
+
 def test_others_share_is_unknown_over_a_span_shorter_than_its_ticks():
     with planner.others_share() as share:
         pass
@@ -390,7 +410,12 @@ def test_others_share_sees_processes_spinning_on_this_processs_cpus():
     import subprocess
     import sys
 
+    from fastcnn import parallel
+
     cpus = sorted(os.sched_getaffinity(0))
+    quota = parallel.cpu_quota()
+    if quota is not None and quota < len(cpus):  # the spinners would get a fraction of the host's CPUs
+        pytest.skip(f"a CPU quota of {quota} CPUs below the {len(cpus)} CPUs of the affinity set")
     spin = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
     spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in cpus]
     try:

@@ -231,7 +231,6 @@ def _pool_forward_kernel(yp, x, U, b, relu, D, T, M, O, TH, TW, PT, PL, PH, PW):
     # convolution output is written.
     G, cap = D.shape[0], D.shape[2]
     tiles = x.shape[0] * TH * TW
-    none = b[:0]
     for g in prange(G):
         lo, hi = g * tiles // G, (g + 1) * tiles // G
         for t0 in range(lo, hi, cap):
