@@ -347,9 +347,9 @@ class _Tuner:
     and the other one runs once whenever the time spent since its last trial
     reaches :data:`PROBE_EVERY` times its median (the first re-checks after the
     trials sooner: :data:`PROBE_SOON` times, then twice that, and so on up to
-    PROBE_EVERY, for five trials each can mislead: under two spinning processes, two threads lost the trials of a
-    vgg_mini prediction and then ran it in 15-16 ms against one thread's 23 ms),
-    or :data:`PROBE_SOON` times
+    PROBE_EVERY, for five trials each can mislead: under two spinning processes,
+    two threads lost the trials of a vgg_mini prediction and then ran it in
+    15-16 ms against one thread's 23 ms), or :data:`PROBE_SOON` times
     once the count in use has become :data:`CHANGED` times faster or slower than
     at the last comparison (the load changed: then that one trial replaces the
     other count's stale durations). A trial that beats the count in use by
@@ -373,7 +373,7 @@ class _Tuner:
         self.probing = False
         self.reference = math.inf
         self.confirming = 0  # calls still to run on the other count after a promising trial
-        self.rechecks = 0  # re-checks since the trials: the first few come sooner
+        self.spacing = PROBE_SOON  # re-check after this many of the other's durations: doubles to PROBE_EVERY
 
     def choose(self):
         self.probing = False
@@ -382,8 +382,8 @@ class _Tuner:
             return self.other
         if self.ready:
             other = self.medians[self.other]
-            due = self.since_probe >= min(PROBE_EVERY, PROBE_SOON << self.rechecks) * other
-            if not due and self.since_probe >= PROBE_SOON * other:
+            due = self.since_probe >= self.spacing * other
+            if self.since_probe >= PROBE_SOON * other:
                 # The count in use got much faster or slower since the other was last timed:
                 # the machine changed, and the other's durations are stale.
                 ratio = self.medians[self.best] / self.reference
@@ -413,7 +413,7 @@ class _Tuner:
         self.medians[n] = _median(self.times[n])
         if self.probing:
             self.since_probe = 0.0
-            self.rechecks += 1
+            self.spacing = min(PROBE_EVERY, 2 * self.spacing)
         else:
             self.since_probe += seconds
         first, second = self.candidates[0], self.candidates[-1]

@@ -245,11 +245,13 @@ def block_bytes():
     return winograd.planned_block_bytes("winograd4_block_bytes", winograd4_conv, filter_transform, BLOCK_BYTES)
 
 
-def _buffers(workspace, prefix, C, F, tiles_per_group, dtype, size):
-    """Per-group scratch for blocks of about ``size`` bytes: ``D``, ``T`` ``(G, 36, cap, C)``,
-    ``M`` ``(G, 36, cap, F)``, ``O`` ``(G, 40, cap, F)``, ``cap`` tiles a block."""
+def _buffers(workspace, prefix, x, F, TH, TW, size):
+    """Per-group scratch for blocks of about ``size`` bytes of the convolution of ``x`` (N, H, W,
+    C) in ``TH`` x ``TW`` tiles an image: ``D``, ``T`` ``(G, 36, cap, C)``, ``M`` ``(G, 36, cap,
+    F)``, ``O`` ``(G, 40, cap, F)``, ``cap`` tiles a block (at most a group's share)."""
+    N, C, dtype = x.shape[0], x.shape[3], x.dtype
     G = _blockgemm.groups()
-    cap = max(1, min(size // ((72 * C + 76 * F) * dtype.itemsize), tiles_per_group))
+    cap = max(1, min(size // ((72 * C + 76 * F) * dtype.itemsize), -(-(N * TH * TW) // G)))
     return (scratch(workspace, prefix + "D", (G, 36, cap, C), dtype),
             scratch(workspace, prefix + "T", (G, 36, cap, C), dtype),
             scratch(workspace, prefix + "M", (G, 36, cap, F), dtype),
@@ -262,7 +264,7 @@ def winograd4_conv(x, U, b, OH, OW, PT, PL, relu, workspace=None, prefix="wino4"
     F = U.shape[2]
     TH, TW = -(-OH // 4), -(-OW // 4)
     size = block_bytes() if block is None else block
-    D, T, M, O = _buffers(workspace, prefix, C, F, -(-(N * TH * TW) // _blockgemm.groups()), x.dtype, size)
+    D, T, M, O = _buffers(workspace, prefix, x, F, TH, TW, size)
     y = np.empty((N, OH, OW, F), dtype=x.dtype)  # (N, OH, OW, F)
     with _blas.blas_single_threaded():
         _forward_kernel(y, x.reshape(N, H, W * C), U, b, relu, D, T, M, O, TH, TW, PT, PL)
@@ -283,8 +285,7 @@ def _pool_forward(x, w, b, stride, padding, pool_size, workspace, need_cache, re
         return pooling.max_pool2d_forward(y, pool_size=pool_size, stride=pool_size, padding=((0, 0), (0, 0)))[0], None
     F = U.shape[2]
     TH, TW = -(-OH // 4), -(-OW // 4)
-    D, T, M, O = _buffers(workspace, "wino4", C, F, -(-(N * TH * TW) // _blockgemm.groups()), x.dtype,
-                          block_bytes())
+    D, T, M, O = _buffers(workspace, "wino4", x, F, TH, TW, block_bytes())
     yp = np.empty((N, OH // PH, OW // PW, F), dtype=x.dtype)  # (N, OPH, OPW, F)
     with _blas.blas_single_threaded():
         _pool_forward_kernel(yp, x.reshape(N, H, W * C), U, bias, relu, D, T, M, O, TH, TW, PT, PL, PH, PW)
