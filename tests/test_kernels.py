@@ -158,6 +158,9 @@ def batch_parallel_outputs(dtype):
             grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
+        for pool in ((2, 3), (2, 2)):  # inference: the direct loops' pooled values, no window indices
+            out[f"{name} direct inference {pool}"] = conv_pool.VARIANTS[name, "numba:direct"](
+                x, w, b, stride=(1, 1), padding=same, pool_size=pool, need_cache=False)[0]
     for op, (forward, backward) in [*winograd.VARIANTS.items(), *winograd4.VARIANTS.items()]:  # tiles; pooled: images
         kw = dict(pool_size=(2, 3)) if "pool" in op else {}
         y, cache = forward(x5, w5, b, stride=(1, 1), padding=same, **kw)
@@ -262,6 +265,23 @@ def test_max_pool_nan_is_the_maximum(dtype):
     assert np.array_equal(y, y_ref, equal_nan=True)
     dx = pooling.max_pool2d_backward(np.ones(y.shape, dtype=dtype), cache)
     assert np.array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool", [(2, 2), (2, 3)])
+@pytest.mark.parametrize("need_cache", [True, False], ids=["training", "inference"])
+def test_direct_conv_pool_nan_is_the_maximum(dtype, pool, need_cache):
+    """The direct loops' pooled values (the unrolled 2x2 windows of inference too) take a NaN
+    wherever the window holds one, first, inside or last, as max_pool2d does."""
+    x = np.arange(2 * 6 * 6 * 1, dtype=dtype).reshape(2, 6, 6, 1)
+    x[0, 1, 0, 0] = x[0, 2, 2, 0] = x[1, 3, 3, 0] = x[1, 5, 5, 0] = np.nan
+    w = np.ones((1, 1, 1, 1), dtype=dtype)  # the identity: the convolution is x
+    for name in ("conv2d_maxpool2d", "conv2d_relu_maxpool2d"):
+        y, _ = conv_pool.VARIANTS[name, "numba:direct"](x, w, None, stride=(1, 1), padding=VALID, pool_size=pool,
+                                                         need_cache=need_cache)
+        y_ref, _ = naive_max_pool(x, pool, pool, VALID)
+        assert np.isnan(y_ref).sum() >= 3
+        assert np.array_equal(y, y_ref, equal_nan=True), name
 
 
 @pytest.mark.parametrize("window, expected", [(4, np.int8), (127, np.int8), (129, np.int16), (40000, np.int32)])

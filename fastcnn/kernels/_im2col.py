@@ -99,6 +99,29 @@ def im2col_rows_kmajor(colsT, x, r0, r1, OH, OW, KH, KW, SH, SW, PT, PL):
         r += count
 
 
+@inline_kernel
+def _taps3x3(acc, src, wf, C, HP, WP, L):
+    # acc[:L] = the sum over channels c of the 3x3 taps wf[(3*i + j)*C + c] times the planar image
+    # src's channel c shifted by (i, j) (rows WP wide): the first channel assigns, the others add.
+    for c in range(C):
+        r0 = c * HP * WP
+        r1, r2 = r0 + WP, r0 + 2 * WP
+        w0, w1, w2 = wf[c], wf[C + c], wf[2 * C + c]
+        w3, w4, w5 = wf[3 * C + c], wf[4 * C + c], wf[5 * C + c]
+        w6, w7, w8 = wf[6 * C + c], wf[7 * C + c], wf[8 * C + c]
+        a0, a1, a2 = src[r0:r0 + L], src[r0 + 1:r0 + 1 + L], src[r0 + 2:r0 + 2 + L]
+        b0, b1, b2 = src[r1:r1 + L], src[r1 + 1:r1 + 1 + L], src[r1 + 2:r1 + 2 + L]
+        c0, c1, c2 = src[r2:r2 + L], src[r2 + 1:r2 + 1 + L], src[r2 + 2:r2 + 2 + L]
+        if c == 0:
+            for t in range(L):
+                acc[t] = (w0 * a0[t] + w1 * a1[t] + w2 * a2[t] + w3 * b0[t] + w4 * b1[t] + w5 * b2[t]
+                          + w6 * c0[t] + w7 * c1[t] + w8 * c2[t])
+        else:
+            for t in range(L):
+                acc[t] += (w0 * a0[t] + w1 * a1[t] + w2 * a2[t] + w3 * b0[t] + w4 * b1[t] + w5 * b2[t]
+                           + w6 * c0[t] + w7 * c1[t] + w8 * c2[t])
+
+
 @kernel
 def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
     # seg: (F, >= (OH-1)*WP + OW) out, image n's stride-1 convolution, planar:
@@ -108,7 +131,8 @@ def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
     # K = KH*KW*C (first layers), where a GEMM of inner dimension K is all
     # overhead: the image is copied zero-padded and channel-planar into xp, so
     # every kernel tap is one long multiply-add pass over the flat image (the
-    # "full width" trick), a 3-wide kernel row one pass.
+    # "full width" trick), a 3-wide kernel row one pass, a 3x3 kernel's nine
+    # taps of one channel one pass.
     _, H, WC = x.shape
     F, K = wT.shape
     C = K // (KH * KW)
@@ -128,6 +152,9 @@ def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
     L = (OH - 1) * WP + OW  # flat span of every valid output position
     for f in range(F):
         acc = seg[f, :L]
+        if KH == 3 and KW == 3:  # the common kernel in one pass a channel: a ninth of the loads and stores of acc
+            _taps3x3(acc, src, wT[f], C, HP, WP, L)
+            continue
         for t in range(L):
             acc[t] = zero
         for c in range(C):

@@ -122,18 +122,52 @@ def _pool_planar(yp, arg, seg, b, relu, u0, u1, WP, PH, PW):
                 arg[u, pw, f] = ks[pw]
 
 
+@kernel
+def _pool_planar_values(yp, seg, b, relu, u0, u1, WP, PH, PW):
+    # As _pool_planar without the window indices (inference: no backward follows): each
+    # window's maximum, NaN when the window holds one (the value the first-maximum rule gives),
+    # written straight into yp: (U, OPW, F).
+    _, OPW, F = yp.shape
+    zero = yp.dtype.type(0)
+    for u in range(u0, u1):
+        base = (u - u0) * PH * WP
+        for f in range(F):
+            bias = b[f] if b.size else zero
+            plane = seg[f]
+            for pw in range(OPW):
+                o = base + pw * PW
+                if PH == 2 and PW == 2:  # every preset's pool, unrolled: about 2.5x faster than the loops
+                    a, c = plane[o], plane[o + 1]
+                    d, e = plane[o + WP], plane[o + WP + 1]
+                    m = a if (a > c) | (a != a) else c
+                    m2 = d if (d > e) | (d != d) else e
+                    m = m if (m > m2) | (m != m) else m2
+                else:
+                    m = plane[o]
+                    for i in range(PH):
+                        for j in range(PW):
+                            v = plane[o + i * WP + j]
+                            m = v if (v > m) | (v != v) else m
+                v = m + bias
+                yp[u, pw, f] = zero if (relu and v <= zero) else v  # NaN passes, as in relu
+
+
 @parallel_kernel
 def _direct_forward_kernel(yp, arg, x, wT, b, relu, xp, seg, OH, OW, PH, PW, KH, KW, PT, PL):
     # yp, arg: as _forward_kernel's; x: (N, H, W*C); wT: (F, K) the weights; b: (F,) or
     # size 0. For a small K and stride 1: whole images through xp: (G, C*HP*WP) and
-    # seg: (G, F, HP*WP) (direct_image), pooled from the planar layout.
+    # seg: (G, F, HP*WP) (direct_image), pooled from the planar layout. An empty arg:
+    # inference, the pooled values only (_pool_planar_values), no window indices.
     N = x.shape[0]
     OPH = yp.shape[0] // N
     G = xp.shape[0]
     for g in prange(G):
         for n in range(g * N // G, (g + 1) * N // G):
             direct_image(seg[g], x, n, wT, xp[g], OH, OW, KH, KW, PT, PL)
-            _pool_planar(yp, arg, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
+            if arg.size:
+                _pool_planar(yp, arg, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
+            else:
+                _pool_planar_values(yp, seg[g], b, relu, n * OPH, (n + 1) * OPH, OW + KW - 1, PH, PW)
 
 
 @parallel_kernel
@@ -280,8 +314,17 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, p
     w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, F)  # (KH*KW*C, F)
     bias = np.zeros(0, dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)  # (F,) or (0,)
     yp = np.empty((U, OPW, F), dtype=dtype)  # (N*OPH, OPW, F)
-    arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     x3 = x.reshape(N, H, W * C)
+    if path == "direct":
+        HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
+        xp = scratch(workspace, "xpad", (G, C * HP * WP), dtype)  # (G, C*HP*WP)
+        seg = scratch(workspace, "seg", (G, F, HP * WP), dtype)  # (G, F, HP*WP)
+        wT = np.ascontiguousarray(w2.T)  # (F, K)
+        if not need_cache:  # inference: the pooled values only, no window indices
+            none = np.empty((0, 0, 0), dtype=_index_dtype(PH * PW))
+            _direct_forward_kernel(yp, none, x3, wT, bias, relu, xp, seg, OH, OW, PH, PW, KH, KW, PT, PL)
+            return yp.reshape(N, OPH, OPW, F), None
+    arg = np.empty((U, OPW, F), dtype=_index_dtype(PH * PW))  # (N*OPH, OPW, F) window index
     if path == "shifted":
         HP, WP = OH + KH - 1, OW + KW - 1  # the padded frame
         units = max(1, _shifted.ROWS_PER_CALL // (PH * WP))
@@ -291,11 +334,7 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, p
             _shifted_forward_kernel(yp, arg, x3, w2.reshape(KH, KW, C, F), bias, relu, frame, wo, units,
                                     OH, OW, PH, PW, PT, PL)
     elif path == "direct":
-        HP, WP = OH + KH - 1, OW + KW - 1  # direct_image's padded frame
-        xp = scratch(workspace, "xpad", (G, C * HP * WP), dtype)  # (G, C*HP*WP)
-        seg = scratch(workspace, "seg", (G, F, HP * WP), dtype)  # (G, F, HP*WP)
-        _direct_forward_kernel(yp, arg, x3, np.ascontiguousarray(w2.T), bias, relu, xp, seg,
-                               OH, OW, PH, PW, KH, KW, PT, PL)
+        _direct_forward_kernel(yp, arg, x3, wT, bias, relu, xp, seg, OH, OW, PH, PW, KH, KW, PT, PL)
     else:
         units = _units(K, F, PH * OW, dtype.itemsize, U, G)
         rows = units * PH * OW
