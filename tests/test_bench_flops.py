@@ -44,3 +44,38 @@ def test_op_benchmark_gemm_flops():
     dense = {(c.direction, c.where): c for c in test_bench_ops.dense_cases(64)}
     assert dense["forward", "mnist_cnn dense1"].gflop == pytest.approx(2 * 64 * 9216 * 128 / 1e9)
     assert dense["backward", "mnist_cnn dense1"].gflop == pytest.approx(4 * 64 * 9216 * 128 / 1e9)
+
+
+
+def test_the_train_check_takes_the_float32_relu_signs_where_they_differ(monkeypatch):
+    """``_presets.train_truth_for``: with every sign as float64's it is the plain truth; where a
+    float32 step's ReLU input fell on the other side of zero (faked here: one sign flipped),
+    the float64 step follows the float32 sign, and that one element alone moves the gradients
+    by more than the 1e-4 tolerance."""
+    import numpy as np
+
+    from benchmarks import _presets
+    from fastcnn.testing import max_rel_error
+
+    x, _ = _presets.batch(8)
+    model = _presets.build("mnist_cnn", "numpy")  # float32
+    impl, loss, grads, flips = _presets.train_truth_for(model, "mnist_cnn", 8)
+    assert flips == 0 and (impl, loss) == _presets.train_truth("mnist_cnn", 8)[:2]
+
+    real = _presets.relu_signs
+    t, mask = max(real(model, x).items(), key=lambda kv: kv[1].size)
+    flipped = mask.copy()
+    flipped.flat[np.flatnonzero(mask)[0]] = False  # one positive input read as negative
+
+    def signs(m, xx):
+        out = real(m, xx)
+        if m.dtype == np.float32:
+            out[t] = flipped
+        return out
+
+    monkeypatch.setattr(_presets, "relu_signs", signs)
+    _, loss2, grads2, flips = _presets.train_truth_for(model, "mnist_cnn", 8)
+    assert flips == 1
+    assert max(max_rel_error(g, grads[k]) for k, g in grads2.items()) > 1e-4
+    model.train_on_batch(*_presets.batch(8))  # the float32 step itself still agrees with the plain truth
+    assert max(max_rel_error(g, grads[k]) for k, g in _presets.grads(model).items()) < 1e-4
