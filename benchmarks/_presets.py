@@ -81,11 +81,16 @@ def truth_impl(preset):
 @functools.lru_cache(maxsize=None)
 def train_truth(preset, n):
     """Loss and gradients of one float64 step from S1: ``(impl, loss, grads)``."""
-    impl = truth_impl(preset)
-    model = build(preset, impl, np.float64)
-    restore(model, state_after_one_step(preset, n))
+    model = _truth_model(preset, n)
     loss = model.train_on_batch(*batch(n))
-    return impl, loss, grads(model)
+    return truth_impl(preset), loss, grads(model)
+
+
+def _truth_model(preset, n):
+    """A new float64 model of the truth's implementation, in state S1."""
+    model = build(preset, truth_impl(preset), np.float64)
+    restore(model, state_after_one_step(preset, n))
+    return model
 
 
 #: At most this share of the ReLU inputs (and at least one) may change sign between the
@@ -97,7 +102,10 @@ MAX_FLIP_SHARE = 1e-5
 def relu_signs(model, x):
     """``{tensor: input > 0}`` for every ReLU layer step of ``model``'s training plan, from one
     training forward of ``x`` (it moves BatchNormalization's moving statistics and the
-    dropout generators: restore the model after)."""
+    dropout generators: restore the model after). No ReLU layer step: ``{}``, with no forward
+    (tutorial_cnn's reference forward takes about 2 s)."""
+    if not any(isinstance(step.runner, ReLU) for step in model._plan):
+        return {}
     values = [None] * model._n_tensors  # tensor index -> array
     values[0] = model._prepare_x(x)
     signs = {}
@@ -122,9 +130,7 @@ def _masked_relus(model, signs):
 @functools.lru_cache(maxsize=None)
 def _truth_signs(preset, n):
     """:func:`relu_signs` of the float64 truth's step from S1."""
-    truth = build(preset, truth_impl(preset), np.float64)
-    restore(truth, state_after_one_step(preset, n))
-    return relu_signs(truth, batch(n)[0])
+    return relu_signs(_truth_model(preset, n), batch(n)[0])
 
 
 def train_truth_for(model, preset, n):
@@ -155,8 +161,7 @@ def train_truth_for(model, preset, n):
     assert flips <= max(1.0, MAX_FLIP_SHARE * total), (
         f"{preset}: {flips} of {total} ReLU inputs have another sign in float32 than in float64 "
         f"(at most {MAX_FLIP_SHARE:g} of them, or one, can be rounding)")
-    truth = build(preset, impl, np.float64)
-    restore(truth, state)
+    truth = _truth_model(preset, n)
     _masked_relus(truth, signs)
     loss = truth.train_on_batch(*batch(n))
     return impl, loss, grads(truth), flips

@@ -46,7 +46,6 @@ def test_op_benchmark_gemm_flops():
     assert dense["backward", "mnist_cnn dense1"].gflop == pytest.approx(4 * 64 * 9216 * 128 / 1e9)
 
 
-
 def test_the_train_check_takes_the_float32_relu_signs_where_they_differ(monkeypatch):
     """``_presets.train_truth_for``: with every sign as float64's it is the plain truth; where a
     float32 step's ReLU input fell on the other side of zero (faked here: one sign flipped),

@@ -126,7 +126,8 @@ def _pool_planar(yp, arg, seg, b, relu, u0, u1, WP, PH, PW):
 def _pool_planar_values(yp, seg, b, relu, u0, u1, WP, PH, PW):
     # As _pool_planar without the window indices (inference: no backward follows): each
     # window's maximum, NaN when the window holds one (the value the first-maximum rule gives),
-    # written straight into yp: (U, OPW, F).
+    # written straight into yp: (U, OPW, F). The rule is written out rather than taken from
+    # _take: a chain of _take calls ran tutorial_cnn's layer 1.3x slower (one thread).
     _, OPW, F = yp.shape
     zero = yp.dtype.type(0)
     for u in range(u0, u1):
