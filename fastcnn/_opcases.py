@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastcnn import losses, models
-from fastcnn.layers.fused import ConvPool, ConvReLU, Core
+from fastcnn.layers.fused import AddReLU, ConvPool, ConvReLU, Core
 
 __all__ = ["OpCall", "op_calls", "preset_op_calls", "KINDS"]
 
@@ -141,6 +141,8 @@ def op_calls(model, *, fused=False):
             if isinstance(step, (ConvReLU, ConvPool)):
                 calls.append(_call(step.conv, names[id(step.conv)], step.op,
                                    " + ".join(map(_describe, step.layers)), step.extra_kwargs))
+            elif isinstance(step, AddReLU):
+                calls.append(_call(step.add, names[id(step.add)], step.op, " + ".join(map(_describe, step.layers))))
             else:
                 layer = step.layer if isinstance(step, Core) else step
                 if layer.op is not None:

@@ -9,7 +9,8 @@ tensor ``output`` (0 is the model input, ``i + 1`` the output of layer ``i``).
 - **Fusion** (``fuse=True``): a chain Conv2D -> [ReLU] -> [MaxPool2D] in which
   every intermediate tensor has exactly one consumer (and is not the model's
   output) runs as one fused op when the layers resolve to the same
-  implementation; the patterns are :data:`FUSIONS`, longest first.
+  implementation; the patterns are :data:`FUSIONS`, longest first. So does an
+  Add whose sum only a ReLU reads (:data:`MERGE_FUSIONS`, a residual block's end).
 - **Folding** (inference plans, ``fold=True``): a BatchNormalization over the
   last axis whose input is a Conv2D's or Dense's output that nothing else reads
   is folded into that layer's weights: ``w' = w * scale``, ``b' = b * scale +
@@ -37,13 +38,16 @@ import numpy as np
 
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.core import Dense
-from fastcnn.layers.fused import ConvPool, ConvReLU, Core
+from fastcnn.layers.fused import AddReLU, ConvPool, ConvReLU, Core
+from fastcnn.layers.merge import Add
 from fastcnn.layers.normalization import BatchNormalization
 
-__all__ = ["Step", "FUSIONS", "build_plan", "consumers", "expand", "tensor_count"]
+__all__ = ["Step", "FUSIONS", "MERGE_FUSIONS", "build_plan", "consumers", "expand", "tensor_count"]
 
-#: (fused step class, how many layers it takes), longest first.
+#: (fused step class, how many layers it takes) of chains that start at a Conv2D, longest first.
 FUSIONS = ((ConvPool, 3), (ConvPool, 2), (ConvReLU, 2))
+#: The same of chains that start at an Add.
+MERGE_FUSIONS = ((AddReLU, 2),)
 
 
 class Step:
@@ -166,12 +170,13 @@ def build_plan(layers, inputs_of, output, *, fuse=True, fold=False):
     for i in range(len(units)):
         if i in covered:
             continue
-        candidates = []
-        if fuse and type(runners[i]) is Conv2D:
+        candidates, patterns = [], ()
+        if fuse and type(runners[i]) in (Conv2D, Add):
             # The chain in runner terms: follow out_of through sole consumers. A layer's
             # activation is its own output's sole reader, so a layer and its activation never part.
+            patterns = FUSIONS if type(runners[i]) is Conv2D else MERGE_FUSIONS
             run = [i]
-            while len(run) < 3:
+            while len(run) < max((size for _, size in patterns), default=1):
                 t = out_of[run[-1]]
                 if t == output or len(readers[t]) != 1:
                     break
@@ -180,7 +185,7 @@ def build_plan(layers, inputs_of, output, *, fuse=True, fold=False):
                     break
                 run.append(j)
             candidates = run
-        for fused, size in FUSIONS if candidates else ():
+        for fused, size in patterns if candidates else ():
             run = candidates[:size]
             group = [runners[k] for k in run]
             if len(run) == size and fused.matches(group):

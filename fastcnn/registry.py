@@ -135,12 +135,13 @@ def _load():
 #: Fused ops: name -> the ops they chain. An implementation that registers no
 #: fused entry of its own gets the composition of its own entries, so every
 #: implementation has every fused op, with exactly the unfused results.
-#: Signature: the first op's (conv2d's), plus ``pool_size`` where a max pool
-#: ends the chain (stride = pool size, no padding: the pools that can be fused).
+#: Signature: the first op's (conv2d's; add's: the input arrays), plus ``pool_size`` where a max
+#: pool ends the chain (stride = pool size, no padding: the pools that can be fused).
 FUSED = {
     "conv2d_relu": ("conv2d", "relu"),
     "conv2d_maxpool2d": ("conv2d", "max_pool2d"),
     "conv2d_relu_maxpool2d": ("conv2d", "relu", "max_pool2d"),
+    "add_relu": ("add", "relu"),
 }
 
 _NO_PADDING = ((0, 0), (0, 0))

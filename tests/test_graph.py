@@ -95,14 +95,14 @@ def test_sequential_is_the_chain_special_case_of_model():
         fc.Sequential([L.Add()])
 
 
-def residual_model(seed=0, dtype=np.float32):
+def residual_model(seed=0, dtype=np.float32, fuse=True):
     """A small ResNet: conv-BN-ReLU stem, one identity block, one strided block with a conv-BN shortcut."""
     x = fc.Input((8, 8, 1))
     y = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, padding="same", use_bias=False)(x)))
     y = fc.models.residual_block(y, 4)
     y = fc.models.residual_block(y, 6, stride=2)
     y = L.Dense(3)(L.GlobalAvgPool2D()(y))
-    model = fc.Model(x, y, name="tiny_resnet", seed=seed, dtype=dtype)
+    model = fc.Model(x, y, name="tiny_resnet", seed=seed, dtype=dtype, fuse=fuse)
     return model.compile(fc.optim.Adam(1e-2), loss="softmax_cross_entropy", metrics=["accuracy"])
 
 
@@ -110,6 +110,33 @@ def residual_model(seed=0, dtype=np.float32):
 def data():
     rng = np.random.default_rng(1)
     return rng.random((40, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, size=40)
+
+
+def test_add_then_relu_runs_as_one_fused_step_with_exactly_the_unfused_results(data):
+    """A residual block's ReLU(Add(...)) is one AddReLU step in training and inference plans;
+    the kernel sums as NumPy does and hands one masked gradient to both inputs, so two
+    training steps and the predictions equal the unfused model's bit for bit."""
+    x, y = data
+    fused, unfused = residual_model(fuse=True), residual_model(fuse=False)
+    for steps in (fused.steps, fused.inference_steps()):
+        kinds = [type(step).__name__ for step in steps]
+        assert kinds.count("AddReLU") == 2 and "Add" not in kinds
+    add_relu = next(step for step in fused.steps if type(step).__name__ == "AddReLU")
+    assert [type(layer).__name__ for layer in add_relu.layers] == ["Add", "ReLU"]
+    assert "AddReLU" not in [type(step).__name__ for step in unfused.steps]
+    for model in (fused, unfused):
+        for start in (0, 16):
+            model.train_on_batch(x[start:start + 16], y[start:start + 16])
+    a, b = fused.get_weights(), unfused.get_weights()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    np.testing.assert_array_equal(fused.predict(x), unfused.predict(x))
+    # An Add whose sum another layer also reads, or that no ReLU follows, stays an Add.
+    assert "Add" in [type(step).__name__ for step in two_branch_model().steps]
+    inp = fc.Input((4, 4, 2))
+    total = L.Add()([inp, L.Conv2D(2, 3, padding="same")(inp)])
+    both = fc.Model(inp, L.Concatenate()([L.ReLU()(total), total]), seed=0)
+    assert [type(step).__name__ for step in both.steps] == ["Conv2D", "Add", "ReLU", "Concatenate"]
 
 
 def test_save_load_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, data):

@@ -18,7 +18,7 @@ import pytest
 
 from fastcnn import parallel, registry
 from fastcnn.kernels import (_blas, _blockgemm, _im2col, _shifted, activations, conv, conv_im2col, conv_pool, dense,
-                             loss, optim, pooling, warmup, winograd, winograd4)
+                             loss, merge, optim, pooling, warmup, winograd, winograd4)
 from fastcnn.kernels._jit import FASTMATH, PARALLEL_MIN_SIZE, twins
 from fastcnn.testing import assert_close
 
@@ -372,6 +372,45 @@ def test_elementwise_serial_and_parallel_twins_agree(name, dtype):
     np.testing.assert_array_equal(dx_small, dx_big[head])
 
 
+@pytest.mark.parametrize("n_inputs", [2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_kernels_equal_numpy_add_then_relu_on_both_twins(dtype, n_inputs):
+    """add and add_relu, serial (small) and parallel (from PARALLEL_MIN_SIZE) builds, give exactly
+    NumPy's ``x0 + x1 + ...`` (summed left to right) and relu of it, NaN and exact zeros included;
+    add_relu's gradient is one array, ``dy`` where the sum is positive, for every input."""
+    rng = np.random.default_rng(8)
+    xs = [rng.standard_normal((PARALLEL_MIN_SIZE // 4 + 3, 4)).astype(dtype) for _ in range(n_inputs)]
+    xs[0][0, 0], xs[1][1, 1] = np.nan, -xs[0][1, 1]  # NaN passes; a sum of exactly 0 has gradient 0
+    if n_inputs == 3:
+        xs[2][1, 1] = 0
+    dy = rng.standard_normal(xs[0].shape).astype(dtype)
+    for rows in (slice(0, 7), slice(None)):  # the serial twin, the parallel one
+        part = [x[rows] for x in xs]
+        total = part[0] + part[1]
+        for x in part[2:]:
+            total = total + x
+        y, cache = merge.add_forward(*part)
+        assert y.dtype == dtype and cache == n_inputs
+        np.testing.assert_array_equal(y, total)
+        y, cache = merge.add_relu_forward(*part)
+        relu, relu_cache = activations.relu_forward(total)
+        np.testing.assert_array_equal(y, relu)
+        assert np.isnan(y[0, 0]) and y[1, 1] == 0
+        grads = merge.add_relu_backward(dy[rows], cache)
+        assert len(grads) == n_inputs and all(g is grads[0] for g in grads)
+        np.testing.assert_array_equal(grads[0], activations.relu_backward(dy[rows], relu_cache))
+        assert grads[0][1, 1] == 0
+
+
+def test_add_kernels_hand_mixed_dtypes_to_numpy():
+    """Inputs of two dtypes are added as NumPy adds them (promoted), not by the kernel."""
+    a, b = np.ones((2, 3), np.float32), np.full((2, 3), -2.0)
+    y, _ = merge.add_forward(a, b)
+    assert y.dtype == np.float64 and np.array_equal(y, a + b)
+    y, cache = merge.add_relu_forward(a, b)
+    assert y.dtype == np.float64 and np.array_equal(y, np.zeros((2, 3)))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op, channels", [("conv2d", 6), ("conv2d_relu", 3), ("conv2d_relu", 6),
                                           ("conv2d_relu_maxpool2d", 3), ("conv2d_maxpool2d", 6)])
@@ -646,12 +685,12 @@ def test_warmup_runs_and_validates_dtypes():
 #: print the kernel signatures that were compiled (or loaded) after warmup returned.
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
-from fastcnn.kernels import (_blockgemm, _im2col, _shifted, activations, conv, conv_pool, dense, loss, optim, pooling,
-                             winograd, winograd4)
+from fastcnn.kernels import (_blockgemm, _im2col, _shifted, activations, conv, conv_pool, dense, loss, merge, optim,
+                             pooling, winograd, winograd4)
 
 def signatures():
     return {(m.__name__, d.py_func.__qualname__, sig)
-            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, optim, pooling,
+            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, merge, optim, pooling,
                       winograd, winograd4)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))

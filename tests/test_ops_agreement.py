@@ -404,10 +404,18 @@ def test_batch_norm_strided_and_many_rows_agree(op, impl, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("n_inputs", [2, 3])
-@pytest.mark.parametrize("op,impl", impl_params("add"))
+@pytest.mark.parametrize("op,impl", impl_params("add", "add_relu"))
 def test_add_agrees(op, impl, n_inputs, dtype):
     rng = np.random.default_rng(14)
     compare(op, impl, tuple(rng.standard_normal((2, 3, 4, 2)) for _ in range(n_inputs)), {}, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op,impl", impl_params("add_relu"))
+def test_add_relu_ties_agree(op, impl, dtype):
+    """Small integers: many sums are exactly 0, where the gradient is 0 (as ReLU's)."""
+    rng = np.random.default_rng(16)
+    compare(op, impl, tuple(make_input(rng, (3, 4, 5, 2), "ties") - 1 for _ in range(2)), {}, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -585,6 +593,9 @@ DRAWN_CASES = {
                             st.sampled_from(["training", "inference"]), st.booleans(), st.integers(0, 99)).map(
         lambda c: bn_case(np.random.default_rng(c[3]), *c[:3])),
     "add": st.tuples(batch(), st.integers(2, 3)).map(lambda xn: (tuple(xn[0] * (k + 1) for k in range(xn[1])), {})),
+    # Rolled and negated copies: sums of both signs, exact zeros among ties.
+    "add_relu": st.tuples(batch(), st.integers(2, 3)).map(
+        lambda xn: ((xn[0], *(-(k + 1) * np.roll(xn[0], k + 1) for k in range(xn[1] - 1))), {})),
     "concatenate": batch().map(lambda x: ((x, 2 * x[..., :max(1, x.shape[-1] // 2)]), {"axis": x.ndim - 1})),
     **{op: augment_case(op) for op in ("flip2d", "translate2d", "crop2d", "zero_pad2d", "rotate2d")},
 }

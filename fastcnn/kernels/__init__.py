@@ -18,8 +18,8 @@ up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 """
 
 from fastcnn import planner
-from fastcnn.kernels import (_blas, activations, augment, batchnorm, conv, conv_im2col, conv_pool, dense, loss, optim,
-                             pooling, winograd, winograd4)
+from fastcnn.kernels import (_blas, activations, augment, batchnorm, conv, conv_im2col, conv_pool, dense, loss, merge,
+                             optim, pooling, winograd, winograd4)
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -55,6 +55,8 @@ register("max_pool2d", "numba", pooling.max_pool2d_forward, pooling.max_pool2d_b
 register("avg_pool2d", "numba", pooling.avg_pool2d_forward, pooling.avg_pool2d_backward)
 for _op in ("relu", "leaky_relu", "sigmoid", "softmax", "dropout"):
     register(_op, "numba", getattr(activations, _op + "_forward"), getattr(activations, _op + "_backward"))
+for _op in ("add", "add_relu"):
+    register(_op, "numba", getattr(merge, _op + "_forward"), getattr(merge, _op + "_backward"))
 register("softmax_cross_entropy", "numba", loss.softmax_cross_entropy)
 register("batch_norm", "numba", batchnorm.batch_norm_forward, batchnorm.batch_norm_backward)
 for _op in optim.__all__:  # optimizer updates: in place, no backward

@@ -12,7 +12,7 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 import numpy as np
 
 from fastcnn import registry
-from fastcnn.kernels import _shifted, activations, augment, batchnorm, loss, optim, pooling
+from fastcnn.kernels import _shifted, activations, augment, batchnorm, loss, merge, optim, pooling
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -60,6 +60,9 @@ def _run_dtype(dtype):
         for name in ("relu", "sigmoid"):
             y, cache = getattr(activations, name + "_forward")(a)
             getattr(activations, name + "_backward")(np.ones_like(y), cache)
+        merge.add_forward(a, a)
+        y, cache = merge.add_relu_forward(a, a, a)  # a sum, then the fused last pair
+        merge.add_relu_backward(np.ones_like(y), cache)
         y, cache = activations.leaky_relu_forward(a, alpha=0.1)
         activations.leaky_relu_backward(np.ones_like(y), cache)
         y, cache = activations.dropout_forward(a, rate=0.5, rng=rng)

@@ -11,9 +11,19 @@ fused step gives the results of the layers it replaces.
 from fastcnn import registry
 from fastcnn.layers.activations import ReLU
 from fastcnn.layers.conv import Conv2D
+from fastcnn.layers.merge import Add
 from fastcnn.layers.pooling import MaxPool2D
 
-__all__ = ["ConvReLU", "ConvPool", "Core"]
+__all__ = ["ConvReLU", "ConvPool", "AddReLU", "Core"]
+
+
+def _then_relu(layers, kind):
+    """``layers`` is a built ``kind`` layer and a built ReLU of the same implementation family."""
+    if len(layers) != 2:
+        return False
+    first, relu = layers
+    return (type(first) is kind and type(relu) is ReLU and first.built and relu.built
+            and registry.family(first.resolved_impl) == registry.family(relu.resolved_impl))
 
 
 class ConvReLU:
@@ -35,11 +45,7 @@ class ConvReLU:
 
     @staticmethod
     def matches(layers):
-        if len(layers) != 2:
-            return False
-        conv, relu = layers
-        return (type(conv) is Conv2D and type(relu) is ReLU and conv.built and relu.built
-                and registry.family(conv.resolved_impl) == registry.family(relu.resolved_impl))
+        return _then_relu(layers, Conv2D)
 
     def forward(self, x):
         return self.conv.forward_with(self._fn, x, **self.extra_kwargs)
@@ -85,6 +91,39 @@ class ConvPool:
 
     def __repr__(self):
         return f"ConvPool({', '.join(map(repr, self.layers))})"
+
+
+class AddReLU:
+    """An :class:`Add` and the :class:`ReLU` after it (a residual block's end), as the op ``add_relu``.
+
+    The Numba kernel writes ``max(sum, 0)`` in one pass over the inputs: no
+    separate pass over the sum in either direction. A merge step: ``forward``
+    takes the list of input arrays, ``backward`` returns one gradient per input.
+    """
+
+    op = "add_relu"
+    merge = True
+
+    def __init__(self, add, relu):
+        self.add = add
+        self.relu = relu
+        self.layers = (add, relu)
+        self._fn = registry.get(self.op, add.resolved_impl)
+        self._cache = None
+
+    @staticmethod
+    def matches(layers):
+        return _then_relu(layers, Add)
+
+    def forward(self, xs):
+        y, self._cache = self._fn.forward(*xs)
+        return y
+
+    def backward(self, dy):
+        return self._fn.backward(dy, self._cache)
+
+    def __repr__(self):
+        return f"AddReLU({self.add!r}, {self.relu!r})"
 
 
 class Core:
