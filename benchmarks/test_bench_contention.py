@@ -1,11 +1,14 @@
-"""The presets on a busy machine: a training step and a batch prediction while other processes
-keep every core busy.
+"""The presets' training step and batch prediction in turns with PyTorch, on a quiet machine and
+while other processes keep every core busy.
 
-The load is this module's own: one process per usable core (or
-``FASTCNN_BENCH_LOAD`` processes; 0 runs the same interleaved rows on a quiet
-machine) spinning in a Python loop, started before the first benchmark here and killed after the last
-(a module fixture; each spinner also stops by itself after
-:data:`LOAD_MAX_S`). Each cell is run four ways, interleaved round by round
+Each cell runs once quiet (rows taking turns in blocks, see QUIET_BLOCK; with
+prediction at batch 1000 too: the cells of the every-CPU issue's table, compared
+in turns so that the machine's drift falls on every row alike), then once under
+this module's own load: one process per usable core spinning in a Python loop,
+started before the first loaded cell and killed after the last (a module
+fixture; each spinner also stops by itself after :data:`LOAD_MAX_S`).
+``FASTCNN_BENCH_LOAD=N`` runs only the cells under N spinning processes (0: only
+the quiet ones). Each cell is run four ways, interleaved round by round
 (in a shuffled order) under the same load (the load drifts over seconds, so rows timed one after the
 other would compare different loads): fastcnn's default (the adaptive thread
 count of :func:`fastcnn.parallel.adaptive`), fastcnn fixed to one thread,
@@ -43,17 +46,18 @@ from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, SMALL, 
 ROUNDS = 2 if SMALL else 30
 #: The smoke run (FASTCNN_BENCH_SMALL) keeps to the smallest preset: it only proves the machinery.
 CELL_PRESETS = ("tutorial_cnn",) if SMALL else PRESETS
-#: Background processes: one per usable core, or ``FASTCNN_BENCH_LOAD`` (0: none, the same
-#: rows on a quiet machine, taking turns in blocks: see BLOCK).
-LOAD_PROCESSES = int(os.environ.get("FASTCNN_BENCH_LOAD", "").strip() or len(os.sched_getaffinity(0)))
-#: Quiet mode (no load): rows take turns in blocks of BLOCK timed calls, each block after
-#: SETTLE untimed calls, rather than call by call: interleaved call by call in one process,
+#: The loads the cells run under, quiet first: no background process, then one per usable
+#: core; ``FASTCNN_BENCH_LOAD=N`` runs only N (0: only the quiet cells).
+LOADS = ((int(os.environ["FASTCNN_BENCH_LOAD"].strip()),) if os.environ.get("FASTCNN_BENCH_LOAD", "").strip()
+         else (0, len(os.sched_getaffinity(0))))
+#: Quiet cells (no load): rows take turns in blocks of QUIET_BLOCK timed calls, each block after
+#: QUIET_SETTLE untimed calls, rather than call by call: interleaved call by call in one process,
 #: fastcnn and PyTorch slow each other down (each one's idle workers spin for a while after its
 #: call, and take the cores from the other's next call). Blocks still alternate every second
 #: or so, so a drift of the machine's speed (seen on shared VMs: 5.6 ms and 9.5 ms for the same
-#: prediction a minute apart) falls on every row alike.
-BLOCK, SETTLE = (1, 0) if LOAD_PROCESSES else (2 if SMALL else 10, 1 if SMALL else 3)
-#: Blocks per row in quiet mode.
+#: prediction a minute apart) falls on every row alike. Loaded cells go call by call.
+QUIET_BLOCK, QUIET_SETTLE = (2, 1) if SMALL else (10, 3)
+#: Blocks per row in a quiet cell.
 BLOCK_ROUNDS = 1 if SMALL else 6
 #: No spinner outlives this many seconds, whatever happens to this process.
 LOAD_MAX_S = 60 if SMALL else 1800
@@ -66,35 +70,51 @@ IMPL_OF = {"default": "numba", "one-thread": "numba-1", "all-threads": "numba-al
 _SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
 
-@pytest.fixture(scope="module")
-def background_load():
-    """``LOAD_PROCESSES`` spinning processes for the duration of this module; always killed."""
-    procs = []
-    try:
-        for _ in range(LOAD_PROCESSES):
-            procs.append(subprocess.Popen([sys.executable, "-c", _SPIN, str(LOAD_MAX_S)],
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
-        if procs:
+class _Spinners:
+    """The background load: :meth:`run` keeps exactly ``n`` spinning processes alive."""
+
+    def __init__(self):
+        self.procs = []
+
+    def run(self, n):
+        if len(self.procs) == n and all(p.poll() is None for p in self.procs):
+            return
+        self.stop()
+        for _ in range(n):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", _SPIN, str(LOAD_MAX_S)],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        if self.procs:
             time.sleep(0.2)  # let them start spinning
-        assert all(p.poll() is None for p in procs), "a background load process exited at once"
-        yield procs
-    finally:
-        for p in procs:
+        assert all(p.poll() is None for p in self.procs), "a background load process exited at once"
+
+    def stop(self):
+        for p in self.procs:
             p.kill()
-        for p in procs:
+        for p in self.procs:
             p.wait()
+        self.procs = []
 
 
-def group(preset, task, n):
-    load = f"{LOAD_PROCESSES} busy processes" if LOAD_PROCESSES else "quiet, interleaved"
-    return f"{preset} {task}, batch {n}, {load}"
+@pytest.fixture(scope="module")
+def spinners():
+    """The module's background load (none until a loaded cell asks); always killed at the end."""
+    load = _Spinners()
+    try:
+        yield load
+    finally:
+        load.stop()
 
 
-def record(benchmark, preset, task, n, variant, torch=False):
-    benchmark.group = group(preset, task, n)
+def group(preset, task, n, load):
+    where = f"{load} busy processes" if load else "quiet, interleaved"
+    return f"{preset} {task}, batch {n}, {where}"
+
+
+def record(benchmark, preset, task, n, variant, load, torch=False):
+    benchmark.group = group(preset, task, n, load)
     benchmark.extra_info.update(run_info(IMPL_OF[variant], torch=torch))
     benchmark.extra_info.update(
-        kind="contention", preset=preset, batch=n, task=task, variant=variant, load_processes=LOAD_PROCESSES,
+        kind="contention", preset=preset, batch=n, task=task, variant=variant, load_processes=load,
         gflop=model_gflop(PRESET_LAYERS[preset], n, training=task == "train_on_batch"), gemm_like=True,
         dtype="float32", thread_policy="%s %d" % parallel.thread_policy(),
     )
@@ -111,12 +131,17 @@ def restore_policy():
 
 
 def cells():
-    """(preset, task, batch): training and prediction at BATCH; on a quiet machine also
-    prediction at BIG_BATCH (the cells of the every-CPU issue's table)."""
-    tasks = [("train_on_batch", BATCH), ("predict", BATCH)]
-    if not LOAD_PROCESSES and BIG_BATCH:
-        tasks.append(("predict", BIG_BATCH))
-    return [pytest.param(preset, task, n, id=f"{preset}-{task}-{n}") for preset in CELL_PRESETS for task, n in tasks]
+    """(load, preset, task, batch), quiet cells first: training and prediction at BATCH; quiet,
+    also prediction at BIG_BATCH (the cells of the every-CPU issue's table)."""
+    params = []
+    for load in LOADS:
+        tasks = [("train_on_batch", BATCH), ("predict", BATCH)]
+        if not load and BIG_BATCH:
+            tasks.append(("predict", BIG_BATCH))
+        tag = f"load{load}" if load else "quiet"
+        params += [pytest.param(load, preset, task, n, id=f"{tag}-{preset}-{task}-{n}")
+                   for preset in CELL_PRESETS for task, n in tasks]
+    return params
 
 
 def warmup_calls(variant):
@@ -176,12 +201,14 @@ def fastcnn_call(preset, task, variant, n):
     return call, check
 
 
-@pytest.mark.parametrize("preset,task,n", cells())
-def test_under_load(benchmark, background_load, restore_policy, preset, task, n):
+@pytest.mark.parametrize("load,preset,task,n", cells())
+def test_under_load(benchmark, spinners, restore_policy, load, preset, task, n):
     """One cell: the default, one thread, all threads and PyTorch, interleaved round by round
     (the load drifts over seconds: rows timed one after the other compare different loads;
-    on a quiet machine the rows take turns in blocks, see BLOCK).
+    on a quiet machine the rows take turns in blocks, see QUIET_BLOCK).
     pytest-benchmark times the default; the others' medians are in ``extra_info["interleaved"]``."""
+    spinners.run(load)
+    block, settle = (1, 0) if load else (QUIET_BLOCK, QUIET_SETTLE)
     others = {variant: fastcnn_call(preset, task, variant, n) for variant in ("one-thread", "all-threads")}
     torch_pair = torch_call(preset, task, n)
     if torch_pair is not None:
@@ -195,28 +222,28 @@ def test_under_load(benchmark, background_load, restore_policy, preset, task, n)
 
     def run(variants):
         for variant in variants:
-            for _ in range(SETTLE):
+            for _ in range(settle):
                 others[variant][0]()
-            for _ in range(BLOCK):
+            for _ in range(block):
                 start = time.perf_counter()
                 others[variant][0]()
                 times[variant].append(time.perf_counter() - start)
         parallel.reset_num_threads()
 
     def before_default():  # pytest-benchmark's untimed setup and teardown around each timed default call
-        if calls["default"] % BLOCK == 0:  # the default's block starts
+        if calls["default"] % block == 0:  # the default's block starts
             shuffle(order)
             run(order[:order.index("default")])
-            for _ in range(SETTLE):
+            for _ in range(settle):
                 default_call()
         calls["default"] += 1
 
     def after_default():
-        if calls["default"] % BLOCK == 0:  # the default's block is over
+        if calls["default"] % block == 0:  # the default's block is over
             run(order[order.index("default") + 1:])
 
-    record(benchmark, preset, task, n, "default")
-    rounds = ROUNDS if LOAD_PROCESSES else BLOCK * BLOCK_ROUNDS
+    record(benchmark, preset, task, n, "default", load)
+    rounds = ROUNDS if load else block * BLOCK_ROUNDS
     benchmark.pedantic(default_call, setup=before_default, teardown=after_default, rounds=rounds, iterations=1)
     # (none under --benchmark-disable, which runs the default once without setup and teardown)
     benchmark.extra_info["interleaved"] = {IMPL_OF[v]: float(np.median(t)) for v, t in times.items() if t}

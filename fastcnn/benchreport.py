@@ -352,7 +352,8 @@ def _contention_table(cells, loaded):
     where = ("Each cell ran while one process per core spun in a loop (started and stopped by the benchmark), its "
              "four rows interleaved round by round." if loaded else
              "Each cell's four rows took turns in blocks of timed calls, each after a few untimed ones, in a "
-             "shuffled order, with nothing else running (FASTCNN_BENCH_LOAD=0).")
+             "shuffled order, with nothing else running (the contention module's quiet cells; FASTCNN_BENCH_LOAD=0 "
+             "runs only these).")
     return lines + ["", where + " \"default / best fastcnn\" is the "
                         "default's time over the fastest of the "
                         "default and the fixed counts (1.00: the default is the best); \"PyTorch / default\" above 1: "
