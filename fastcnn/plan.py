@@ -176,7 +176,7 @@ def build_plan(layers, inputs_of, output, *, fuse=True, fold=False):
             # activation is its own output's sole reader, so a layer and its activation never part.
             patterns = FUSIONS if type(runners[i]) is Conv2D else MERGE_FUSIONS
             run = [i]
-            while len(run) < max((size for _, size in patterns), default=1):
+            while len(run) < patterns[0][1]:  # the longest pattern comes first
                 t = out_of[run[-1]]
                 if t == output or len(readers[t]) != 1:
                     break

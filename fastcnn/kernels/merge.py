@@ -1,11 +1,10 @@
 """``add`` and the fused ``add_relu`` (a residual block's ``ReLU(Add([y, shortcut]))``) as one-pass kernels.
 
 NumPy's ``a + b`` runs on one thread, and a ReLU after it is a second pass over
-the sum. On resnet_mini's batch-64 prediction (Zen 4 EPYC, 2 threads) the six
-Adds and the ReLUs after them took 3.4 ms and 1.7 ms of 31 ms, each pass
-bound by memory. ``add_relu`` reads the inputs once and writes ``max(sum, 0)``
-once, in parallel over disjoint chunks from ``PARALLEL_MIN_SIZE`` elements up
-(:func:`fastcnn.kernels._jit.pick`).
+the sum, each pass bound by memory. ``add_relu`` reads the inputs once and writes
+``max(sum, 0)`` once, in parallel over disjoint chunks from ``PARALLEL_MIN_SIZE``
+elements up (:func:`fastcnn.kernels._jit.pick`). Measured against the two passes:
+README.md, "Performance".
 
 Sums run in the order NumPy's ``add`` does (``((x0 + x1) + x2) + ...``), so
 both ops give exactly the results of the NumPy implementation and of ``relu``
@@ -18,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from fastcnn.kernels._jit import pick, twins
-from fastcnn.kernels.activations import relu_backward
+from fastcnn.kernels.activations import relu_backward, relu_forward
 from fastcnn.ops import merge as numpy_merge
 
 __all__ = ["add_forward", "add_backward", "add_relu_forward", "add_relu_backward"]
@@ -59,10 +58,8 @@ def _sum(flat, shape, dtype, last):
     """``y`` ``shape``: ``flat[0] + flat[1] + ...`` summed left to right, the last pair by ``last``."""
     y = np.empty(shape, dtype=dtype)
     out = y.reshape(-1)
-    pair = _add_pair
     for k in range(1, len(flat)):
-        if k == len(flat) - 1:
-            pair = last
+        pair = last if k == len(flat) - 1 else _add_pair
         pick(pair, out.size)(out, flat[0] if k == 1 else out, flat[k])
     return y
 
@@ -84,10 +81,10 @@ def add_relu_forward(*xs):
     """``max(x0 + x1 + ..., 0)``. Shape: every x ``(N, ...)`` of one shape -> y the same shape;
     cache ``(y, number of inputs)``."""
     flat = _kernel_inputs(xs)
-    if flat is None:
-        y = np.maximum(numpy_merge.add_forward(*xs)[0], 0)
-        return y, (y, len(xs))
-    y = _sum(flat, xs[0].shape, xs[0].dtype, _add_relu_pair)
+    if flat is None:  # NumPy's promoted sum, then the relu op
+        y = relu_forward(numpy_merge.add_forward(*xs)[0])[0]
+    else:
+        y = _sum(flat, xs[0].shape, xs[0].dtype, _add_relu_pair)
     return y, (y, len(xs))
 
 
