@@ -117,7 +117,7 @@ PARALLEL_KERNELS = [
     (conv_im2col, "_im2col_kernel"), (conv_im2col, "_col2im_kernel"),
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
     (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_shifted_forward_kernel"),
-    (conv_pool, "_backward_kernel"), (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
+    (conv_pool, "_backward_kernel"), (conv_pool, "_planar_backward_kernel"), (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
     (winograd4, "_forward_kernel"), (winograd4, "_pool_forward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
@@ -158,6 +158,9 @@ def batch_parallel_outputs(dtype):
             grads = getattr(conv_pool, name + "_backward")(rng.standard_normal(y.shape).astype(dtype), cache)
             for key, array in zip(("y", "argmax", "dx", "dw", "db"), (y, cache[2]) + grads):
                 out[f"{name} C={xi.shape[-1]} {key}"] = array
+            if xi is not x16:  # a first layer's weight gradient alone: the planar passes, groups of images
+                _, dw, db = conv_pool.planar_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+                out[f"{name} C={xi.shape[-1]} planar dw"], out[f"{name} C={xi.shape[-1]} planar db"] = dw, db
         for pool in ((2, 3), (2, 2)):  # inference: the direct loops' pooled values, no window indices
             out[f"{name} direct inference {pool}"] = conv_pool.VARIANTS[name, "numba:direct"](
                 x, w, b, stride=(1, 1), padding=same, pool_size=pool, need_cache=False)[0]
@@ -685,13 +688,13 @@ def test_warmup_runs_and_validates_dtypes():
 #: print the kernel signatures that were compiled (or loaded) after warmup returned.
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
-from fastcnn.kernels import (_blockgemm, _im2col, _shifted, activations, conv, conv_pool, dense, loss, merge, optim,
-                             pooling, winograd, winograd4)
+from fastcnn.kernels import (_blockgemm, _im2col, _planar, _shifted, activations, conv, conv_pool, dense, loss, merge,
+                             optim, pooling, winograd, winograd4)
 
 def signatures():
     return {(m.__name__, d.py_func.__qualname__, sig)
-            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _shifted, loss, merge, optim, pooling,
-                      winograd, winograd4)
+            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _planar, _shifted, loss, merge, optim,
+                      pooling, winograd, winograd4)
             for value in vars(m).values()
             for d in (value if isinstance(value, tuple) else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}

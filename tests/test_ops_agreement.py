@@ -226,6 +226,72 @@ def test_conv2d_maxpool2d_inference_agrees(op, impl, case, kind, dtype):
     assert_close(y, y_ref, dtype=dtype, name=f"{op}/{impl} inference forward ({kind})")
 
 
+#: The stride-1 cases of CONV_GRID: where a first layer's weight gradient may run planar.
+STRIDE_ONE_GRID = [case for case in CONV_GRID if case[6] == 1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("path", ["planar", "gemm"])
+@pytest.mark.parametrize("op,impl,case,kind", conv_case_params(CONV_POOL_OPS, STRIDE_ONE_GRID, pool=True,
+                                                              impls=registry.variants,
+                                                              kinds=lambda impl: ["normal", "ties"]))
+def test_conv2d_maxpool2d_weight_gradient_alone_agrees(monkeypatch, op, impl, case, kind, path, dtype):
+    """A first layer's backward (``need_dx=False``: the weight gradient alone) by each of its two
+    paths, after each variant's forward (whose window indices it reads), against the reference:
+    the planar passes of :mod:`fastcnn.kernels._planar` and the im2col GEMMs. Pools of 2x3
+    windows leave columns (and rows) no window covers: their gradient must stay zero."""
+    from fastcnn.kernels import _planar
+
+    monkeypatch.setattr(_planar, "use_planar", lambda geometry, planar, gemm: path == "planar")
+    args, kwargs = conv_case(np.random.default_rng(4), *case, kind=kind)
+    if kind == "ties":
+        args = (args[0], np.round(args[1]), args[2])
+    kwargs = dict(kwargs, pool_size=pool_of(args, kwargs))
+    _, dy64, (_, dw_ref, db_ref) = reference_results(registry.get(op, "reference"),
+                                                      [a if a is None else a.astype(np.float64) for a in args],
+                                                      kwargs, 0)
+    y, cache = registry.get(op, impl).forward(*[cast_like(a, dtype) for a in args], **kwargs)
+    dx, dw, db = registry.get(op, impl).backward(dy64.astype(dtype), cache, need_dx=False)
+    assert dx is None and dw.dtype == dtype
+    assert_close(dw, dw_ref, dtype=dtype, name=f"{op}/{impl} weight gradient alone ({path}, {kind})")
+    if db_ref is None:
+        assert db is None
+    else:
+        assert db.dtype == dtype
+        assert_close(db, db_ref, dtype=dtype, name=f"{op}/{impl} bias gradient alone ({path}, {kind})")
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("op", CONV_POOL_OPS)
+def test_conv2d_maxpool2d_weight_gradient_alone_with_a_non_finite_input_takes_the_gemm_path(monkeypatch, op, bad):
+    """The planar passes also multiply the columns past each output row by a zero gradient, which
+    is exact only for finite inputs (``inf * 0`` is NaN): with a non-finite input the backward
+    takes the im2col path even where the planar one is chosen, and gives its result bit for bit
+    (NaN exactly where the windows that read the bad pixel put it)."""
+    from fastcnn.kernels import _planar, conv_pool
+
+    monkeypatch.setattr(_planar, "use_planar", lambda geometry, planar, gemm: True)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 9, 1))
+    x[1, 3, 8, 0] = bad  # the last column: read by fewer taps than the planar passes reach
+    w, b = rng.standard_normal((3, 3, 1, 4)), rng.standard_normal(4)
+    kwargs = dict(stride=(1, 1), padding=((0, 0), (0, 0)), pool_size=(2, 2))
+    fn = registry.get(op, "numba:direct")
+    y, cache = fn.forward(x, w, b, **kwargs)
+    dy = rng.standard_normal(y.shape)
+    _, dw, db = fn.backward(dy, cache, need_dx=False)
+    _, dw_gemm, db_gemm = conv_pool._gemm_backward(dy.reshape(cache[1].shape), cache, False)
+    np.testing.assert_array_equal(dw, dw_gemm)
+    np.testing.assert_array_equal(db, db_gemm)
+    assert np.isnan(dw).any() and np.isfinite(dw[:, 0]).all()  # tap column 0 never reads column 8
+    x[1, 3, 8, 0] = 0.5  # finite again: the planar passes run, and agree
+    y, cache = fn.forward(x, w, b, **kwargs)
+    _, dw, _ = fn.backward(dy, cache, need_dx=False)
+    _, dw_gemm, _ = conv_pool._gemm_backward(dy.reshape(cache[1].shape), cache, False)
+    assert not np.array_equal(dw, dw_gemm)  # another order of summation: the planar path ran
+    assert_close(dw, dw_gemm, dtype=np.float64, name=f"{op} planar weight gradient")
+
+
 @pytest.mark.parametrize("op,impl,case", conv_case_params(CONV_OPS, [(2, 7, 7, 2, 3, 3, 2, "same", True),
                                                                      (2, 7, 7, 2, 3, 3, 1, "same", True)],
                                                          impls=registry.implementations))

@@ -577,6 +577,51 @@ def test_winograd_block_sizes_are_planned_under_measure_and_fixed_otherwise(monk
         assert json.load(f)["plans"][machine]["tuning winograd4_block_bytes"]["choice"] == 1 << 20
 
 
+def test_a_first_layers_weight_gradient_path_is_measured_per_geometry_under_measure(monkeypatch, tmp_path):
+    """The backward of a fused conv + pool whose input gradient is not needed runs the planar
+    weight gradient or the im2col GEMMs: by a fixed rule outside ``measure`` (at most
+    HEURISTIC_MAX_WEIGHTS weights), and under ``measure`` by timing both once per geometry, kept in
+    the plan file and read back by a later process."""
+    from fastcnn.kernels import _planar
+
+    monkeypatch.setattr(_planar, "_CHOSEN", {})
+    monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x, b = rng.standard_normal((4, 10, 10, 1)), rng.standard_normal(8)
+    kwargs = dict(stride=(1, 1), padding=((0, 0), (0, 0)), pool_size=(2, 2))
+    fn = registry.get("conv2d_relu_maxpool2d", "numba:direct")
+
+    def backward_of(w):
+        y, cache = fn.forward(x, w, b, **kwargs)
+        return fn.backward(np.ones_like(y), cache, need_dx=False)
+
+    small, large = rng.standard_normal((3, 3, 1, 8)), rng.standard_normal((3, 3, 1, 16))  # 72 and 144 weights
+    monkeypatch.setenv("FASTCNN_PLAN", "heuristic")
+    timed = []
+    real = _planar._measure
+    monkeypatch.setattr(_planar, "_measure", lambda planar, gemm: timed.append(1) or real(planar, gemm))
+    backward_of(small), backward_of(large)
+    assert timed == [] and not os.path.exists(os.path.join(str(tmp_path), "plans.json"))
+    geometry = registry.Geometry("conv2d_relu_maxpool2d", x.shape, small.shape, (1, 1), ((0, 0), (0, 0)), (2, 2),
+                                 "float64")
+    assert _planar.use_planar(geometry, refuse, refuse)
+    assert not _planar.use_planar(geometry._replace(w_shape=large.shape), refuse, refuse)
+    monkeypatch.setenv("FASTCNN_PLAN", "measure")
+    _, dw, _ = backward_of(small)
+    backward_of(small)
+    assert timed == [1]  # once per geometry
+    machine = planner.default_planner().machine
+    with open(os.path.join(str(tmp_path), "plans.json")) as f:
+        held = json.load(f)["plans"][machine]
+    key = "tuning planar_dw " + planner.geometry_key(geometry, True)
+    assert held[key]["choice"] in ("planar", "gemm") and set(held[key]["seconds"]) == {"planar", "gemm"}
+    assert held[key]["seconds"][held[key]["choice"]] == min(held[key]["seconds"].values())
+    monkeypatch.setattr(_planar, "_CHOSEN", {})  # another process: read from the plan file
+    _, dw2, _ = backward_of(small)
+    assert timed == [1]
+    np.testing.assert_array_equal(dw2, dw)
+
+
 def test_the_winograd_block_probe_times_every_candidate():
     from fastcnn.kernels import winograd, winograd4
 

@@ -13,6 +13,7 @@ zeros there and col2im drops the gradient that falls on it.
 import numpy as np
 
 from fastcnn.kernels._jit import inline_kernel, kernel
+from fastcnn.kernels._planar import planar_image
 
 __all__ = ["im2col_rows", "im2col_rows_kmajor", "direct_image", "col2im_rows", "scratch"]
 
@@ -133,22 +134,11 @@ def direct_image(seg, x, n, wT, xp, OH, OW, KH, KW, PT, PL):
     # every kernel tap is one long multiply-add pass over the flat image (the
     # "full width" trick), a 3-wide kernel row one pass, a 3x3 kernel's nine
     # taps of one channel one pass.
-    _, H, WC = x.shape
     F, K = wT.shape
     C = K // (KH * KW)
     HP, WP = OH + KH - 1, OW + KW - 1
     zero = seg.dtype.type(0)
-    if C == 1 and HP == H and WP == WC:  # one channel, no padding: the image is its own planar copy
-        src = x[n].reshape(-1)  # (H*W,)
-    else:
-        for c in range(C):
-            for hp in range(HP):
-                h = hp - PT
-                for wp in range(WP):
-                    w = wp - PL
-                    inside = 0 <= h < H and 0 <= w < WC // C
-                    xp[(c * HP + hp) * WP + wp] = x[n, h, w * C + c] if inside else zero
-        src = xp[:C * HP * WP]
+    src = planar_image(xp, x, n, C, OH, OW, KH, KW, PT, PL)  # (C*HP*WP,)
     L = (OH - 1) * WP + OW  # flat span of every valid output position
     for f in range(F):
         acc = seg[f, :L]

@@ -33,14 +33,14 @@ from numba import prange
 
 from fastcnn.geometry import output_hw
 from fastcnn.registry import Geometry
-from fastcnn.kernels import _blas, _blockgemm, _shifted
+from fastcnn.kernels import _blas, _blockgemm, _planar, _shifted
 from fastcnn.kernels._im2col import direct_image, im2col_rows, im2col_rows_kmajor, scratch
 from fastcnn.kernels._jit import inline_kernel, kernel, parallel_kernel
 from fastcnn.kernels._shifted import frame_rows, pad_image, shifted_gemm
 from fastcnn.kernels.pooling import _index_dtype, max_into
 
 __all__ = ["conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward", "conv2d_relu_maxpool2d_forward",
-           "conv2d_relu_maxpool2d_backward", "VARIANTS", "heuristic", "stride_one"]
+           "conv2d_relu_maxpool2d_backward", "planar_backward", "VARIANTS", "heuristic", "stride_one"]
 
 
 @kernel
@@ -269,6 +269,45 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, ne
                                       need_dx, sub_w, sub_x, OH, OW, KH, KW, SH, SW, PT, PL)
 
 
+@parallel_kernel
+def _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x, relu, xp, dyc, OH, OW, PH, PW, KH, KW, PT, PL):
+    # The weight gradient alone (no dx), stride 1, by planar passes (fastcnn.kernels._planar):
+    # groups own whole images; each image's gradient at the convolution output goes planar
+    # into dyc[g]: (F, >= L), zero except at each window's maximum (and zero where the pooled
+    # value is not positive under ReLU), then weight_grad runs it against the planar image.
+    # dw_part: (G, K, F) out; db_part: (G, 1, F) out or size 0; dyp, yp, arg: (U, OPW, F);
+    # x: (N, H, W*C); xp: (G, >= C*HP*WP) scratch.
+    N = x.shape[0]
+    U, OPW, F = dyp.shape
+    OPH = U // N
+    G, K, _ = dw_part.shape
+    C = K // (KH * KW)
+    HP, WP = OH + KH - 1, OW + KW - 1
+    L = (OH - 1) * WP + OW  # flat span of every output position
+    zero = dyp.dtype.type(0)
+    one = dyp.dtype.type(1)
+    for g in prange(G):
+        dw_part[g] = zero
+        if db_part.size:
+            db_part[g] = zero
+        d = dyc[g]
+        for n in range(g * N // G, (g + 1) * N // G):
+            for f in range(F):
+                d[f, :L] = zero
+            for oph in range(OPH):
+                u = n * OPH + oph
+                for pw in range(OPW):
+                    for f in range(F):
+                        # A multiply, as relu's backward: NaN/inf in dy propagate.
+                        v = dyp[u, pw, f] * (one if (not relu or yp[u, pw, f] > zero) else zero)
+                        k = arg[u, pw, f]
+                        d[f, (oph * PH + k // PW) * WP + pw * PW + k % PW] = v
+                        if db_part.size:
+                            db_part[g, 0, f] += v
+            src = _planar.planar_image(xp[g], x, n, C, OH, OW, KH, KW, PT, PL)
+            _planar.weight_grad(dw_part[g], src, d, C, KH, KW, HP, WP, L)
+
+
 #: Forward passes with a stride of 1 and at most this inner dimension
 #: ``K = KH*KW*C`` (a first layer's 3x3 on one channel: 9) skip im2col and GEMM:
 #: a GEMM with so short an inner dimension is all packing and overhead, and the
@@ -351,12 +390,43 @@ def _forward(x, w, b, stride, padding, pool_size, workspace, need_cache, relu, p
 
 
 def _backward(dy, cache, need_dx):
+    x, yp, arg, w2, has_bias, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace = cache
+    dyp = np.ascontiguousarray(dy, dtype=x.dtype).reshape(yp.shape)  # (N*OPH, OPW, F)
+    if not need_dx and tuple(stride) == (1, 1):  # a first layer: the weight gradient alone
+        geometry = Geometry("conv2d_relu_maxpool2d" if relu else "conv2d_maxpool2d", x.shape, (KH, KW, x.shape[3], w2.shape[1]),
+                            (1, 1), padding, (PH, PW), x.dtype.name)
+        if (_planar.use_planar(geometry, lambda: planar_backward(dyp, cache), lambda: _gemm_backward(dyp, cache, False))
+                and _planar.all_finite(x.reshape(-1))):
+            return planar_backward(dyp, cache)
+    return _gemm_backward(dyp, cache, need_dx)
+
+
+def planar_backward(dy, cache):
+    """``(None, dw, db)`` of a stride-1 forward's ``cache`` by the planar weight gradient
+    (:mod:`fastcnn.kernels._planar`; exact for a finite input only): the backward of a first
+    layer, whose input gradient is not needed, where :func:`fastcnn.kernels._planar.use_planar`
+    chose it."""
+    x, yp, arg, w2, has_bias, relu, (OH, OW), (PH, PW), (KH, KW), _, ((PT, _), (PL, _)), workspace = cache
+    dyp = np.ascontiguousarray(dy, dtype=x.dtype).reshape(yp.shape)  # (N*OPH, OPW, F)
+    N, H, W, C = x.shape
+    K, F = w2.shape
+    G, dtype = _blockgemm.groups(), x.dtype
+    HP, WP = OH + KH - 1, OW + KW - 1
+    xp = scratch(workspace, "xpad", (G, C * HP * WP), dtype)  # (G, C*HP*WP), as the direct forward's
+    dyc = scratch(workspace, "dyplanar", (G, F, OH * WP), dtype)  # (G, F, OH*WP)
+    dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
+    db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
+    _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), relu, xp, dyc,
+                            OH, OW, PH, PW, KH, KW, PT, PL)
+    return _blockgemm.finish_backward(None, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, False)
+
+
+def _gemm_backward(dyp, cache, need_dx):
     x, yp, arg, w2, has_bias, relu, (OH, OW), (PH, PW), (KH, KW), (SH, SW), ((PT, _), (PL, _)), workspace = cache
     N, H, W, C = x.shape
     K, F = w2.shape
     U, OPW, _ = yp.shape
     G, dtype = _blockgemm.groups(), x.dtype
-    dyp = np.ascontiguousarray(dy, dtype=dtype).reshape(U, OPW, F)  # (N*OPH, OPW, F)
     units = _units(K, F, PH * OW, dtype.itemsize, U, G)
     rows = units * PH * OW
     ws, wdy, ones, dw_part, db_part, dx = _blockgemm.backward_buffers(workspace, G, rows, rows, K, F, has_bias,
