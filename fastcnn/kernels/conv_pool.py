@@ -270,13 +270,15 @@ def _backward_kernel(dx, dw_part, db_part, dyp, yp, arg, x, wT, relu, kmajor, ne
 
 
 @parallel_kernel
-def _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x, relu, xp, dyc, OH, OW, PH, PW, KH, KW, PT, PL):
+def _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x, relu, xp, dyc, offsets, OH, OW, PH, PW, KH, KW, PT,
+                            PL):
     # The weight gradient alone (no dx), stride 1, by planar passes (fastcnn.kernels._planar):
     # groups own whole images; each image's gradient at the convolution output goes planar
     # into dyc[g]: (F, >= L), zero except at each window's maximum (and zero where the pooled
     # value is not positive under ReLU), then weight_grad runs it against the planar image.
     # dw_part: (G, K, F) out; db_part: (G, 1, F) out or size 0; dyp, yp, arg: (U, OPW, F);
-    # x: (N, H, W*C); xp: (G, >= C*HP*WP) scratch.
+    # x: (N, H, W*C); xp: (G, >= C*HP*WP) scratch; offsets: (PH*PW,) where window position k
+    # lies in the planar layout, (k // PW)*WP + k % PW (no integer division per gradient).
     N = x.shape[0]
     U, OPW, F = dyp.shape
     OPH = U // N
@@ -301,7 +303,7 @@ def _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x, relu, xp, dyc, OH
                         # A multiply, as relu's backward: NaN/inf in dy propagate.
                         v = dyp[u, pw, f] * (one if (not relu or yp[u, pw, f] > zero) else zero)
                         k = arg[u, pw, f]
-                        d[f, (oph * PH + k // PW) * WP + pw * PW + k % PW] = v
+                        d[f, oph * PH * WP + pw * PW + offsets[k]] = v
                         if db_part.size:
                             db_part[g, 0, f] += v
             src = _planar.planar_image(xp[g], x, n, C, OH, OW, KH, KW, PT, PL)
@@ -416,7 +418,9 @@ def planar_backward(dy, cache):
     dyc = scratch(workspace, "dyplanar", (G, F, OH * WP), dtype)  # (G, F, OH*WP)
     dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
     db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
-    _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), relu, xp, dyc,
+    k = np.arange(PH * PW)
+    offsets = k // PW * WP + k % PW  # (PH*PW,) window position -> planar offset
+    _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), relu, xp, dyc, offsets,
                             OH, OW, PH, PW, KH, KW, PT, PL)
     return _blockgemm.finish_backward(None, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, False)
 
