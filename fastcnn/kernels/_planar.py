@@ -102,7 +102,7 @@ def all_finite(flat):
     return True
 
 
-_CHOSEN = {}  # (plan mode, tuning name) -> bool, this process
+_CHOSEN = {}  # (plan mode, Geometry) -> bool under measure, this process
 
 
 def use_planar(geometry, planar, gemm):
@@ -114,14 +114,14 @@ def use_planar(geometry, planar, gemm):
     from fastcnn import planner
 
     mode = planner.plan_mode()
-    small = int(np.prod(geometry.w_shape)) <= HEURISTIC_MAX_WEIGHTS
-    if mode != "measure":
-        return small
-    name = "planar_dw " + planner.geometry_key(geometry, True)
-    chosen = _CHOSEN.get((mode, name))
+    chosen = _CHOSEN.get((mode, geometry))  # every step after a geometry's first: one lookup
     if chosen is None:
-        chosen = _CHOSEN[(mode, name)] = planner.tuned(name, lambda: _measure(planar, gemm),
-                                                       lambda: "planar" if small else "gemm") == "planar"
+        small = int(np.prod(geometry.w_shape)) <= HEURISTIC_MAX_WEIGHTS
+        if mode != "measure":
+            return small
+        name = "planar_dw " + planner.geometry_key(geometry, True)
+        chosen = _CHOSEN[(mode, geometry)] = planner.tuned(name, lambda: _measure(planar, gemm),
+                                                           lambda: "planar" if small else "gemm") == "planar"
     return chosen
 
 
