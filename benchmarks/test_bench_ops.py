@@ -292,3 +292,44 @@ def test_op(benchmark, case, impl):
         assert_close(a, b, dtype=DTYPE, name=f"{case.group} [{impl}] output {k}")
         errors.append(0.0 if a is None else max_rel_error(a, b))
     benchmark.extra_info["check"] = f"float64 {truth_impl}: max rel error {max(errors):.1e}"
+
+
+#: The two ways a first layer's weight gradient runs (``fastcnn.kernels._planar``), beside NumPy's.
+FIRST_LAYER_PATHS = ("numpy", "numba:gemm", "numba:planar")
+
+
+def first_layer_cases():
+    """The presets' fused conv + pool backward cases whose input has one channel: first layers,
+    whose input gradient no model asks for."""
+    return [case for case in fused_cases(BATCH) if case.direction == "backward" and case.op.endswith("maxpool2d")
+            and case.make(np.random.default_rng(0))[0][0].shape[-1] == 1]
+
+
+@pytest.mark.parametrize("case,path", [pytest.param(case, path, id=f"{case.id}-nodx-{path}")
+                                       for case in first_layer_cases() for path in FIRST_LAYER_PATHS])
+def test_first_layer_weight_gradient(benchmark, monkeypatch, case, path):
+    """A first layer's backward (``need_dx=False``: the weight and bias gradients alone) after the
+    ``numba:direct`` forward, by each path: ``numba:gemm`` the im2col GEMMs every variant's backward
+    runs, ``numba:planar`` the planar passes (the planner times the two per geometry; here each is
+    forced), beside NumPy's backward. GFLOP: the weight gradient's, one forward's worth."""
+    from fastcnn.kernels import _planar
+
+    args64, kwargs, dy64, truth, truth_impl = prepared(case)
+    if path != "numpy":
+        monkeypatch.setattr(_planar, "use_planar", lambda geometry, planar, gemm: path == "numba:planar")
+    fn = registry.get(case.op, "numpy" if path == "numpy" else "numba:direct")
+    _, cache = fn.forward(*cast(args64, DTYPE), **kwargs)
+    dy = dy64.astype(DTYPE)
+    benchmark.group = f"{case.op} backward without dx (a first layer), {case.where}: {case.shape}"
+    benchmark.extra_info.update(run_info(path))
+    benchmark.extra_info.update(
+        kind="op", op=case.op, direction="backward, no dx", where=case.where, shape=case.shape,
+        dtype=np.dtype(DTYPE).name, gflop=case.gflop / 2, gemm_like=True, reference="not run",
+    )
+    fn.backward(dy, cache, need_dx=False)  # warm up
+    dx, dw, db = benchmark(fn.backward, dy, cache, need_dx=False)
+    assert dx is None and dw.dtype == DTYPE
+    assert_close(dw, truth[1], dtype=DTYPE, name=f"{benchmark.group} [{path}] weight gradient")
+    assert_close(db, truth[2], dtype=DTYPE, name=f"{benchmark.group} [{path}] bias gradient")
+    benchmark.extra_info["check"] = (f"float64 {truth_impl}: max rel error "
+                                     f"{max(max_rel_error(dw, truth[1]), max_rel_error(db, truth[2])):.1e}")
