@@ -395,8 +395,9 @@ def _backward(dy, cache, need_dx):
     x, yp, arg, w2, has_bias, relu, (OH, OW), (PH, PW), (KH, KW), stride, padding, workspace = cache
     dyp = np.ascontiguousarray(dy, dtype=x.dtype).reshape(yp.shape)  # (N*OPH, OPW, F)
     if not need_dx and tuple(stride) == (1, 1):  # a first layer: the weight gradient alone
-        geometry = Geometry("conv2d_relu_maxpool2d" if relu else "conv2d_maxpool2d", x.shape, (KH, KW, x.shape[3], w2.shape[1]),
-                            (1, 1), padding, (PH, PW), x.dtype.name)
+        pads = tuple(tuple(int(p) for p in side) for side in padding)  # hashable, as the planner keys it
+        geometry = Geometry("conv2d_relu_maxpool2d" if relu else "conv2d_maxpool2d", x.shape,
+                            (KH, KW, x.shape[3], w2.shape[1]), (1, 1), pads, (PH, PW), x.dtype.name)
         if (_planar.use_planar(geometry, lambda: planar_backward(dyp, cache), lambda: _gemm_backward(dyp, cache, False))
                 and _planar.all_finite(x.reshape(-1))):
             return planar_backward(dyp, cache)
