@@ -8,6 +8,8 @@ is a scatter through it; the first maximum wins ties and the first NaN wins
 over everything, exactly as :func:`numpy.argmax` does.
 """
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -22,6 +24,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def _index_dtype(window):
     """Smallest signed integer dtype that holds every index of a window of ``window`` elements."""
     for dtype in (np.int8, np.int16, np.int32):
