@@ -117,7 +117,8 @@ PARALLEL_KERNELS = [
     (conv_im2col, "_im2col_kernel"), (conv_im2col, "_col2im_kernel"),
     (dense, "_forward_kernel"), (dense, "_backward_kernel"),
     (conv_pool, "_forward_kernel"), (conv_pool, "_direct_forward_kernel"), (conv_pool, "_shifted_forward_kernel"),
-    (conv_pool, "_backward_kernel"), (conv_pool, "_planar_backward_kernel"), (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
+    (conv_pool, "_backward_kernel"), (conv_pool, "_planar_backward_kernel"),
+    (winograd, "_forward_kernel"), (winograd, "_pool_forward_kernel"),
     (winograd4, "_forward_kernel"), (winograd4, "_pool_forward_kernel"),
     (pooling, "_max_pool_forward_kernel"), (pooling, "_max_pool_backward_kernel"),
     (pooling, "_avg_pool_forward_kernel"), (pooling, "_avg_pool_backward_kernel"),
@@ -629,8 +630,8 @@ def test_float32_kernels_never_promote_to_float64():
     Cached machine code cannot be inspected, so each float32 signature is
     recompiled serially (``prange`` is ``range``) with the same fast-math flags.
     The loss and batch_norm kernels are left out on purpose (:data:`PROMOTING`): they sum in
-    float64; so is the Winograd filter transform (:data:`PROMOTING_KERNELS`). The two builds of a :func:`twins` pair share their code: recompiled serially
-    they are the same function, checked once.
+    float64; so is the Winograd filter transform (:data:`PROMOTING_KERNELS`). The two builds of
+    a :func:`twins` pair share their code: recompiled serially they are the same function, checked once.
     """
     warmup((np.float32,))
     checked = 0

@@ -13,10 +13,12 @@ product of the image shifted by ``(i, j)`` with the planar output gradient of
 ``f``. The passes also cover the ``KW - 1`` columns past each output row (the
 "full width"); the output gradient is zero there, so they add ``x * 0``.
 
-That is exact for finite inputs only (``inf * 0`` is NaN), so the backward
-passes that use :func:`weight_grad` first check the input with
-:func:`all_finite` and take the im2col path otherwise, which multiplies only
-the pixels a window reads. Which of the two paths runs a layer whose input
+That is exact when the result is finite: with finite inputs the extra terms are
+exact zeros. An infinite or NaN input or gradient makes some weight gradient
+non-finite (``inf * 0`` is NaN even where no window reads the pixel), so the
+backward passes that use :func:`weight_grad` check their few results with
+:func:`finite` and then recompute them by the im2col path, which multiplies
+only the pixels a window reads (no scan of the input at every step). Which of the two paths runs a layer whose input
 gradient is not needed (a first layer) is measured per geometry
 (:func:`use_planar`).
 """
@@ -25,9 +27,9 @@ import time
 
 import numpy as np
 
-from fastcnn.kernels._jit import exact_kernel, kernel
+from fastcnn.kernels._jit import kernel
 
-__all__ = ["planar_image", "weight_grad", "all_finite", "use_planar", "HEURISTIC_MAX_WEIGHTS"]
+__all__ = ["planar_image", "weight_grad", "finite", "use_planar", "HEURISTIC_MAX_WEIGHTS"]
 
 #: Outside ``FASTCNN_PLAN=measure`` (the reproducible plan), the planar weight gradient runs a
 #: layer with at most this many weights per bias, ``K*F = KH*KW*C*F`` (tutorial_cnn's 3x3 on one
@@ -92,17 +94,12 @@ def weight_grad(dw, src, dyc, C, KH, KW, HP, WP, L):
                         dw[k + j * C, f] += a
 
 
-@exact_kernel
-def all_finite(flat):
-    """True when no element of ``flat``: ``(n,)`` is NaN or infinite (compiled without
-    fast-math flags, which could assume both away)."""
-    for t in range(flat.size):
-        if not np.isfinite(flat[t]):
-            return False
-    return True
+def finite(*arrays):
+    """True when no element of ``arrays`` (None skipped) is NaN or infinite."""
+    return all(a is None or bool(np.isfinite(a).all()) for a in arrays)
 
 
-_CHOSEN = {}  # (plan mode, Geometry) -> bool under measure, this process
+_CHOSEN = {}  # (plan mode, Geometry) -> bool, this process
 
 
 def use_planar(geometry, planar, gemm):
@@ -117,11 +114,10 @@ def use_planar(geometry, planar, gemm):
     chosen = _CHOSEN.get((mode, geometry))  # every step after a geometry's first: one lookup
     if chosen is None:
         small = int(np.prod(geometry.w_shape)) <= HEURISTIC_MAX_WEIGHTS
-        if mode != "measure":
-            return small
-        name = "planar_dw " + planner.geometry_key(geometry, True)
-        chosen = _CHOSEN[(mode, geometry)] = planner.tuned(name, lambda: _measure(planar, gemm),
-                                                           lambda: "planar" if small else "gemm") == "planar"
+        chosen = small if mode != "measure" else planner.tuned(
+            "planar_dw " + planner.geometry_key(geometry, True), lambda: _measure(planar, gemm),
+            lambda: "planar" if small else "gemm") == "planar"
+        _CHOSEN[(mode, geometry)] = chosen
     return chosen
 
 

@@ -28,6 +28,8 @@ preset's); a convolution row or column that no window covers is computed and
 dropped, and gets zero gradient, as in the unfused layers.
 """
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -398,17 +400,17 @@ def _backward(dy, cache, need_dx):
         pads = tuple(tuple(int(p) for p in side) for side in padding)  # hashable, as the planner keys it
         geometry = Geometry("conv2d_relu_maxpool2d" if relu else "conv2d_maxpool2d", x.shape,
                             (KH, KW, x.shape[3], w2.shape[1]), (1, 1), pads, (PH, PW), x.dtype.name)
-        if (_planar.use_planar(geometry, lambda: planar_backward(dyp, cache), lambda: _gemm_backward(dyp, cache, False))
-                and _planar.all_finite(x.reshape(-1))):
-            return planar_backward(dyp, cache)
+        if _planar.use_planar(geometry, lambda: planar_backward(dyp, cache), lambda: _gemm_backward(dyp, cache, False)):
+            grads = planar_backward(dyp, cache)
+            if _planar.finite(*grads[1:]):  # else a NaN or inf in x or dy: the GEMMs give their exact result
+                return grads
     return _gemm_backward(dyp, cache, need_dx)
 
 
 def planar_backward(dy, cache):
     """``(None, dw, db)`` of a stride-1 forward's ``cache`` by the planar weight gradient
-    (:mod:`fastcnn.kernels._planar`; exact for a finite input only): the backward of a first
-    layer, whose input gradient is not needed, where :func:`fastcnn.kernels._planar.use_planar`
-    chose it."""
+    (:mod:`fastcnn.kernels._planar`; exact where it is finite): the backward of a first layer,
+    whose input gradient is not needed, where :func:`fastcnn.kernels._planar.use_planar` chose it."""
     x, yp, arg, w2, has_bias, relu, (OH, OW), (PH, PW), (KH, KW), _, ((PT, _), (PL, _)), workspace = cache
     dyp = np.ascontiguousarray(dy, dtype=x.dtype).reshape(yp.shape)  # (N*OPH, OPW, F)
     N, H, W, C = x.shape
@@ -419,11 +421,19 @@ def planar_backward(dy, cache):
     dyc = scratch(workspace, "dyplanar", (G, F, OH * WP), dtype)  # (G, F, OH*WP)
     dw_part = np.empty((G, K, F), dtype=dtype)  # (G, K, F)
     db_part = np.empty((G, 1, F) if has_bias else (G, 0, 0), dtype=dtype)  # (G, 1, F)
-    k = np.arange(PH * PW)
-    offsets = k // PW * WP + k % PW  # (PH*PW,) window position -> planar offset
-    _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), relu, xp, dyc, offsets,
-                            OH, OW, PH, PW, KH, KW, PT, PL)
+    _planar_backward_kernel(dw_part, db_part, dyp, yp, arg, x.reshape(N, H, W * C), relu, xp, dyc,
+                            _window_offsets(PH, PW, WP), OH, OW, PH, PW, KH, KW, PT, PL)
     return _blockgemm.finish_backward(None, dw_part, db_part, x.shape, (KH, KW, C, F), has_bias, False)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_offsets(PH, PW, WP):
+    """``(PH*PW,)``: where window position ``k`` lies in a planar row of width ``WP``
+    (``(k // PW)*WP + k % PW``); read only."""
+    k = np.arange(PH * PW)
+    offsets = k // PW * WP + k % PW
+    offsets.flags.writeable = False
+    return offsets
 
 
 def _gemm_backward(dyp, cache, need_dx):
