@@ -608,7 +608,7 @@ def _kernel_modules():
 
 def test_the_float32_check_sees_every_kernel_module():
     checked = {module.__name__.rsplit(".", 1)[1] for module in _kernel_modules()}
-    assert {"activations", "conv", "conv_pool", "dense", "optim", "pooling", "winograd", "winograd4",
+    assert {"activations", "conv", "conv_pool", "dense", "microkernel", "optim", "pooling", "winograd", "winograd4",
             "_blockgemm", "_shifted"} <= checked
     assert not checked & PROMOTING
 
@@ -617,7 +617,8 @@ def _kernel_dispatchers():
     found = {}
     for module in _kernel_modules():
         for name, value in vars(module).items():
-            candidates = value if isinstance(value, tuple) else (value,)
+            candidates = tuple(value.values()) if isinstance(value, dict) else value if isinstance(value, tuple) else (
+                value,)
             for item in candidates:
                 if isinstance(item, numba.core.registry.CPUDispatcher):  # conv and dense share names
                     found[f"{item.py_func.__module__}.{item.py_func.__qualname__}"] = item  # once, where defined
@@ -690,14 +691,15 @@ def test_warmup_runs_and_validates_dtypes():
 _WARMUP_COVERAGE = """
 import numba, numpy as np, fastcnn
 from fastcnn.kernels import (_blockgemm, _im2col, _planar, _shifted, activations, conv, conv_pool, dense, loss, merge,
-                             optim, pooling, winograd, winograd4)
+                             microkernel, optim, pooling, winograd, winograd4)
 
 def signatures():
     return {(m.__name__, d.py_func.__qualname__, sig)
-            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _planar, _shifted, loss, merge, optim,
-                      pooling, winograd, winograd4)
+            for m in (activations, conv, conv_pool, dense, _blockgemm, _im2col, _planar, _shifted, loss, merge,
+                      microkernel, optim, pooling, winograd, winograd4)
             for value in vars(m).values()
-            for d in (value if isinstance(value, tuple) else (value,))
+            for d in (tuple(value.values()) if isinstance(value, dict) else value if isinstance(value, tuple)
+                      else (value,))
             if isinstance(d, numba.core.registry.CPUDispatcher) for sig in d.signatures}
 
 fastcnn.warmup()

@@ -226,6 +226,78 @@ def test_conv2d_maxpool2d_inference_agrees(op, impl, case, kind, dtype):
     assert_close(y, y_ref, dtype=dtype, name=f"{op}/{impl} inference forward ({kind})")
 
 
+#: Cases with as many filters as real layers have (CONV_GRID's 1-5 filters are below what
+#: ``numba:microkernel`` computes per tile): every tile shape, its last tile overlapping the one
+#: before it (output widths not a multiple of the tile's pixels), stride 2 across, explicit
+#: padding wider than the kernel needs, kernel rows on the padding (skipped), one input channel.
+WIDE_CONV_GRID = [
+    (2, 7, 9, 3, 32, 3, 1, "same", True),
+    (1, 8, 10, 1, 16, 3, 1, "valid", False),
+    (2, 9, 13, 2, 32, (2, 3), (1, 2), "valid", True),
+    (2, 6, 7, 2, 64, (3, 2), (2, 1), (2, 1), True),
+    (2, 5, 6, 4, 48, 5, 1, "same", True),
+    (1, 6, 11, 3, 64, 3, 1, (0, 2), False),
+]
+
+
+def wide_conv_params():
+    """(op, impl, case, tile): every variant on :data:`WIDE_CONV_GRID` where it applies, and
+    ``numba:microkernel`` once per tile shape that applies (tile None for the others)."""
+    from fastcnn.kernels import microkernel
+
+    params = []
+    for param in conv_case_params(CONV_OPS, WIDE_CONV_GRID, impls=registry.variants):
+        op, impl, case = param.values
+        tiles = [None]
+        if impl == "numba:microkernel":
+            args, kwargs = conv_case(np.random.default_rng(0), *case)
+            OW = output_hw(args[0].shape[1:3], args[1].shape[:2], kwargs["stride"], kwargs["padding"])[1]
+            tiles = [t for t in microkernel.TILES if microkernel.tile_applies(t, case[4], OW)]
+        params += [pytest.param(op, impl, case, tile, id=f"{op}-{impl}-{case}" + ("" if tile is None else f"-{tile}"))
+                   for tile in tiles]
+    return params
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op,impl,case,tile", wide_conv_params())
+def test_conv2d_wide_agrees(monkeypatch, op, impl, case, tile, dtype):
+    """Each variant, and each tile shape of ``numba:microkernel``, against the reference."""
+    from fastcnn.kernels import microkernel
+
+    if tile is not None:
+        monkeypatch.setattr(microkernel, "tile_for", lambda geometry, run: tile)
+    args, kwargs = conv_case(np.random.default_rng(5), *case)
+    compare(op, impl, args, kwargs, dtype)
+
+
+def test_microkernel_tiles_compute_the_same_numbers():
+    """The tile shape only regroups the work: every tile gives the same float32 outputs bit for bit
+    (each output is its bias plus its products in one order), so the planner's choice of tile can
+    never change a model's weights."""
+    from fastcnn.kernels import microkernel
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 9, 14, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 5, 32)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    outputs = [microkernel.direct_conv(x, w, b, (1, 1), ((1, 1), (1, 1)), True, tile) for tile in microkernel.TILES]
+    assert len(outputs) == 4 and (outputs[0] > 0).any() and (outputs[0] == 0).any()
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
+
+
+def test_microkernel_refuses_what_it_cannot_compute():
+    from fastcnn.kernels import microkernel
+
+    x, w = np.zeros((1, 6, 6, 1), np.float32), np.zeros((3, 3, 1, 24), np.float32)
+    with pytest.raises(ValueError, match=r"needs F % 32 == 0 with at least 4 output columns or F % 16 == 0 with at "
+                                         r"least 6 output columns; received weights \(3, 3, 1, 24\)"):
+        registry.get("conv2d", "numba:microkernel").forward(x, w, None, stride=(1, 1), padding=((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"tile \(6, 2, 16\) does not apply to 32 filters and 4 output columns"):
+        microkernel.direct_conv(x, np.zeros((3, 3, 1, 32), np.float32), None, (1, 1), ((0, 0), (0, 0)), False,
+                                (6, 2, 16))
+
+
 #: The stride-1 cases of CONV_GRID: where a first layer's weight gradient may run planar.
 STRIDE_ONE_GRID = [case for case in CONV_GRID if case[6] == 1]
 

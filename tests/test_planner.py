@@ -622,6 +622,49 @@ def test_a_first_layers_weight_gradient_path_is_measured_per_geometry_under_meas
     np.testing.assert_array_equal(dw2, dw)
 
 
+def test_the_microkernel_tile_is_measured_per_geometry_under_measure(monkeypatch, tmp_path):
+    """``numba:microkernel``'s tile shape: the first that applies outside ``measure``; under
+    ``measure`` the fastest of those that apply, timed once per geometry, kept in the plan file
+    and read back by a later process; a plan naming a tile this version does not compile is ignored."""
+    from fastcnn.kernels import microkernel
+
+    monkeypatch.setattr(microkernel, "_CHOSEN", {})
+    monkeypatch.setenv("FASTCNN_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 12, 3)).astype(np.float32)
+    w, b = rng.standard_normal((3, 3, 3, 32)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    kwargs = dict(stride=(1, 1), padding=((1, 1), (1, 1)))
+    fn = registry.get("conv2d_relu", "numba:microkernel")
+    geometry = registry.geometry_of("conv2d_relu", (x, w), kwargs)
+    timed = []
+    real = microkernel._measure
+    monkeypatch.setattr(microkernel, "_measure", lambda tiles, run: timed.append(tiles) or real(tiles, run))
+    monkeypatch.setenv("FASTCNN_PLAN", "heuristic")
+    y, _ = fn.forward(x, w, b, **kwargs)
+    assert timed == [] and not os.path.exists(os.path.join(str(tmp_path), "plans.json"))
+    assert microkernel.tile_for(geometry, refuse) == microkernel.TILES[0]
+    monkeypatch.setenv("FASTCNN_PLAN", "measure")
+    y1, _ = fn.forward(x, w, b, **kwargs)
+    fn.forward(x, w, b, **kwargs)
+    assert timed == [list(microkernel.TILES)]  # once per geometry, every tile applies at 32 filters
+    machine = planner.default_planner().machine
+    path = os.path.join(str(tmp_path), "plans.json")
+    with open(path) as f:
+        data = json.load(f)
+    key = "tuning microkernel_tile " + planner.geometry_key(geometry, False)
+    held = data["plans"][machine][key]
+    assert tuple(held["choice"]) in microkernel.TILES and set(held["seconds"]) == {"4x2x16", "6x2x16", "4x4x8", "6x2x8"}
+    assert held["seconds"]["x".join(map(str, held["choice"]))] == min(held["seconds"].values())
+    np.testing.assert_array_equal(y1, y)  # the tile changes no number
+    monkeypatch.setattr(microkernel, "_CHOSEN", {})  # another process: read from the plan file
+    assert microkernel.tile_for(geometry, refuse) == tuple(held["choice"])
+    data["plans"][machine][key]["choice"] = [5, 3, 16]
+    with open(path, "w") as f:
+        json.dump(data, f)
+    monkeypatch.setattr(microkernel, "_CHOSEN", {})
+    assert microkernel.tile_for(geometry, refuse) == microkernel.TILES[0]
+
+
 def test_the_winograd_block_probe_times_every_candidate():
     from fastcnn.kernels import winograd, winograd4
 

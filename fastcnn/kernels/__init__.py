@@ -19,7 +19,7 @@ up front; :mod:`fastcnn.parallel` sizes the Numba and BLAS thread pools.
 
 from fastcnn import planner
 from fastcnn.kernels import (_blas, activations, augment, batchnorm, conv, conv_im2col, conv_pool, dense, loss, merge,
-                             optim, pooling, winograd, winograd4)
+                             microkernel, optim, pooling, winograd, winograd4)
 from fastcnn.kernels._warmup import warmup
 from fastcnn.registry import register
 
@@ -42,6 +42,8 @@ if _blas.AVAILABLE:
         # BatchNormalization layers, left the stem's weight gradient 1.3e-3 away (rel.)
         # from float64 (F(2x2, 3x3): within 1e-4). A layer may still ask for it by name.
         register(_op, "numba:winograd4", _forward, _backward, applies=winograd4.applies, plan_training=False)
+    for _op, (_forward, _backward) in microkernel.VARIANTS.items():
+        register(_op, "numba:microkernel", _forward, _backward, applies=microkernel.applies)
     for _name, (_forward, _backward) in dense.VARIANTS.items():
         register("dense", _name, _forward, _backward)
     for _op in CONV_OPS:

@@ -12,7 +12,8 @@ writable arrays, ``int8`` max-pool argmax, ``intp`` labels.
 import numpy as np
 
 from fastcnn import registry
-from fastcnn.kernels import _shifted, activations, augment, batchnorm, conv_pool, loss, merge, optim, pooling
+from fastcnn.kernels import (_shifted, activations, augment, batchnorm, conv_pool, loss, merge, microkernel, optim,
+                             pooling)
 from fastcnn.kernels._jit import PARALLEL_MIN_SIZE
 
 __all__ = ["warmup"]
@@ -41,6 +42,10 @@ def _run_dtype(dtype):
                 if extra and xi is x1:  # a first layer's weight gradient alone (fastcnn.kernels._planar)
                     conv_pool.planar_backward(np.ones_like(y), cache)
                 entry.forward(xi, wi, None, **geometry, **extra, need_cache=False)
+    # numba:microkernel needs 16 or 32 filters: every tile shape, timed by the planner under measure.
+    x6, w32 = rng.standard_normal((2, 3, 6, 3)).astype(dtype), rng.standard_normal((3, 3, 3, 32)).astype(dtype)
+    for tile in microkernel.TILES:
+        microkernel.direct_conv(x6, w32, None, (1, 1), ((1, 1), (1, 1)), True, tile)
     for shape in ((2, 3, 2), (2, 600, 300)):  # run whole, and split over the threads
         xd = rng.standard_normal(shape[:2]).astype(dtype)  # (N, IN)
         wd = rng.standard_normal(shape[1:]).astype(dtype)  # (IN, F)
