@@ -513,6 +513,7 @@ def test_a_variant_with_an_activation_argument(layer_of):
      r"padding at most 2; received .*padding \(\(3, 3\), \(3, 3\)\)"),
     ("conv2d_maxpool2d", "numba:shifted", dict(stride=(2, 2), pool=(2, 2)), r"numba:shifted applies at stride 1"),
     ("conv2d_relu_maxpool2d", "numba:direct", dict(stride=(1, 2), pool=(2, 2)), r"numba:direct applies at stride 1"),
+    ("conv2d_relu", "numba:microkernel", {}, r"numba:microkernel needs F % 32 == 0 .*received weights \(3, 3, 3, 4\)"),
 ])
 def test_a_variant_called_directly_outside_its_predicate_refuses(op, impl, call, match):
     """Callers that run registry entries themselves must filter with registry.applicable; one that
@@ -521,6 +522,25 @@ def test_a_variant_called_directly_outside_its_predicate_refuses(op, impl, call,
     assert impl not in registry.applicable(op, args, kwargs, registry.variants(op))
     with pytest.raises(ValueError, match=match):
         registry.get(op, impl).forward(*args, **kwargs)
+
+
+def test_a_layer_runs_the_microkernel_by_name():
+    """``impl="numba:microkernel"`` on a layer: its forward and gradients are the NumPy layer's,
+    and a layer with too few filters for any tile is refused with the layer's error."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 10, 2)).astype(np.float32)
+    fast, slow = (L.Conv2D(32, 3, padding="same", activation="relu", impl=impl) for impl in ("numba:microkernel",
+                                                                                             "numpy"))
+    y = fast(x)
+    slow.build(x.shape[1:], x.dtype)
+    slow.params = {k: v.copy() for k, v in fast.params.items()}
+    assert_close(y, slow(x), dtype=np.float32)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_close(fast.backward(dy), slow.backward(dy), dtype=np.float32)
+    for name in fast.params:
+        assert_close(fast.grads[name], slow.grads[name], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"Conv2D: impl 'numba:microkernel' does not apply to this convolution"):
+        L.Conv2D(8, 3, impl="numba:microkernel")(x)
 
 
 def test_a_variant_that_does_not_apply_is_a_clear_error():
