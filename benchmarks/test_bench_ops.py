@@ -333,3 +333,45 @@ def test_first_layer_weight_gradient(benchmark, monkeypatch, case, path):
     assert_close(db, truth[2], dtype=DTYPE, name=f"{benchmark.group} [{path}] bias gradient")
     benchmark.extra_info["check"] = (f"float64 {truth_impl}: max rel error "
                                      f"{max(max_rel_error(dw, truth[1]), max_rel_error(db, truth[2])):.1e}")
+
+
+def microkernel_tile_params():
+    """(case, tile): the presets' fused conv + ReLU forward cases ``numba:microkernel`` applies to,
+    once per tile shape that applies."""
+    from fastcnn.kernels import microkernel
+
+    params = []
+    for case in fused_cases(BATCH):
+        if case.direction != "forward" or case.op not in ("conv2d", "conv2d_relu"):
+            continue
+        args, kwargs = case.make(np.random.default_rng(0))
+        if not registry.applicable(case.op, args, kwargs, ["numba:microkernel"]):
+            continue
+        geometry = registry.geometry_of(case.op, args, kwargs)
+        OW = microkernel._output_width(geometry)
+        params += [pytest.param(case, tile, id=f"{case.id}-tile{'x'.join(map(str, tile))}")
+                   for tile in microkernel.TILES if microkernel.tile_applies(tile, args[1].shape[-1], OW)]
+    return params
+
+
+@pytest.mark.parametrize("case,tile", microkernel_tile_params())
+def test_microkernel_tile(benchmark, monkeypatch, case, tile):
+    """``numba:microkernel``'s forward with each tile shape forced (the planner times them per
+    geometry under ``FASTCNN_PLAN=measure`` and keeps the fastest): which one wins depends on the
+    CPU's registers and caches. Every tile computes the same numbers."""
+    from fastcnn.kernels import microkernel
+
+    args64, kwargs, _, truth, truth_impl = prepared(case)
+    monkeypatch.setattr(microkernel, "tile_for", lambda geometry, run: tile)
+    fn = registry.get(case.op, "numba:microkernel")
+    args = cast(args64, DTYPE)
+    name = "numba:microkernel " + "x".join(map(str, tile))
+    benchmark.group = f"{case.op} forward by tile (PB pixels x NV x W filters), {case.where}: {case.shape}"
+    benchmark.extra_info.update(run_info(name))
+    benchmark.extra_info.update(kind="op", op=case.op, direction="forward", where=case.where, shape=case.shape,
+                                dtype=np.dtype(DTYPE).name, gflop=case.gflop, gemm_like=True, reference="not run")
+    fn.forward(*args, **kwargs, need_cache=False)  # warm up
+    y, _ = benchmark(fn.forward, *args, **kwargs, need_cache=False)
+    assert y.dtype == DTYPE
+    assert_close(y, truth[0], dtype=DTYPE, name=f"{benchmark.group} [{name}] forward")
+    benchmark.extra_info["check"] = f"float64 {truth_impl}: max rel error {max_rel_error(y, truth[0]):.1e}"
