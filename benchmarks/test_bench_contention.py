@@ -206,7 +206,8 @@ def test_under_load(benchmark, spinners, restore_policy, load, preset, task, n):
     """One cell: the default, one thread, all threads and PyTorch, interleaved round by round
     (the load drifts over seconds: rows timed one after the other compare different loads;
     on a quiet machine the rows take turns in blocks, see QUIET_BLOCK).
-    pytest-benchmark times the default; the others' medians are in ``extra_info["interleaved"]``."""
+    pytest-benchmark times the default; the others' medians are in ``extra_info["interleaved"]``,
+    and under load every row's mean in ``extra_info["means"]``."""
     spinners.run(load)
     block, settle = (1, 0) if load else (QUIET_BLOCK, QUIET_SETTLE)
     others = {variant: fastcnn_call(preset, task, variant, n) for variant in ("one-thread", "all-threads")}
@@ -247,6 +248,12 @@ def test_under_load(benchmark, spinners, restore_policy, load, preset, task, n):
     benchmark.pedantic(default_call, setup=before_default, teardown=after_default, rounds=rounds, iterations=1)
     # (none under --benchmark-disable, which runs the default once without setup and teardown)
     benchmark.extra_info["interleaved"] = {IMPL_OF[v]: float(np.median(t)) for v, t in times.items() if t}
+    if load and times["one-thread"] and benchmark.stats is not None:
+        # Means too: under load each row's times fall into two groups (a call fits in its time slice
+        # or waits out a spinner's whole one), a median of them lands in either, and the mean is what
+        # a run of many calls costs (fastcnn.parallel._typical).
+        means = {IMPL_OF[v]: float(np.mean(t)) for v, t in times.items() if t}
+        benchmark.extra_info["means"] = {"numba": float(benchmark.stats.stats.mean), **means}
     checks = {variant: check() for variant, (_, check) in others.items()}
     checks["default"] = default_check()
     benchmark.extra_info["check"] = "; ".join(f"{v}: max rel error {e:.1e}" for v, e in checks.items())

@@ -336,7 +336,8 @@ def _under_load(rows):
 def _contention_table(cells, loaded):
     lines = ["### Under load" if loaded else "### Quiet machine, interleaved", "",
              "| benchmark | fastcnn default | fastcnn 1 thread | fastcnn all threads | PyTorch | "
-             "default / best fastcnn | PyTorch / default |", "|---|--:|--:|--:|--:|--:|--:|"]
+             "default / best fastcnn | PyTorch / default |" + (" default / best, means |" if loaded else ""),
+             "|---|--:|--:|--:|--:|--:|--:|" + ("--:|" if loaded else "")]
     for group, row in cells.items():
         seconds = {k: r.seconds for k, r in row.items()}
         default = row.get("numba")
@@ -347,8 +348,12 @@ def _contention_table(cells, loaded):
         own = [t for t in (d, one, every) if t]
         ratio = f"{d / min(own):.2f}" if d and own else "—"
         vs_torch = f"**{torch / d:.2f}×**" if d and torch else "—"
-        lines.append(f"| {_cell(group)} | {cell(d)} | {cell(one)} | {cell(every)} | {cell(torch)} | {ratio} | "
-                     f"{vs_torch} |")
+        line = f"| {_cell(group)} | {cell(d)} | {cell(one)} | {cell(every)} | {cell(torch)} | {ratio} | {vs_torch} |"
+        if loaded:
+            means = ((default.extra or {}).get("means") or {}) if default is not None else {}
+            own_means = [means.get(k) for k in ("numba", "numba-1", "numba-all") if means.get(k)]
+            line += f" {means['numba'] / min(own_means):.2f} |" if means.get("numba") and own_means else " — |"
+        lines.append(line)
     where = ("Each cell ran while one process per core spun in a loop (started and stopped by the benchmark), its "
              "four rows interleaved round by round." if loaded else
              "Each cell's four rows took turns in blocks of timed calls, each after a few untimed ones, in a "
@@ -357,7 +362,10 @@ def _contention_table(cells, loaded):
     return lines + ["", where + " \"default / best fastcnn\" is the "
                         "default's time over the fastest of the "
                         "default and the fixed counts (1.00: the default is the best); \"PyTorch / default\" above 1: "
-                        "fastcnn is faster.", ""]
+                        "fastcnn is faster." + (" \"default / best, means\" is the same ratio of mean times: under load "
+                                                "each row's times fall into two groups (a call fits in its time slice or "
+                                                "waits out a spinning process's), a median lands in either, and the mean "
+                                                "is what a run of many calls costs." if loaded else ""), ""]
 
 
 def render_markdown(json_dict):

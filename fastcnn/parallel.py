@@ -321,18 +321,18 @@ def _blas_functions():
 # -- adaptive: time the ceiling and one thread, keep the faster -----------------------------
 
 #: Re-time the count not in use once the time spent since its last trial reaches
-#: this many times its own (median) duration: at most 1/PROBE_EVERY of the run is spent on it.
+#: this many times its own (typical) duration: at most 1/PROBE_EVERY of the run is spent on it.
 PROBE_EVERY = 50
 #: ... or, once the count in use has become :data:`CHANGED` times faster or slower than
 #: when the two were last compared, as soon as that time reaches PROBE_SOON times it.
 PROBE_SOON = 10
 CHANGED = 1.5
 #: A re-check of the count not in use that comes back this many times faster than the
-#: median of the count in use makes that count's older durations stale: the next
-#: :data:`CONFIRM` calls run it too, and the median of those fresh durations decides.
+#: typical duration of the count in use makes that count's older durations stale: the next
+#: :data:`CONFIRM` calls run it too, and those fresh durations decide.
 PROMISING = 1.1
 CONFIRM = 2
-#: Durations kept per count (their median decides).
+#: Durations kept per count (their typical duration, :func:`_typical`, decides).
 SAMPLES = 5
 #: Tuners kept per model (one per kind of call and input shape).
 MAX_TUNERS = 64
@@ -343,9 +343,9 @@ class _Tuner:
 
     The first call only warms up (compilation, buffers) and is not timed. Then
     each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
-    candidate with the lowest median of its last :data:`SAMPLES` durations runs,
-    and the other one runs once whenever the time spent since its last trial
-    reaches :data:`PROBE_EVERY` times its median (the first re-checks after the
+    candidate with the lowest typical duration (:func:`_typical`) of its last
+    :data:`SAMPLES` runs, and the other one runs once whenever the time spent since its last trial
+    reaches :data:`PROBE_EVERY` times its typical duration (the first re-checks after the
     trials sooner: :data:`PROBE_SOON` times, then twice that, and so on up to
     PROBE_EVERY, for five trials each can mislead: under two spinning processes,
     two threads lost the trials of a vgg_mini prediction and then ran it in
@@ -365,7 +365,7 @@ class _Tuner:
     def __init__(self, candidates):
         self.candidates = tuple(candidates)
         self.times = {n: collections.deque(maxlen=SAMPLES) for n in self.candidates}
-        self.medians = {n: math.inf for n in self.candidates}
+        self.typical = {n: math.inf for n in self.candidates}
         self.warm = False
         self.ready = False  # every candidate has SAMPLES durations
         self.best, self.other = self.candidates[0], self.candidates[-1]
@@ -381,12 +381,12 @@ class _Tuner:
             self.probing = True
             return self.other
         if self.ready:
-            other = self.medians[self.other]
+            other = self.typical[self.other]
             due = self.since_probe >= self.spacing * other
             if self.since_probe >= PROBE_SOON * other:
                 # The count in use got much faster or slower since the other was last timed:
                 # the machine changed, and the other's durations are stale.
-                ratio = self.medians[self.best] / self.reference
+                ratio = self.typical[self.best] / self.reference
                 if not 1 / CHANGED < ratio < CHANGED:
                     due = True
                     self.times[self.other].clear()  # this trial alone stands for the other count
@@ -404,13 +404,13 @@ class _Tuner:
             return
         if self.confirming:
             self.confirming -= 1
-        elif self.probing and seconds * PROMISING < self.medians[self.best]:
+        elif self.probing and seconds * PROMISING < self.typical[self.best]:
             self.times[n].clear()  # faster than the count in use: its older durations are stale
             self.confirming = CONFIRM
         self.times[n].append(seconds)
         if self.confirming:  # the other count's fresh durations decide only once all are in
             return
-        self.medians[n] = _median(self.times[n])
+        self.typical[n] = _typical(self.times[n])
         if self.probing:
             self.since_probe = 0.0
             self.spacing = min(PROBE_EVERY, 2 * self.spacing)
@@ -418,16 +418,32 @@ class _Tuner:
             self.since_probe += seconds
         first, second = self.candidates[0], self.candidates[-1]
         before = self.best
-        self.best, self.other = (second, first) if self.medians[second] < self.medians[first] else (first, second)
+        self.best, self.other = (second, first) if self.typical[second] < self.typical[first] else (first, second)
         if not self.ready:
             self.ready = all(len(t) == SAMPLES for t in self.times.values())
         if self.probing or not self.ready or self.best != before:
-            self.reference = self.medians[self.best]  # the level the comparison was made at
+            self.reference = self.typical[self.best]  # the level the comparison was made at
 
 
-def _median(values):
+def _typical(values):
+    """The mean of ``values`` without the largest one (all of them when fewer than three; inf when none).
+
+    Not the median: on a busy machine a call either fits in its time slice or waits out
+    another process's whole slice, so each count's durations fall into two groups (tutorial_cnn's
+    training step under two spinning processes: about 2 ms, or 6.5 ms, the second group 60-70%
+    of the calls at either count), and a median of five lands in either group by chance. Two
+    threads of mnist_cnn's batch-64 prediction took 9 ms or 16-40 ms (about 40% of calls) and
+    one thread a steady 16-21 ms: two threads were faster on average, 16.1 against 20.1 ms, but
+    a median of five two-thread calls lands in the slow group about a third of the time (binomial
+    odds at 40%), and the tuner then kept one thread (a loaded benchmark run: 21.4 ms against
+    14.7 ms on two threads). The mean is what a run of many calls costs; leaving out the largest
+    duration keeps one stray stall from deciding.
+    """
+    if not values:
+        return math.inf
     ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else math.inf
+    kept = ordered[:-1] if len(ordered) >= 3 else ordered
+    return sum(kept) / len(kept)
 
 
 #: Tuners per owner (a model), by key; weak on the owner.

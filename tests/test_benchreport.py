@@ -187,7 +187,7 @@ def test_under_load_table_compares_the_default_with_one_thread_and_pytorch(run):
                           bench(group, "numba-all", 0.032, 0.1, kind="contention"),
                           bench(group, "torch", 0.011, 0.1, kind="contention")]
     text = benchreport.render_markdown(run)
-    assert table_rows(text, "Under load") == [[group, "4.4 ms", "4 ms", "32 ms", "11 ms", "1.10", "**2.50×**"]]
+    assert table_rows(text, "Under load") == [[group, "4.4 ms", "4 ms", "32 ms", "11 ms", "1.10", "**2.50×**", "—"]]
     assert "### Other" not in text
 
 
@@ -196,7 +196,20 @@ def test_under_load_table_reads_the_rows_interleaved_with_the_default(run):
     run["benchmarks"] += [bench(group, "numba", 0.05, 0.1, kind="contention",
                                 interleaved={"numba-1": 0.08, "numba-all": 0.04, "torch": 0.1})]
     text = benchreport.render_markdown(run)
-    assert table_rows(text, "Under load") == [[group, "50 ms", "80 ms", "40 ms", "100 ms", "1.25", "**2.00×**"]]
+    assert table_rows(text, "Under load") == [[group, "50 ms", "80 ms", "40 ms", "100 ms", "1.25", "**2.00×**", "—"]]
+
+
+def test_under_load_table_gives_the_ratio_of_means_too(run):
+    """Under load each row's times fall into two groups and a median lands in either: the
+    table also compares the rows' mean times, when the benchmark recorded them."""
+    group = "tutorial_cnn train_on_batch, batch 64, 2 busy processes"
+    run["benchmarks"] += [bench(group, "numba", 0.0055, 0.1, kind="contention",
+                                interleaved={"numba-1": 0.003, "numba-all": 0.0062, "torch": 0.012},
+                                means={"numba": 0.0052, "numba-1": 0.0050, "numba-all": 0.0068, "torch": 0.03})]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "Under load") == [[group, "5.5 ms", "3 ms", "6.2 ms", "12 ms", "1.83", "**2.18×**",
+                                               "1.04"]]
+    assert '"default / best, means" is the same ratio of mean times' in text
 
 
 def test_quiet_interleaved_cells_get_their_own_table(run):
@@ -207,7 +220,7 @@ def test_quiet_interleaved_cells_get_their_own_table(run):
                           bench(quiet, "numba", 0.006, 0.1, kind="contention", load_processes=0,
                                 interleaved={"numba-1": 0.01, "numba-all": 0.0055, "torch": 0.0075})]
     text = benchreport.render_markdown(run)
-    assert table_rows(text, "Under load") == [[loaded, "20 ms", "30 ms", "25 ms", "40 ms", "1.00", "**2.00×**"]]
+    assert table_rows(text, "Under load") == [[loaded, "20 ms", "30 ms", "25 ms", "40 ms", "1.00", "**2.00×**", "—"]]
     assert table_rows(text, "Quiet machine, interleaved") == [
         [quiet, "6 ms", "10 ms", "5.5 ms", "7.5 ms", "1.09", "**1.25×**"]]
     assert "FASTCNN_BENCH_LOAD=0" in text.split("### Quiet machine, interleaved", 1)[1]
