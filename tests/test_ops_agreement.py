@@ -293,6 +293,13 @@ def test_microkernel_refuses_what_it_cannot_compute():
     with pytest.raises(ValueError, match=r"needs F % 32 == 0 with at least 4 output columns or F % 16 == 0 with at "
                                          r"least 6 output columns; received weights \(3, 3, 1, 24\)"):
         registry.get("conv2d", "numba:microkernel").forward(x, w, None, stride=(1, 1), padding=((0, 0), (0, 0)))
+    fn = registry.get("conv2d", "numba:microkernel")
+    w32 = np.ones((3, 3, 1, 32), np.float32)
+    x8 = np.arange(64, dtype=np.float32).reshape(1, 8, 8, 1)
+    y, _ = fn.forward(x8, w32, None, stride=(1, 1), padding=((1, 1), (1, 1)))
+    listed, _ = fn.forward(x8, w32, None, stride=[1, 1], padding=[[1, 1], [1, 1]])  # unhashable: checked each call
+    np.testing.assert_array_equal(listed, y)
+    assert y[0, 0, 0, 0] == 0 + 1 + 8 + 9 and y[0, 3, 3, 5] == sum(range(18, 21)) + sum(range(26, 29)) + sum(range(34, 37))
     with pytest.raises(ValueError, match=r"tile \(6, 2, 16\) does not apply to 32 filters and 4 output columns"):
         microkernel.direct_conv(x, np.zeros((3, 3, 1, 32), np.float32), None, (1, 1), ((0, 0), (0, 0)), False,
                                 (6, 2, 16))

@@ -210,20 +210,40 @@ def _measure(candidates, run):
     return list(fastest), {"x".join(map(str, t)): s for t, s in best.items()}
 
 
+_CHECKED = {}  # (op, shapes, dtype, stride, padding) -> Geometry that applies, this process
+
+
+def _checked_geometry(op, x, w, stride, padding):
+    """The call's :class:`~fastcnn.registry.Geometry`, checked against :func:`applies` on the first
+    call of each geometry only (every later call of a layer: one dictionary lookup, not the ~10 µs
+    of building and checking it)."""
+    try:
+        key = (op, x.shape, w.shape, x.dtype, stride, padding)
+        geometry = _CHECKED.get(key)
+    except TypeError:  # stride or padding given as lists: not hashable, checked every call
+        key = geometry = None
+    if geometry is None:
+        geometry = registry.geometry_of(op, (x, w), {"stride": stride, "padding": padding})
+        if not applies(geometry):
+            raise ValueError(f"numba:microkernel needs {_requirement()}; received weights {tuple(w.shape)} and "
+                             f"input {tuple(x.shape)} (fastcnn.registry.applicable lists the variants that apply)")
+        if key is not None:
+            _CHECKED[key] = geometry
+    return geometry
+
+
 def _forward(op, x, w, b, stride, padding, workspace, need_cache):
     x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w, dtype=x.dtype)  # once: direct_conv and the cache use it as it is
     relu = op == "conv2d_relu"
-    geometry = registry.geometry_of(op, (x, w), {"stride": stride, "padding": padding})
-    if not applies(geometry):
-        raise ValueError(f"numba:microkernel needs {_requirement()}; received weights {tuple(w.shape)} and input "
-                         f"{tuple(x.shape)} (fastcnn.registry.applicable lists the variants that apply)")
+    geometry = _checked_geometry(op, x, w, stride, padding)
     tile = tile_for(geometry, lambda t: direct_conv(x, w, b, stride, padding, relu, t, workspace))
     y = direct_conv(x, w, b, stride, padding, relu, tile, workspace)
     cache = None
     if need_cache:
         KH, KW, C, F = w.shape
-        w2 = np.ascontiguousarray(w, dtype=x.dtype).reshape(KH * KW * C, F)  # (KH*KW*C, F)
-        cache = (x, y if relu else None, w2, b is not None, relu, (KH, KW), stride, padding, workspace)
+        cache = (x, y if relu else None, w.reshape(KH * KW * C, F), b is not None, relu, (KH, KW), stride, padding,
+                 workspace)
     return y, cache
 
 
