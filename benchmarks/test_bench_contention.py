@@ -26,6 +26,7 @@ state S1 must agree with a float64 step from S1, and predictions with a float64
 model holding the same weights.
 """
 
+import math
 import os
 import random
 import subprocess
@@ -42,8 +43,15 @@ from fastcnn.testing import assert_close, max_rel_error
 from benchmarks import _presets
 from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, model_gflop, run_info
 
-#: Timed rounds per row.
+#: Timed rounds per row (at least).
 ROUNDS = 2 if SMALL else 30
+#: Under load, each row runs at least this many seconds of timed calls (more rounds for short
+#: calls): a loaded row's times fall into two groups (a call fits in its time slice or waits out
+#: a spinning process's whole one), and the mean of 30 calls of a few milliseconds is off by 10%
+#: by chance alone (tutorial_cnn's training step under two spinners: 35% of calls about 2 ms, the
+#: rest about 6.5 ms; simulated, the mean of 30 such calls is 10% above the true mean one time in
+#: ten, of 600 calls 3%). The rows' standard errors are recorded (``extra_info["stderr"]``).
+LOAD_ROW_S = 0.0 if SMALL else 4.0
 #: The smoke run (FASTCNN_BENCH_SMALL) keeps to the smallest preset: it only proves the machinery.
 CELL_PRESETS = ("tutorial_cnn",) if SMALL else PRESETS
 #: The loads the cells run under, quiet first: no background process, then one per usable
@@ -244,7 +252,14 @@ def test_under_load(benchmark, spinners, restore_policy, load, preset, task, n):
             run(order[order.index("default") + 1:])
 
     record(benchmark, preset, task, n, "default", load)
-    rounds = ROUNDS if load else block * BLOCK_ROUNDS
+    rounds = block * BLOCK_ROUNDS
+    if load:
+        start = time.perf_counter()
+        for _ in range(3):
+            others["one-thread"][0]()
+        rounds = max(ROUNDS, math.ceil(LOAD_ROW_S * 3 / (time.perf_counter() - start)))
+        parallel.reset_num_threads()
+    benchmark.extra_info["rounds"] = rounds
     benchmark.pedantic(default_call, setup=before_default, teardown=after_default, rounds=rounds, iterations=1)
     # (none under --benchmark-disable, which runs the default once without setup and teardown)
     benchmark.extra_info["interleaved"] = {IMPL_OF[v]: float(np.median(t)) for v, t in times.items() if t}
@@ -254,6 +269,11 @@ def test_under_load(benchmark, spinners, restore_policy, load, preset, task, n):
         # a run of many calls costs (fastcnn.parallel._typical).
         means = {IMPL_OF[v]: float(np.mean(t)) for v, t in times.items() if t}
         benchmark.extra_info["means"] = {"numba": float(benchmark.stats.stats.mean), **means}
+        stderr = {IMPL_OF[v]: float(np.std(t, ddof=1) / math.sqrt(len(t))) for v, t in times.items() if len(t) > 1}
+        stats = benchmark.stats.stats
+        if stats.rounds > 1:
+            stderr["numba"] = float(stats.stddev / math.sqrt(stats.rounds))
+        benchmark.extra_info["stderr"] = stderr  # of each row's mean
     checks = {variant: check() for variant, (_, check) in others.items()}
     checks["default"] = default_check()
     benchmark.extra_info["check"] = "; ".join(f"{v}: max rel error {e:.1e}" for v, e in checks.items())

@@ -14,6 +14,7 @@ matmul peak measured in the same run. Times are medians throughout.
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -333,6 +334,17 @@ def _under_load(rows):
     return out
 
 
+def _ratio_of_means(means, own_means, stderr):
+    """``default / fastest`` of the rows' mean times, with its standard error (``1.04 ± 0.03``)
+    when the benchmark recorded the rows' standard errors."""
+    best = min(own_means, key=own_means.get)
+    ratio = means["numba"] / own_means[best]
+    if "numba" not in stderr or best not in stderr:
+        return f"{ratio:.2f}"
+    relative = math.hypot(stderr["numba"] / means["numba"], 0.0 if best == "numba" else stderr[best] / own_means[best])
+    return f"{ratio:.2f} ± {ratio * relative:.2f}"
+
+
 def _contention_table(cells, loaded):
     lines = ["### Under load" if loaded else "### Quiet machine, interleaved", "",
              "| benchmark | fastcnn default | fastcnn 1 thread | fastcnn all threads | PyTorch | "
@@ -351,8 +363,9 @@ def _contention_table(cells, loaded):
         line = f"| {_cell(group)} | {cell(d)} | {cell(one)} | {cell(every)} | {cell(torch)} | {ratio} | {vs_torch} |"
         if loaded:
             means = ((default.extra or {}).get("means") or {}) if default is not None else {}
-            own_means = [means.get(k) for k in ("numba", "numba-1", "numba-all") if means.get(k)]
-            line += f" {means['numba'] / min(own_means):.2f} |" if means.get("numba") and own_means else " — |"
+            own_means = {k: means[k] for k in ("numba", "numba-1", "numba-all") if means.get(k)}
+            line += f" {_ratio_of_means(means, own_means, default.extra.get('stderr') or {})} |" if (
+                means.get("numba") and own_means) else " — |"
         lines.append(line)
     where = ("Each cell ran while one process per core spun in a loop (started and stopped by the benchmark), its "
              "four rows interleaved round by round." if loaded else
@@ -365,7 +378,8 @@ def _contention_table(cells, loaded):
                         "fastcnn is faster." + (" \"default / best, means\" is the same ratio of mean times: under load "
                                                 "each row's times fall into two groups (a call fits in its time slice or "
                                                 "waits out a spinning process's), a median lands in either, and the mean "
-                                                "is what a run of many calls costs." if loaded else ""), ""]
+                                                "is what a run of many calls costs; ± is its standard error." if loaded
+                                                else ""), ""]
 
 
 def render_markdown(json_dict):

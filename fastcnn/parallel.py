@@ -426,7 +426,8 @@ class _Tuner:
 
 
 def _typical(values):
-    """The mean of ``values`` without the largest one (all of them when fewer than three; inf when none).
+    """The mean of ``values`` without the largest one (all of them when fewer than :data:`SAMPLES`;
+    inf when none).
 
     Not the median: on a busy machine a call either fits in its time slice or waits out
     another process's whole slice, so each count's durations fall into two groups (tutorial_cnn's
@@ -437,13 +438,17 @@ def _typical(values):
     a median of five two-thread calls lands in the slow group about a third of the time (binomial
     odds at 40%), and the tuner then kept one thread (a loaded benchmark run: 21.4 ms against
     14.7 ms on two threads). The mean is what a run of many calls costs; leaving out the largest
-    duration keeps one stray stall from deciding.
+    of a full window keeps one stray stall from deciding. Not from fewer: a re-check and its
+    :data:`CONFIRM` calls are three durations, and dropping one of three lets two fast calls
+    decide for a count that is mostly slow (resnet_mini's prediction under two spinning
+    processes: two threads took 24.3, 156.8 and 24.3 ms, 111 ms on average, against one thread's
+    36-44 ms; without the largest they won, and the tuner ran two threads for the next calls).
     """
     if not values:
         return math.inf
-    ordered = sorted(values)
-    kept = ordered[:-1] if len(ordered) >= 3 else ordered
-    return sum(kept) / len(kept)
+    if len(values) < SAMPLES:
+        return sum(values) / len(values)
+    return (sum(values) - max(values)) / (len(values) - 1)
 
 
 #: Tuners per owner (a model), by key; weak on the owner.

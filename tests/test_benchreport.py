@@ -212,6 +212,20 @@ def test_under_load_table_gives_the_ratio_of_means_too(run):
     assert '"default / best, means" is the same ratio of mean times' in text
 
 
+def test_under_load_ratio_of_means_carries_its_standard_error(run):
+    """With the rows' standard errors recorded, the ratio of means shows its own: the two rows'
+    relative errors combined (0.0052/0.0050 = 1.04; relative errors 0.0002/0.0052 and 0.0001/0.0050,
+    combined 0.0434, times 1.04: 0.045)."""
+    group = "tutorial_cnn train_on_batch, batch 64, 2 busy processes"
+    run["benchmarks"] += [bench(group, "numba", 0.0055, 0.1, kind="contention",
+                                interleaved={"numba-1": 0.003, "numba-all": 0.0062},
+                                means={"numba": 0.0052, "numba-1": 0.0050, "numba-all": 0.0068},
+                                stderr={"numba": 0.0002, "numba-1": 0.0001, "numba-all": 0.0003})]
+    text = benchreport.render_markdown(run)
+    assert table_rows(text, "Under load")[0][-1] == "1.04 ± 0.05"
+    assert "± is its standard error" in text
+
+
 def test_quiet_interleaved_cells_get_their_own_table(run):
     loaded = "vgg_mini predict, batch 64, 2 busy processes"
     quiet = "vgg_mini predict, batch 64, quiet, interleaved"
