@@ -53,6 +53,7 @@ How many threads (see README.md, "Threads on a busy machine"):
 import collections
 import contextlib
 import functools
+import itertools
 import math
 import numbers
 import os
@@ -323,17 +324,29 @@ def _blas_functions():
 #: Re-time the count not in use once the time spent since its last trial reaches
 #: this many times its own (typical) duration: at most 1/PROBE_EVERY of the run is spent on it.
 PROBE_EVERY = 50
-#: ... or, once the count in use has become :data:`CHANGED` times faster or slower than
-#: when the two were last compared, as soon as that time reaches PROBE_SOON times it.
+#: The first re-checks after the trials come sooner: after PROBE_SOON times, then twice that,
+#: and so on up to PROBE_EVERY; and once the count in use has become CHANGED times faster or
+#: slower than before, by more than NOISE standard errors of its older durations (the machine
+#: changed), the other is re-timed as soon as that time reaches PROBE_SOON times its duration.
+#: NOISE: under load a count's durations fall into two groups, and five in a row vary by more
+#: than CHANGED while the load stays what it was.
 PROBE_SOON = 10
 CHANGED = 1.5
+NOISE = 4.0
 #: A re-check of the count not in use that comes back this many times faster than the
-#: typical duration of the count in use makes that count's older durations stale: the next
-#: :data:`CONFIRM` calls run it too, and those fresh durations decide.
+#: typical duration of the count in use is followed by :data:`CONFIRM` more calls on that count:
+#: their durations replace its older ones when they differ from them by more than NOISE
+#: standard errors (that count got faster), else they join them.
 PROMISING = 1.1
 CONFIRM = 2
-#: Durations kept per count (their typical duration, :func:`_typical`, decides).
+#: Trials per count before the first choice; the latest SAMPLES durations of the count in use
+#: tell whether the machine changed.
 SAMPLES = 5
+#: Durations kept per count: their typical duration (:func:`_typical`) decides. Under load
+#: the slow group can be a fifth of a count's calls and most of its time: five durations often
+#: hold none of it (tutorial_cnn's prediction under two spinning processes, two threads: most
+#: calls 0.3 ms, the mean 1.3-2 ms against one thread's 0.5-0.8 ms).
+HISTORY = 20
 #: Tuners kept per model (one per kind of call and input shape).
 MAX_TUNERS = 64
 
@@ -344,27 +357,38 @@ class _Tuner:
     The first call only warms up (compilation, buffers) and is not timed. Then
     each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
     candidate with the lowest typical duration (:func:`_typical`) of its last
-    :data:`SAMPLES` runs, and the other one runs once whenever the time spent since its last trial
+    :data:`HISTORY` runs, and the other one runs once whenever the time spent since its last trial
     reaches :data:`PROBE_EVERY` times its typical duration (the first re-checks after the
     trials sooner: :data:`PROBE_SOON` times, then twice that, and so on up to
     PROBE_EVERY, for five trials each can mislead: under two spinning processes,
     two threads lost the trials of a vgg_mini prediction and then ran it in
     15-16 ms against one thread's 23 ms), or :data:`PROBE_SOON` times
-    once the count in use has become :data:`CHANGED` times faster or slower than
-    at the last comparison (the load changed: then that one trial replaces the
-    other count's stale durations). A trial that beats the count in use by
-    :data:`PROMISING` is followed by :data:`CONFIRM` more calls on that count,
-    and those fresh durations replace its stale ones: the other count got faster
+    once the machine changed under the count in use (:meth:`_changed`: its latest
+    :data:`SAMPLES` durations :data:`CHANGED` times and :data:`NOISE` standard errors
+    away from its older ones; then that count keeps only those latest durations, and the one
+    trial replaces the other count's). A trial that beats the count in use by
+    :data:`PROMISING` is followed by :data:`CONFIRM` more calls on that count, and
+    those fresh durations replace its older ones if they differ from them by more
+    than NOISE standard errors (:meth:`_settle`): the other count got faster
     while the one in use did not (under two spinning processes, two threads ran
     a prediction in 8 ms in one benchmark run and in 30-40 ms in others), and
     waiting for three re-checks :data:`PROBE_EVERY` calls apart would take 150
-    calls. (Two candidates; the choice is recomputed when a duration is
-    recorded, so :meth:`choose` is a few comparisons.)
+    calls; otherwise they join them (three fast calls of a count whose calls are
+    mostly fast and sometimes very slow say nothing new). (Two candidates; the choice is
+    recomputed when a duration is recorded, so :meth:`choose` is a few comparisons and sums:
+    about 2 µs with :meth:`record`.)
+
+    Against the rule before (five durations per count, a 1.5x change of the count in use
+    alone), two tuners in one process under two spinning processes, interleaved with one and
+    two threads fixed, 8 s of calls per row, default / best fixed count by means: tutorial_cnn's
+    training step 1.07 and 1.09 against 1.13 and 1.17, its prediction 1.15 and 1.15 against 1.18
+    and 1.19, resnet_mini's prediction 1.04 against 1.05 (two runs, AMD EPYC family 25). Quiet:
+    1.00-1.05 against 1.00-1.05 in the eight cells.
     """
 
     def __init__(self, candidates):
         self.candidates = tuple(candidates)
-        self.times = {n: collections.deque(maxlen=SAMPLES) for n in self.candidates}
+        self.times = {n: collections.deque(maxlen=HISTORY) for n in self.candidates}
         self.typical = {n: math.inf for n in self.candidates}
         self.warm = False
         self.ready = False  # every candidate has SAMPLES durations
@@ -373,6 +397,7 @@ class _Tuner:
         self.probing = False
         self.reference = math.inf
         self.confirming = 0  # calls still to run on the other count after a promising trial
+        self.fresh = []  # the durations of that trial and its confirming calls
         self.spacing = PROBE_SOON  # re-check after this many of the other's durations: doubles to PROBE_EVERY
 
     def choose(self):
@@ -386,10 +411,13 @@ class _Tuner:
             if self.since_probe >= PROBE_SOON * other:
                 # The count in use got much faster or slower since the other was last timed:
                 # the machine changed, and the other's durations are stale.
-                ratio = self.typical[self.best] / self.reference
-                if not 1 / CHANGED < ratio < CHANGED:
+                if self._changed():
                     due = True
                     self.times[self.other].clear()  # this trial alone stands for the other count
+                    recent = list(self.times[self.best])[-SAMPLES:]  # and the latest ones for this one
+                    self.times[self.best].clear()
+                    self.times[self.best].extend(recent)
+                    self.typical[self.best] = sum(recent) / len(recent)
             if due:
                 self.probing = True
                 return self.other
@@ -404,25 +432,72 @@ class _Tuner:
             return
         if self.confirming:
             self.confirming -= 1
+            self.fresh.append(seconds)
+            if self.confirming:
+                return
+            self._settle(n)
         elif self.probing and seconds * PROMISING < self.typical[self.best]:
-            self.times[n].clear()  # faster than the count in use: its older durations are stale
+            self.fresh = [seconds]  # faster than the count in use: the next calls tell whether it changed
             self.confirming = CONFIRM
-        self.times[n].append(seconds)
-        if self.confirming:  # the other count's fresh durations decide only once all are in
             return
+        else:
+            self.times[n].append(seconds)
         self.typical[n] = _typical(self.times[n])
         if self.probing:
             self.since_probe = 0.0
             self.spacing = min(PROBE_EVERY, 2 * self.spacing)
         else:
             self.since_probe += seconds
-        first, second = self.candidates[0], self.candidates[-1]
         before = self.best
-        self.best, self.other = (second, first) if self.typical[second] < self.typical[first] else (first, second)
+        if self.typical[self.other] < self.typical[self.best]:
+            self.best, self.other = self.other, self.best
         if not self.ready:
-            self.ready = all(len(t) == SAMPLES for t in self.times.values())
+            self.ready = all(len(t) >= SAMPLES for t in self.times.values())
         if self.probing or not self.ready or self.best != before:
-            self.reference = self.typical[self.best]  # the level the comparison was made at
+            self.reference = self._recent(self.best)  # the level the comparison was made at
+
+    def _settle(self, n):
+        """After a promising trial of count ``n`` and its confirming calls (``self.fresh``):
+        their durations replace the count's older ones if their mean differs from those by more
+        than :data:`NOISE` standard errors (the count got faster: the machine changed), else
+        they join them (two fast calls in three from a count whose calls are mostly fast and
+        sometimes very slow say nothing new)."""
+        older, fresh = self.times[n], self.fresh
+        if len(older) >= SAMPLES and abs(_mean(fresh) - _mean(older)) <= NOISE * _spread(older) / math.sqrt(len(fresh)):
+            older.extend(fresh)
+        else:
+            older.clear()
+            older.extend(fresh)
+
+    def _recent(self, n):
+        """:func:`_typical` of the latest :data:`SAMPLES` durations of count ``n``."""
+        times = self.times[n]
+        return _typical(list(itertools.islice(times, max(0, len(times) - SAMPLES), None)))
+
+    def _changed(self):
+        """True when the machine changed under the count in use: its latest :data:`SAMPLES`
+        durations are :data:`CHANGED` times faster or slower than its older ones, by more than
+        :data:`NOISE` standard errors of them (under load a count's durations fall into two
+        groups, and five of them vary by more than CHANGED while nothing changes)."""
+        times = self.times[self.best]
+        count = len(times)
+        if count < 2 * SAMPLES:
+            return not 1 / CHANGED < self._recent(self.best) / self.reference < CHANGED
+        latest = sum(itertools.islice(times, count - SAMPLES, None))
+        recent, mean = latest / SAMPLES, (sum(times) - latest) / (count - SAMPLES)
+        if 1 / CHANGED < recent / mean < CHANGED:  # (every call: kept to two sums)
+            return False
+        return abs(recent - mean) > NOISE * _spread(list(itertools.islice(times, 0, count - SAMPLES))) / math.sqrt(SAMPLES)
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _spread(values):
+    """The standard deviation of ``values`` (at least one)."""
+    mean = _mean(values)
+    return math.sqrt(sum((t - mean) ** 2 for t in values) / len(values))
 
 
 def _typical(values):
