@@ -417,7 +417,7 @@ class _Tuner:
                     recent = list(self.times[self.best])[-SAMPLES:]  # and the latest ones for this one
                     self.times[self.best].clear()
                     self.times[self.best].extend(recent)
-                    self.typical[self.best] = sum(recent) / len(recent)
+                    self.typical[self.best] = _mean(recent)  # all five, the largest too: the change is in them
             if due:
                 self.probing = True
                 return self.other
