@@ -382,8 +382,8 @@ class _Tuner:
     alone), two tuners in one process under two spinning processes, interleaved with one and
     two threads fixed, 8 s of calls per row, default / best fixed count by means: tutorial_cnn's
     training step 1.07 and 1.09 against 1.13 and 1.17, its prediction 1.15 and 1.15 against 1.18
-    and 1.19, resnet_mini's prediction 1.04 against 1.05 (two runs, AMD EPYC family 25). Quiet:
-    1.00-1.05 against 1.00-1.05 in the eight cells.
+    and 1.19, resnet_mini's prediction 1.04 against 1.05 (two runs on a 2-core machine; README.md,
+    "Measured under load", names it). Quiet: 1.00-1.05 against 1.00-1.05 in the eight cells.
     """
 
     def __init__(self, candidates):
