@@ -414,7 +414,7 @@ class _Tuner:
                 if self._changed():
                     due = True
                     self.times[self.other].clear()  # this trial alone stands for the other count
-                    recent = list(self.times[self.best])[-SAMPLES:]  # and the latest ones for this one
+                    recent = self._latest(self.best)  # and the latest ones for this one
                     self.times[self.best].clear()
                     self.times[self.best].extend(recent)
                     self.typical[self.best] = _mean(recent)  # all five, the largest too: the change is in them
@@ -469,10 +469,14 @@ class _Tuner:
             older.clear()
             older.extend(fresh)
 
+    def _latest(self, n):
+        """The latest :data:`SAMPLES` durations of count ``n`` (fewer if it has fewer)."""
+        times = self.times[n]
+        return list(itertools.islice(times, max(0, len(times) - SAMPLES), None))
+
     def _recent(self, n):
         """:func:`_typical` of the latest :data:`SAMPLES` durations of count ``n``."""
-        times = self.times[n]
-        return _typical(list(itertools.islice(times, max(0, len(times) - SAMPLES), None)))
+        return _typical(self._latest(n))
 
     def _changed(self):
         """True when the machine changed under the count in use: its latest :data:`SAMPLES`
@@ -522,7 +526,7 @@ def _typical(values):
     if not values:
         return math.inf
     if len(values) < SAMPLES:
-        return sum(values) / len(values)
+        return _mean(values)
     return (sum(values) - max(values)) / (len(values) - 1)
 
 

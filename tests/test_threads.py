@@ -275,12 +275,11 @@ def test_a_recheck_like_the_counts_usual_calls_joins_its_durations():
     # do, so they join its durations (which still say 1.1 ms) and the tuner stays on one thread.
     tuner = parallel._Tuner((2, 1))
     history = [0.3, 0.3, 5.0, 0.3, 0.3, 0.3, 0.3, 5.0, 0.3, 0.3]
-    twos, ones = iter(history[:parallel.SAMPLES]), iter([0.65] * parallel.SAMPLES)
-    for _ in range(1 + 2 * parallel.SAMPLES):
-        n = tuner.choose()
-        tuner.record(n, next(twos if n == 2 else ones, 0.65))
-    tuner.times[2].extend(history[parallel.SAMPLES:])
+    simulate(tuner, {2: 1.1, 1: 0.65}, 1 + 2 * parallel.SAMPLES)  # the trials
+    tuner.times[2].clear()
+    tuner.times[2].extend(history)  # what two threads did: 0.82 ms without the largest, 1.24 ms on average
     tuner.typical[2] = parallel._typical(tuner.times[2])
+    assert tuner.typical[2] == pytest.approx((8 * 0.3 + 5.0) / 9)
     tuner.best, tuner.other = 1, 2
     tuner.reference = 0.65  # (one thread's level: no change in it)
     tuner.since_probe = parallel.PROBE_EVERY * tuner.typical[2]  # a re-check is due
