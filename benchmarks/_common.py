@@ -15,6 +15,7 @@ Environment:
 """
 
 import os
+import time
 
 import numpy as np
 
@@ -28,14 +29,22 @@ BIG_BATCH = None if SMALL else 1000
 THREADS = int(os.environ.get("FASTCNN_BENCH_THREADS", "0")) or len(os.sched_getaffinity(0))
 
 
+#: The warm-up of a model stops after this many seconds even if its thread tuner is still on
+#: its first trials (ten blocks of at least ``fastcnn.parallel.BLOCK_S`` each: seconds at most).
+WARM_UP_MAX_S = 60.0
+
+
 def warm_up(call):
-    """Untimed calls of a fastcnn model before its timed rounds: the first compiles and allocates,
-    the next ``2 * fastcnn.parallel.SAMPLES`` are the adaptive thread tuner's first trials (it
-    alternates the usable cores and one thread for that many calls of a model and input shape,
-    as in the first steps of any ``fit``). The rounds then time the steady state."""
+    """Untimed calls of a fastcnn model before its timed rounds: the first compiles and
+    allocates; the next are the adaptive thread tuner's first trials, until
+    :func:`fastcnn.parallel.in_trials` says they are done (it alternates the usable cores and one
+    thread in blocks of calls, as in the first steps of any ``fit``; a block is at least
+    ``BLOCK_S`` of calls, so short calls take more of them). The rounds then time the steady state."""
     from fastcnn import parallel
 
-    for _ in range(1 + 2 * parallel.SAMPLES):
+    call()
+    start = time.perf_counter()
+    while parallel.in_trials() and time.perf_counter() - start < WARM_UP_MAX_S:
         call()
 
 

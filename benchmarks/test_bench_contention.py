@@ -41,7 +41,8 @@ from fastcnn import parallel
 from fastcnn.testing import assert_close, max_rel_error
 
 from benchmarks import _presets
-from benchmarks._common import BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, model_gflop, run_info
+from benchmarks._common import (BATCH, BIG_BATCH, PRESET_LAYERS, PRESETS, SMALL, THREADS, model_gflop, run_info,
+                               warm_up)
 
 #: Timed rounds per row (at least).
 ROUNDS = 2 if SMALL else 30
@@ -152,11 +153,6 @@ def cells():
     return params
 
 
-def warmup_calls(variant):
-    """Untimed calls before timing: compilation and buffers, and the tuner's first trials."""
-    return 1 + 2 * parallel.SAMPLES if variant == "default" else 1
-
-
 def fastcnn_call(preset, task, variant, n):
     """``(call, check)`` for one fastcnn row: ``call()`` runs one step or prediction under
     ``variant``'s thread policy; ``check()`` compares a step from S1 (or the predictions)
@@ -202,7 +198,9 @@ def fastcnn_call(preset, task, variant, n):
                 assert_close(g, truth_grads[name], dtype=np.float32,
                              name=f"{preset}/{variant} gradient {name} under load")
             return max(max_rel_error(g, truth_grads[k]) for k, g in got.items())
-    for _ in range(warmup_calls(variant)):
+    if variant == "default":
+        warm_up(call)  # compilation and buffers, and the tuner's first trials
+    else:
         call()
     if task != "predict":
         _presets.restore(model, state)

@@ -36,7 +36,8 @@ def cell(preset, task, n, threads):
         model = models[policy]
         return model.train_on_batch(x, y) if task == "train" else model.predict(x, batch_size=n)
 
-    for _ in range(1 + 2 * parallel.SAMPLES):
+    call("adaptive")
+    while parallel.in_trials():  # the tuner's first trials, as in the first steps of a fit
         call("adaptive")
     call("fixed")
     reps = REPS[preset] if n <= 64 else max(5, REPS[preset] // 4)

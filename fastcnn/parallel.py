@@ -86,7 +86,7 @@ except ImportError:  # optional at run time; BLAS then keeps its import-time siz
     threadpoolctl = None
 
 __all__ = ["set_num_threads", "get_num_threads", "max_num_threads", "blas_num_threads", "default_num_threads",
-           "cpu_quota", "reset_num_threads", "thread_policy", "adaptive", "spoil_timing", "PROBE_EVERY",
+           "cpu_quota", "reset_num_threads", "thread_policy", "adaptive", "spoil_timing", "in_trials", "PROBE_EVERY",
            "runs_numba_kernels"]
 
 
@@ -321,8 +321,19 @@ def _blas_functions():
 
 # -- adaptive: time the ceiling and one thread, keep the faster -----------------------------
 
-#: Re-time the count not in use once the time spent since its last trial reaches
-#: this many times its own (typical) duration: at most 1/PROBE_EVERY of the run is spent on it.
+#: The tuner's unit of evidence: consecutive calls on one count that together take at least
+#: this long (one call if it takes longer). Under load a call of a millisecond either fits in its
+#: time slice or waits out another process's whole slice (a few ms on Linux), and whether the
+#: next few calls do is not independent of this one: tutorial_cnn's batch-64 prediction under two
+#: spinning processes ran two threads in three fast calls in a row often enough that a tuner
+#: deciding call by call switched to two threads on such runs, where two threads cost 3-15 times
+#: one thread's time on average (1.13-1.17x one thread's mean over 6 s of calls, in three runs).
+#: A block of 20 ms spans several time slices, and its mean time per call is what a run of such
+#: calls costs (1.02x in the same three runs). Calls of 20 ms or more are blocks of one call.
+BLOCK_S = 0.02
+#: Re-time the count not in use once the time spent since its last trial reaches this many
+#: times what a trial of it costs (a block, or one call of it if longer): at most 1/PROBE_EVERY
+#: of the run is spent on it.
 PROBE_EVERY = 50
 #: The first re-checks after the trials come sooner: after PROBE_SOON times, then twice that,
 #: and so on up to PROBE_EVERY; and once the count in use has become CHANGED times faster or
@@ -339,10 +350,10 @@ NOISE = 4.0
 #: standard errors (that count got faster), else they join them.
 PROMISING = 1.1
 CONFIRM = 2
-#: Trials per count before the first choice; the latest SAMPLES durations of the count in use
-#: tell whether the machine changed.
+#: Trials (blocks) per count before the first choice; the latest SAMPLES durations of the
+#: count in use tell whether the machine changed.
 SAMPLES = 5
-#: Durations kept per count: their typical duration (:func:`_typical`) decides. Under load
+#: Durations (a block's time per call) kept per count: their typical duration (:func:`_typical`) decides. Under load
 #: the slow group can be a fifth of a count's calls and most of its time: five durations often
 #: hold none of it (tutorial_cnn's prediction under two spinning processes, two threads: most
 #: calls 0.3 ms, the mean 1.3-2 ms against one thread's 0.5-0.8 ms).
@@ -354,11 +365,13 @@ MAX_TUNERS = 64
 class _Tuner:
     """The thread count for one kind of work (a model's training step at one input shape, ...).
 
-    The first call only warms up (compilation, buffers) and is not timed. Then
-    each candidate count runs :data:`SAMPLES` times, alternating; afterwards the
-    candidate with the lowest typical duration (:func:`_typical`) of its last
-    :data:`HISTORY` runs, and the other one runs once whenever the time spent since its last trial
-    reaches :data:`PROBE_EVERY` times its typical duration (the first re-checks after the
+    The first call only warms up (compilation, buffers) and is not timed. The tuner decides on
+    blocks of calls (:data:`BLOCK_S`): :meth:`choose` keeps the count of the block in progress,
+    and :meth:`record` adds up its calls' times; a block's time per call is one "duration" below,
+    its whole time what it cost. Each candidate count runs :data:`SAMPLES` blocks, alternating;
+    afterwards the candidate with the lowest typical duration (:func:`_typical`) of its last
+    :data:`HISTORY` blocks, and the other one runs a block whenever the time spent since its last
+    trial reaches :data:`PROBE_EVERY` times what a trial of it costs (the first re-checks after the
     trials sooner: :data:`PROBE_SOON` times, then twice that, and so on up to
     PROBE_EVERY, for five trials each can mislead: under two spinning processes,
     two threads lost the trials of a vgg_mini prediction and then ran it in
@@ -367,13 +380,13 @@ class _Tuner:
     :data:`SAMPLES` durations :data:`CHANGED` times and :data:`NOISE` standard errors
     away from its older ones; then that count keeps only those latest durations, and the one
     trial replaces the other count's). A trial that beats the count in use by
-    :data:`PROMISING` is followed by :data:`CONFIRM` more calls on that count, and
+    :data:`PROMISING` is followed by :data:`CONFIRM` more blocks on that count, and
     those fresh durations replace its older ones if they differ from them by more
     than NOISE standard errors (:meth:`_settle`): the other count got faster
     while the one in use did not (under two spinning processes, two threads ran
     a prediction in 8 ms in one benchmark run and in 30-40 ms in others), and
-    waiting for three re-checks :data:`PROBE_EVERY` calls apart would take 150
-    calls; otherwise they join them (three fast calls of a count whose calls are
+    waiting for three re-checks :data:`PROBE_EVERY` blocks apart would take 150
+    blocks; otherwise they join them (three fast blocks of a count whose blocks are
     mostly fast and sometimes very slow say nothing new). (Two candidates; the choice is
     recomputed when a duration is recorded, so :meth:`choose` is a few comparisons and sums:
     about 2 µs with :meth:`record`.)
@@ -398,15 +411,41 @@ class _Tuner:
         self.reference = math.inf
         self.confirming = 0  # calls still to run on the other count after a promising trial
         self.fresh = []  # the durations of that trial and its confirming calls
-        self.spacing = PROBE_SOON  # re-check after this many of the other's durations: doubles to PROBE_EVERY
+        self.spacing = PROBE_SOON  # re-check after this many of the other's trial costs: doubles to PROBE_EVERY
+        self.block_n, self.block_time, self.block_calls = None, 0.0, 0  # the block in progress
+        self.block_len = {n: 1 for n in self.candidates}  # calls in each count's latest block
 
     def choose(self):
+        """The thread count for the next call: the block's in progress, else the next block's."""
+        if self.block_calls:
+            return self.block_n
+        self.block_n = self._choose()
+        return self.block_n
+
+    def record(self, n, seconds):
+        """The call just made took ``seconds`` on ``n`` threads."""
+        if not self.warm:
+            self.warm = True
+            return
+        self.block_time += seconds
+        self.block_calls += 1
+        if self.block_time >= BLOCK_S:
+            total, calls = self.block_time, self.block_calls
+            self.block_time, self.block_calls = 0.0, 0
+            self.block_len[n] = calls
+            self._record(n, total / calls, total)
+
+    def _trial_cost(self, n):
+        """What re-timing count ``n`` costs: its typical duration times the calls of its latest block."""
+        return self.typical[n] * self.block_len[n]
+
+    def _choose(self):
         self.probing = False
         if self.confirming:
             self.probing = True
             return self.other
         if self.ready:
-            other = self.typical[self.other]
+            other = self._trial_cost(self.other)
             due = self.since_probe >= self.spacing * other
             if self.since_probe >= PROBE_SOON * other:
                 # The count in use got much faster or slower since the other was last timed:
@@ -426,10 +465,8 @@ class _Tuner:
             return self.candidates[0]
         return min(self.candidates, key=lambda n: len(self.times[n]))
 
-    def record(self, n, seconds):
-        if not self.warm:
-            self.warm = True
-            return
+    def _record(self, n, seconds, total):
+        """A block of calls on ``n`` threads ended: ``seconds`` per call, ``total`` in all."""
         if self.confirming:
             self.confirming -= 1
             self.fresh.append(seconds)
@@ -447,12 +484,14 @@ class _Tuner:
             self.since_probe = 0.0
             self.spacing = min(PROBE_EVERY, 2 * self.spacing)
         else:
-            self.since_probe += seconds
+            self.since_probe += total
         before = self.best
         if self.typical[self.other] < self.typical[self.best]:
             self.best, self.other = self.other, self.best
         if not self.ready:
             self.ready = all(len(t) >= SAMPLES for t in self.times.values())
+            if self.ready:
+                self.since_probe = 0.0  # the first re-check is PROBE_SOON trials' cost after the trials
         if self.probing or not self.ready or self.best != before:
             self.reference = self._recent(self.best)  # the level the comparison was made at
 
@@ -535,6 +574,17 @@ _TUNERS = weakref.WeakKeyDictionary()
 _local = threading.local()
 
 
+def in_trials():
+    """True while the thread tuner of this thread's latest adaptive call (a model's training
+    step or prediction at one input shape) is still on its first trials of each count:
+    :data:`SAMPLES` blocks each of about :data:`BLOCK_S` (or of one call, if longer),
+    alternating, after one untimed call. A benchmark's warm-up repeats a call until this is
+    False, so that its timed rounds measure the steady state, as after the first steps of a
+    ``fit``. False after a call on a fixed thread count (no tuner)."""
+    tuner = getattr(_local, "tuner", None)
+    return tuner is not None and not tuner.ready
+
+
 def spoil_timing():
     """Tell the adaptive call in progress in this thread (if any) that its duration is not
     representative (the planner timed kernel variants inside it): its tuner records nothing
@@ -584,6 +634,7 @@ def adaptive(kind, variant=None):
                 return method(self, x, *args, **kwargs)
             policy, n = thread_policy()
             if policy == "fixed" or n <= 1:
+                _local.tuner = None
                 _apply(n)
                 _local.active = True
                 try:
@@ -602,6 +653,7 @@ def adaptive(kind, variant=None):
                 if len(tuners) >= MAX_TUNERS:  # a stream of new shapes: start over rather than grow
                     tuners.clear()
                 tuner = tuners[key] = _Tuner((n, 1))
+            _local.tuner = tuner
             chosen = tuner.choose()
             _apply(chosen)  # and left there: setting it back after each call would cost more than the choice
             _local.active = True

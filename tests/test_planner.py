@@ -782,6 +782,7 @@ def test_a_step_that_planned_is_no_trial_of_its_thread_count(monkeypatch):
     if parallel.max_num_threads() < 2:
         pytest.skip("needs NUMBA_NUM_THREADS >= 2 for the adaptive policy")
     monkeypatch.setattr(parallel, "thread_policy", lambda: ("adaptive", 2))
+    monkeypatch.setattr(parallel, "BLOCK_S", 0.0)  # every call a block of its own (these take microseconds)
 
     class Work:
         plan = True
