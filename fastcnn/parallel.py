@@ -38,11 +38,12 @@ How many threads (see README.md, "Threads on a busy machine"):
   ``NUMBA_NUM_THREADS``.
 - Unless the user fixed a count (:func:`set_num_threads`, ``--threads`` or
   ``FASTCNN_THREADS=n``), each training step and inference pass of a model runs
-  under :func:`adaptive`: it times the ceiling and one thread on the same work,
-  keeps the faster, and re-times the other now and then: after the first few
-  re-checks, at most 1/:data:`PROBE_EVERY` of the run while the machine is steady,
-  sooner when the count in use speeds up or slows down (see :class:`_Tuner`). On a busy machine a parallel region
-  ends only when its slowest thread has had its time slice (and libgomp's
+  under :func:`adaptive`: it times the ceiling and one thread on the same work
+  (in blocks of calls of at least :data:`BLOCK_S`), keeps the faster, and
+  re-times the other now and then: after the first few re-checks, at most
+  1/:data:`PROBE_EVERY` of the run while the machine is steady, sooner when the
+  count in use speeds up or slows down (see :class:`_Tuner`). On a busy machine
+  a parallel region ends only when its slowest thread has had its time slice (and libgomp's
   waiting threads spin meanwhile), so a step of small kernels can run several
   times slower on two threads than on one; on a quiet machine the ceiling wins
   and is kept. Results do not depend on the choice: the kernels split their
@@ -388,8 +389,8 @@ class _Tuner:
     waiting for three re-checks :data:`PROBE_EVERY` blocks apart would take 150
     blocks; otherwise they join them (three fast blocks of a count whose blocks are
     mostly fast and sometimes very slow say nothing new). (Two candidates; the choice is
-    recomputed when a duration is recorded, so :meth:`choose` is a few comparisons and sums:
-    about 2 µs with :meth:`record`.)
+    recomputed when a block ends, so :meth:`choose` is a few comparisons and sums: about 2 µs
+    with :meth:`record` when a call ends a block, 0.2 µs when it only adds to one.)
 
     Against the rule before (five durations per count, a 1.5x change of the count in use
     alone), two tuners in one process under two spinning processes, interleaved with one and
