@@ -198,10 +198,7 @@ def fastcnn_call(preset, task, variant, n):
                 assert_close(g, truth_grads[name], dtype=np.float32,
                              name=f"{preset}/{variant} gradient {name} under load")
             return max(max_rel_error(g, truth_grads[k]) for k, g in got.items())
-    if variant == "default":
-        warm_up(call)  # compilation and buffers, and the tuner's first trials
-    else:
-        call()
+    warm_up(call)  # compilation and buffers, and the default's tuner's first trials
     if task != "predict":
         _presets.restore(model, state)
     return call, check

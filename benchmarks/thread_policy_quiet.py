@@ -18,6 +18,7 @@ import numpy as np
 from fastcnn import parallel
 
 from benchmarks import _presets
+from benchmarks._common import warm_up
 
 PRESETS = ("tutorial_cnn", "mnist_cnn", "vgg_mini", "resnet_mini")
 #: Timed calls per row at batch 64 (a quarter of it at batch 1000, at least 5).
@@ -36,9 +37,7 @@ def cell(preset, task, n, threads):
         model = models[policy]
         return model.train_on_batch(x, y) if task == "train" else model.predict(x, batch_size=n)
 
-    call("adaptive")
-    while parallel.in_trials():  # the tuner's first trials, as in the first steps of a fit
-        call("adaptive")
+    warm_up(lambda: call("adaptive"))  # and the tuner's first trials, as in the first steps of a fit
     call("fixed")
     reps = REPS[preset] if n <= 64 else max(5, REPS[preset] // 4)
     times = {"adaptive": [], "fixed": []}

@@ -529,7 +529,7 @@ class _Tuner:
             return not 1 / CHANGED < self._recent(self.best) / self.reference < CHANGED
         latest = sum(itertools.islice(times, count - SAMPLES, None))
         recent, mean = latest / SAMPLES, (sum(times) - latest) / (count - SAMPLES)
-        if 1 / CHANGED < recent / mean < CHANGED:  # (every call: kept to two sums)
+        if 1 / CHANGED < recent / mean < CHANGED:  # (every block: kept to two sums)
             return False
         return abs(recent - mean) > NOISE * _spread(list(itertools.islice(times, 0, count - SAMPLES))) / math.sqrt(SAMPLES)
 
